@@ -1,0 +1,383 @@
+//! Configuration: which backend, how long instances live, how often owners heartbeat.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{DEFAULT_BUCKET, DEFAULT_EVENT_STREAM, DEFAULT_SUBJECT_PREFIX};
+use crate::store::MemoryStore;
+
+/// Which backend a mesh runs on.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    /// In-process: every mesh on the same [`MemoryStore`] is a peer of the others.
+    Memory(MemoryStore),
+    /// NATS JetStream: peers anywhere that reach the same servers.
+    Nats(NatsOptions),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig::Memory(MemoryStore::global())
+    }
+}
+
+/// JetStream storage for the bucket and the event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageKind {
+    /// On disk (default): survives a server restart.
+    #[default]
+    File,
+    /// In memory: faster, lost on restart.
+    Memory,
+}
+
+/// Connection and JetStream layout for the NATS backend.
+///
+/// ```
+/// use prism_mesh::NatsOptions;
+///
+/// let options = NatsOptions::new("nats://127.0.0.1:4222")
+///     .replicas(3)
+///     .token("s3cret");
+/// assert_eq!(options.urls, vec!["nats://127.0.0.1:4222".to_string()]);
+/// assert!(!format!("{options:?}").contains("s3cret"));
+/// ```
+#[derive(Clone)]
+pub struct NatsOptions {
+    /// Server URLs (`nats://`, `tls://`); more than one for a cluster.
+    pub urls: Vec<String>,
+    /// KV bucket holding one key per live instance.
+    pub bucket: String,
+    /// Stream holding lifecycle events.
+    pub event_stream: String,
+    /// First subject token of lifecycle events.
+    pub subject_prefix: String,
+    /// Replicas for the bucket and the stream (1, or 3 on a cluster).
+    pub replicas: usize,
+    /// Storage of the bucket and the stream.
+    pub storage: StorageKind,
+    /// Bound on connecting to a server.
+    pub connect_timeout: Duration,
+    /// Bound on each JetStream request (publish ack, stream info...).
+    pub request_timeout: Duration,
+    /// How long the server keeps the marker it writes when a key expires (min 1 s).
+    /// A peer that is disconnected longer still converges: it resynchronises on reconnect.
+    pub marker_ttl: Duration,
+    /// Oldest lifecycle event kept in the event stream.
+    pub event_max_age: Duration,
+    /// Largest size of the event stream, bytes (-1: unlimited).
+    pub event_max_bytes: i64,
+    /// Most events kept in the event stream (-1: unlimited).
+    pub event_max_messages: i64,
+    /// Largest size of the bucket, bytes (-1: unlimited).
+    pub bucket_max_bytes: i64,
+    /// Token authentication.
+    pub token: Option<String>,
+    /// User and password authentication.
+    pub user_password: Option<(String, String)>,
+    /// Credentials file (JWT + NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// NKey seed authentication.
+    pub nkey_seed: Option<String>,
+    /// CA certificate (PEM) to trust for TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
+    /// Require TLS even for `nats://` URLs.
+    pub tls_required: bool,
+    /// Connection name shown by the server's monitoring.
+    pub client_name: Option<String>,
+}
+
+impl NatsOptions {
+    /// Defaults for one server URL (or a comma-separated list).
+    pub fn new(urls: impl AsRef<str>) -> Self {
+        NatsOptions {
+            urls: urls
+                .as_ref()
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            bucket: DEFAULT_BUCKET.to_string(),
+            event_stream: DEFAULT_EVENT_STREAM.to_string(),
+            subject_prefix: DEFAULT_SUBJECT_PREFIX.to_string(),
+            replicas: 1,
+            storage: StorageKind::File,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            marker_ttl: Duration::from_secs(60),
+            event_max_age: Duration::from_secs(7 * 24 * 3600),
+            event_max_bytes: 1 << 30,
+            event_max_messages: -1,
+            bucket_max_bytes: -1,
+            token: None,
+            user_password: None,
+            credentials_file: None,
+            nkey_seed: None,
+            tls_ca: None,
+            tls_client_cert: None,
+            tls_required: false,
+            client_name: None,
+        }
+    }
+
+    /// Sets the KV bucket name.
+    pub fn bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.bucket = bucket.into();
+        self
+    }
+
+    /// Sets the event stream name.
+    pub fn event_stream(mut self, stream: impl Into<String>) -> Self {
+        self.event_stream = stream.into();
+        self
+    }
+
+    /// Sets the first token of event subjects.
+    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.subject_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the replica count of the bucket and the stream.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Sets the storage kind.
+    pub fn storage(mut self, storage: StorageKind) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the request timeout.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets how long expiry markers are kept.
+    pub fn marker_ttl(mut self, ttl: Duration) -> Self {
+        self.marker_ttl = ttl;
+        self
+    }
+
+    /// Sets the event stream limits: age, bytes, messages (-1: unlimited).
+    pub fn event_limits(mut self, max_age: Duration, max_bytes: i64, max_messages: i64) -> Self {
+        self.event_max_age = max_age;
+        self.event_max_bytes = max_bytes;
+        self.event_max_messages = max_messages;
+        self
+    }
+
+    /// Sets the bucket's size limit in bytes (-1: unlimited).
+    pub fn bucket_max_bytes(mut self, max_bytes: i64) -> Self {
+        self.bucket_max_bytes = max_bytes;
+        self
+    }
+
+    /// Authenticates with a token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Authenticates with user and password.
+    pub fn user_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.user_password = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Authenticates with a credentials file.
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.credentials_file = Some(path.into());
+        self
+    }
+
+    /// Authenticates with an NKey seed.
+    pub fn nkey_seed(mut self, seed: impl Into<String>) -> Self {
+        self.nkey_seed = Some(seed.into());
+        self
+    }
+
+    /// Trusts this CA for TLS.
+    pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_ca = Some(path.into());
+        self
+    }
+
+    /// Presents a client certificate for mutual TLS.
+    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Requires TLS.
+    pub fn tls_required(mut self, required: bool) -> Self {
+        self.tls_required = required;
+        self
+    }
+
+    /// Names the connection.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.client_name = Some(name.into());
+        self
+    }
+
+    /// The URLs with any `user:password@` removed, for logs and errors.
+    pub fn redacted_urls(&self) -> String {
+        self.urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.urls.is_empty() {
+            return Err(Error::new(ErrorKind::InvalidConfig, "no NATS server url given"));
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("replicas must be 1 to 5, got {}", self.replicas),
+            ));
+        }
+        if self.marker_ttl < Duration::from_secs(1) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "marker_ttl must be at least 1s (nats-server minimum), got {}",
+                    humantime::format_duration(self.marker_ttl)
+                ),
+            ));
+        }
+        for (what, name) in [("bucket", &self.bucket), ("event_stream", &self.event_stream)] {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!("{what} {name:?} must be ASCII letters, digits, '-' or '_'"),
+                ));
+            }
+        }
+        crate::instance::validate_service_name(&self.subject_prefix).map_err(|e| {
+            Error::new(ErrorKind::InvalidConfig, format!("subject_prefix: {e}"))
+        })?;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for NatsOptions {
+    // Hand-written so credentials never reach a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("urls", &self.redacted_urls())
+            .field("bucket", &self.bucket)
+            .field("event_stream", &self.event_stream)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("replicas", &self.replicas)
+            .field("storage", &self.storage)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("user", &self.user_password.as_ref().map(|(u, _)| u))
+            .field("credentials_file", &self.credentials_file)
+            .field("nkey_seed", &self.nkey_seed.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_required", &self.tls_required)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes `user:password@` from a URL.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://<redacted>@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        (None, Some(at)) => format!("<redacted>@{}", &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Timing of owners and peers, shared by both backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How long a key lives without a heartbeat (whole seconds on NATS, at least 1 s).
+    pub instance_ttl: Duration,
+    /// How often an owner refreshes its keys; must be shorter than the TTL.
+    pub heartbeat_interval: Duration,
+    /// How long a deregistration tombstone is kept before it expires too.
+    pub tombstone_ttl: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            instance_ttl: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(3),
+            tombstone_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timing {
+    pub(crate) fn validate(&self) -> Result<()> {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        if self.instance_ttl < Duration::from_secs(1) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("instance_ttl must be at least 1s, got {}", show(self.instance_ttl)),
+            ));
+        }
+        if self.tombstone_ttl < Duration::from_secs(1) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("tombstone_ttl must be at least 1s, got {}", show(self.tombstone_ttl)),
+            ));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.instance_ttl {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "heartbeat_interval ({}) must be above zero and below instance_ttl ({})",
+                    show(self.heartbeat_interval),
+                    show(self.instance_ttl)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(redact_url("nats://bob:pw@host:4222"), "nats://<redacted>@host:4222");
+        assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
+        let options = NatsOptions::new("nats://bob:pw@h:1").user_password("u", "hunter2");
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("pw@") && !shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn heartbeat_must_be_shorter_than_ttl() {
+        let timing = Timing {
+            heartbeat_interval: Duration::from_secs(10),
+            ..Timing::default()
+        };
+        let err = timing.validate().unwrap_err();
+        assert!(err.to_string().contains("heartbeat_interval (10s)"), "{err}");
+    }
+}

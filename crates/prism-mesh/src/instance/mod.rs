@@ -1,0 +1,234 @@
+//! The instance model: one running copy of a service, as every peer sees it.
+
+mod status;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use status::InstanceStatus;
+pub use validate::{
+    validate_service_name, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_SERVICE_NAME_LEN, MAX_TAGS,
+    MAX_TAG_LEN,
+};
+
+use crate::error::Result;
+
+/// Free-form metadata: string keys, JSON-like values.
+pub type Metadata = BTreeMap<String, serde_json::Value>;
+
+/// The default load-balancing weight of an instance.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// One running copy of a service.
+///
+/// Build one with [`ServiceInstance::builder`]; the builder validates the name and the
+/// sizes, and [`Mesh::register`](crate::Mesh::register) validates again before any network
+/// call, so a hand-edited instance cannot slip through.
+///
+/// ```
+/// use prism_mesh::{InstanceStatus, ServiceInstance};
+///
+/// let instance = ServiceInstance::builder("orders", "10.0.0.7", 8080)
+///     .tag("v2")
+///     .metadata("region", "eu-west")
+///     .weight(50)
+///     .build()?;
+/// assert_eq!(instance.base_url(), "http://10.0.0.7:8080");
+/// assert_eq!(instance.status, InstanceStatus::Starting);
+/// # Ok::<(), prism_mesh::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceInstance {
+    /// Service name: a single NATS subject token (letters, digits, `-`, `_`).
+    pub service: String,
+    /// Unique id of this instance.
+    pub id: Uuid,
+    /// Host name or address peers use to reach the instance.
+    pub host: String,
+    /// Port peers use to reach the instance.
+    pub port: u16,
+    /// URL scheme, `http` by default.
+    pub scheme: String,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub metadata: Metadata,
+    /// Tags for filtering.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Lifecycle status.
+    pub status: InstanceStatus,
+    /// Load-balancing weight (default 100).
+    pub weight: u32,
+    /// Availability zone, if known.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// When the instance was first registered.
+    #[serde(with = "unix_millis")]
+    pub registered_at: SystemTime,
+    /// When the owner last changed the instance (status, metadata...). Heartbeats do not
+    /// change it.
+    #[serde(with = "unix_millis")]
+    pub updated_at: SystemTime,
+}
+
+impl ServiceInstance {
+    /// Starts building an instance of `service` reachable at `host:port`.
+    pub fn builder(
+        service: impl Into<String>,
+        host: impl Into<String>,
+        port: u16,
+    ) -> ServiceInstanceBuilder {
+        let now = SystemTime::now();
+        ServiceInstanceBuilder {
+            instance: ServiceInstance {
+                service: service.into(),
+                id: Uuid::new_v4(),
+                host: host.into(),
+                port,
+                scheme: "http".to_string(),
+                metadata: Metadata::new(),
+                tags: Vec::new(),
+                status: InstanceStatus::Starting,
+                weight: DEFAULT_WEIGHT,
+                zone: None,
+                registered_at: now,
+                updated_at: now,
+            },
+        }
+    }
+
+    /// `scheme://host:port`, with IPv6 hosts bracketed.
+    pub fn base_url(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("{}://[{}]:{}", self.scheme, self.host, self.port)
+        } else {
+            format!("{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+
+    /// The KV key of this instance: `<service>.<id>`.
+    pub fn key(&self) -> String {
+        crate::protocol::instance_key(&self.service, &self.id)
+    }
+
+    /// Checks every limit the wire protocol sets; the error names the field and the problem.
+    pub fn validate(&self) -> Result<()> {
+        validate::validate_instance(self)
+    }
+
+    /// True when every field except the timestamps matches `other`: a heartbeat, not a change.
+    pub(crate) fn same_content(&self, other: &ServiceInstance) -> bool {
+        self.service == other.service
+            && self.id == other.id
+            && self.host == other.host
+            && self.port == other.port
+            && self.scheme == other.scheme
+            && self.metadata == other.metadata
+            && self.tags == other.tags
+            && self.status == other.status
+            && self.weight == other.weight
+            && self.zone == other.zone
+    }
+}
+
+/// Builder for [`ServiceInstance`]; see [`ServiceInstance::builder`].
+#[derive(Debug, Clone)]
+pub struct ServiceInstanceBuilder {
+    instance: ServiceInstance,
+}
+
+impl ServiceInstanceBuilder {
+    /// Uses a given instance id instead of a fresh random one.
+    pub fn id(mut self, id: Uuid) -> Self {
+        self.instance.id = id;
+        self
+    }
+
+    /// Sets the URL scheme (`http` by default).
+    pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
+        self.instance.scheme = scheme.into();
+        self
+    }
+
+    /// Adds one metadata entry. A `weight` entry holding a number also sets the weight.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        let key = key.into();
+        let value = value.into();
+        if key == "weight" {
+            if let Some(weight) = value.as_u64().and_then(|w| u32::try_from(w).ok()) {
+                self.instance.weight = weight;
+            }
+        }
+        self.instance.metadata.insert(key, value);
+        self
+    }
+
+    /// Replaces the whole metadata map.
+    pub fn metadata_map(mut self, metadata: Metadata) -> Self {
+        if let Some(weight) = metadata
+            .get("weight")
+            .and_then(|w| w.as_u64())
+            .and_then(|w| u32::try_from(w).ok())
+        {
+            self.instance.weight = weight;
+        }
+        self.instance.metadata = metadata;
+        self
+    }
+
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.instance.tags.push(tag.into());
+        self
+    }
+
+    /// Sets the starting status (`Starting` by default).
+    pub fn status(mut self, status: InstanceStatus) -> Self {
+        self.instance.status = status;
+        self
+    }
+
+    /// Sets the load-balancing weight (100 by default).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.instance.weight = weight;
+        self
+    }
+
+    /// Sets the availability zone.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.instance.zone = Some(zone.into());
+        self
+    }
+
+    /// Validates and returns the instance.
+    pub fn build(self) -> Result<ServiceInstance> {
+        self.instance.validate()?;
+        Ok(self.instance)
+    }
+}
+
+/// `SystemTime` as milliseconds since the Unix epoch on the wire.
+pub(crate) mod unix_millis {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn to_millis(time: &SystemTime) -> u64 {
+        time.duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(to_millis(time))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        let millis = u64::deserialize(deserializer)?;
+        Ok(UNIX_EPOCH + Duration::from_millis(millis))
+    }
+}

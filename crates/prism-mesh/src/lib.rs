@@ -1,0 +1,49 @@
+//! # prism-mesh
+//!
+//! Service discovery with no central server. Each service embeds a [`Mesh`]: it registers
+//! its instances, sees every other live instance in an in-memory view, and gets typed
+//! events when instances come, change, leave or die.
+//!
+//! With the NATS backend, instance records live in a JetStream KV bucket with per-key TTLs
+//! (a crashed owner's key expires on the server) and lifecycle events go to
+//! `discovery.<service>.<instance>.<event>` as an audit trail. The in-memory backend has the
+//! same semantics inside one process. `docs/architecture.md` and `docs/protocol.md` in the
+//! repository describe the data flow and the wire format.
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> prism_mesh::Result<()> {
+//! use prism_mesh::{InstanceStatus, Mesh, MemoryStore, ServiceInstance};
+//!
+//! let mesh = Mesh::builder().memory_store(MemoryStore::new()).connect().await?;
+//! let me = mesh
+//!     .register(ServiceInstance::builder("orders", "10.0.0.7", 8080).tag("v2").build()?)
+//!     .await?;
+//! me.set_status(InstanceStatus::Healthy, None).await?;
+//! assert_eq!(mesh.discover("orders")[0].base_url(), "http://10.0.0.7:8080");
+//! mesh.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod config;
+mod error;
+mod instance;
+mod mesh;
+mod metrics;
+mod owner;
+pub mod protocol;
+mod store;
+mod util;
+mod view;
+
+pub use config::{BackendConfig, NatsOptions, StorageKind, Timing};
+pub use error::{Error, ErrorKind, Result};
+pub use instance::{
+    validate_service_name, InstanceStatus, Metadata, ServiceInstance, ServiceInstanceBuilder,
+    DEFAULT_WEIGHT, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
+};
+pub use mesh::{Mesh, MeshBuilder};
+pub use metrics::StatsSnapshot;
+pub use owner::Registration;
+pub use store::MemoryStore;
+pub use view::{EventFilter, EventKind, EventStream, MeshEvent, ServiceSlot, ServiceSnapshot};

@@ -1,0 +1,395 @@
+//! [`Mesh`]: the handle a service embeds to register itself, see every other instance and
+//! react to changes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+use uuid::Uuid;
+
+use crate::config::{BackendConfig, NatsOptions, Timing};
+use crate::error::{Error, ErrorKind, Result};
+use crate::instance::ServiceInstance;
+use crate::metrics::{MeshStats, StatsSnapshot};
+use crate::owner::{Owner, Registration};
+use crate::store::{MemoryStore, NatsStore, Store};
+use crate::view::{
+    EventBus, EventFilter, EventStream, MeshEvent, RegistryView, ServiceSlot, ViewTask,
+};
+
+/// How long [`MeshBuilder::connect`] waits for the first full view by default.
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds a [`Mesh`]: backend, timing, options. Mirrors async-nats' `ConnectOptions`.
+///
+/// ```no_run
+/// # async fn run() -> prism_mesh::Result<()> {
+/// use std::time::Duration;
+/// use prism_mesh::{Mesh, NatsOptions};
+///
+/// let mesh = Mesh::builder()
+///     .nats(NatsOptions::new("nats://127.0.0.1:4222"))
+///     .instance_ttl(Duration::from_secs(10))
+///     .heartbeat_interval(Duration::from_secs(3))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MeshBuilder {
+    backend: BackendConfig,
+    timing: Timing,
+    publish_expired_events: bool,
+    ready_timeout: Duration,
+}
+
+impl Default for MeshBuilder {
+    fn default() -> Self {
+        MeshBuilder {
+            backend: BackendConfig::default(),
+            timing: Timing::default(),
+            publish_expired_events: true,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
+    }
+}
+
+impl MeshBuilder {
+    /// Uses the process-wide in-memory backend (the default).
+    pub fn memory(mut self) -> Self {
+        self.backend = BackendConfig::Memory(MemoryStore::global());
+        self
+    }
+
+    /// Uses a given in-memory store (isolated peers, tests).
+    pub fn memory_store(mut self, store: MemoryStore) -> Self {
+        self.backend = BackendConfig::Memory(store);
+        self
+    }
+
+    /// Uses NATS JetStream.
+    pub fn nats(mut self, options: NatsOptions) -> Self {
+        self.backend = BackendConfig::Nats(options);
+        self
+    }
+
+    /// Sets the backend.
+    pub fn backend(mut self, backend: BackendConfig) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Sets all timings at once.
+    pub fn timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// How long an instance lives without a heartbeat (default 10 s).
+    pub fn instance_ttl(mut self, ttl: Duration) -> Self {
+        self.timing.instance_ttl = ttl;
+        self
+    }
+
+    /// How often owners refresh their keys (default 3 s).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.timing.heartbeat_interval = interval;
+        self
+    }
+
+    /// How long deregistration tombstones are kept (default 60 s).
+    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.timing.tombstone_ttl = ttl;
+        self
+    }
+
+    /// Whether this peer appends `expired` events to the event stream when it sees a key
+    /// expire (default true; the stream keeps one per expiry whoever publishes).
+    pub fn publish_expired_events(mut self, publish: bool) -> Self {
+        self.publish_expired_events = publish;
+        self
+    }
+
+    /// How long `connect` waits for the first full view (default 60 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Connects, loads the current view and starts watching. When this returns, reads see
+    /// every instance that was live at the time.
+    pub async fn connect(self) -> Result<Mesh> {
+        self.timing.validate()?;
+        let store = match &self.backend {
+            BackendConfig::Memory(store) => Store::Memory(store.clone()),
+            BackendConfig::Nats(options) => Store::Nats(NatsStore::connect(options).await?),
+        };
+        Mesh::start(store, self).await
+    }
+}
+
+/// A peer of the mesh: registers instances, reads the live view, streams events.
+///
+/// Clones share one peer. Reads ([`discover`](Mesh::discover), [`services`](Mesh::services))
+/// come from memory and never touch the network.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> prism_mesh::Result<()> {
+/// use futures::StreamExt;
+/// use prism_mesh::{InstanceStatus, Mesh, MemoryStore, MeshEvent, ServiceInstance};
+///
+/// let mesh = Mesh::builder().memory_store(MemoryStore::new()).connect().await?;
+/// let mut events = mesh.subscribe();
+///
+/// let me = mesh.register(ServiceInstance::builder("api", "127.0.0.1", 8080).build()?).await?;
+/// me.set_status(InstanceStatus::Healthy, Some("ready")).await?;
+///
+/// assert!(matches!(events.next().await, Some(MeshEvent::Registered { .. })));
+/// match events.next().await {
+///     Some(MeshEvent::StatusChanged { previous, current, .. }) => {
+///         assert_eq!((previous, current), (InstanceStatus::Starting, InstanceStatus::Healthy));
+///     }
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// assert_eq!(mesh.discover("api")[0].status, InstanceStatus::Healthy);
+/// mesh.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    timing: Timing,
+    peer_id: String,
+    registry: Arc<RegistryView>,
+    bus: Arc<EventBus>,
+    stats: Arc<MeshStats>,
+    owned: Mutex<HashMap<Uuid, Registration>>,
+    closing: watch::Sender<bool>,
+}
+
+impl Drop for Inner {
+    // Owners stop with the last handle; their keys then expire like a crashed process's.
+    // `shutdown` is the graceful path.
+    fn drop(&mut self) {
+        self.closing.send_replace(true);
+    }
+}
+
+impl Mesh {
+    /// Starts building a mesh.
+    pub fn builder() -> MeshBuilder {
+        MeshBuilder::default()
+    }
+
+    /// Connects to NATS at `url` with default options.
+    pub async fn connect_nats(url: &str) -> Result<Mesh> {
+        Mesh::builder().nats(NatsOptions::new(url)).connect().await
+    }
+
+    async fn start(store: Store, builder: MeshBuilder) -> Result<Mesh> {
+        let peer_id = Uuid::new_v4().to_string();
+        let registry = Arc::new(RegistryView::default());
+        let bus = Arc::new(EventBus::default());
+        let stats = Arc::new(MeshStats::default());
+        let (ready_tx, mut ready) = watch::channel(false);
+        let task = ViewTask {
+            store: store.clone(),
+            registry: registry.clone(),
+            bus: bus.clone(),
+            stats: stats.clone(),
+            ready: ready_tx,
+            peer_id: peer_id.clone(),
+            publish_expired: builder.publish_expired_events,
+        };
+        let span = tracing::info_span!("view", peer = %peer_id);
+        tokio::spawn(task.run(store.watch()).instrument(span));
+        match tokio::time::timeout(builder.ready_timeout, crate::util::until_true(&mut ready)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::new(ErrorKind::Closed, "the view task ended before the first snapshot"))
+            }
+            Err(_) => {
+                store.close().await;
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no full view of the bucket within {}",
+                        humantime::format_duration(builder.ready_timeout)
+                    ),
+                ));
+            }
+        }
+        info!(peer = %peer_id, instances = registry.instance_count(), "mesh view ready");
+        Ok(Mesh {
+            inner: Arc::new(Inner {
+                store,
+                timing: builder.timing,
+                peer_id,
+                registry,
+                bus,
+                stats,
+                owned: Mutex::new(HashMap::new()),
+                closing: watch::channel(false).0,
+            }),
+        })
+    }
+
+    /// This peer's id (the `origin` of the events it publishes).
+    pub fn peer_id(&self) -> &str {
+        &self.inner.peer_id
+    }
+
+    /// The timing owners of this mesh use.
+    pub fn timing(&self) -> Timing {
+        self.inner.timing
+    }
+
+    /// Registers `instance`: validates it (no network call if invalid), writes its key and
+    /// the `registered` event, then keeps it alive until deregistered or shut down.
+    pub async fn register(&self, instance: ServiceInstance) -> Result<Registration> {
+        instance.validate()?;
+        if *self.inner.closing.borrow() {
+            return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
+        }
+        let registration = Owner::register(
+            self.inner.store.clone(),
+            self.inner.timing,
+            self.inner.stats.clone(),
+            self.inner.peer_id.clone(),
+            instance,
+            self.inner.closing.subscribe(),
+        )
+        .await?;
+        self.lock_owned().insert(registration.id(), registration.clone());
+        Ok(registration)
+    }
+
+    /// The instances this handle registered and has not deregistered.
+    pub fn registrations(&self) -> Vec<Registration> {
+        self.lock_owned().values().cloned().collect()
+    }
+
+    /// Every instance of `service` in the view, whatever its status, ordered by id.
+    pub fn discover(&self, service: &str) -> Vec<Arc<ServiceInstance>> {
+        self.inner
+            .registry
+            .slot(service)
+            .map(|slot| slot.load().instances().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// A live handle on `service`'s snapshot, for callers that read it often.
+    pub fn service(&self, service: &str) -> Arc<ServiceSlot> {
+        self.inner.registry.slot_or_insert(service)
+    }
+
+    /// Names of services with at least one instance, sorted.
+    pub fn services(&self) -> Vec<String> {
+        self.inner.registry.service_names()
+    }
+
+    /// Number of instances in the view.
+    pub fn instance_count(&self) -> usize {
+        self.inner.registry.instance_count()
+    }
+
+    /// Waits until `service` has at least one instance; returns them.
+    pub async fn wait_for_service(
+        &self,
+        service: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Arc<ServiceInstance>>> {
+        // Subscribe before looking so an arrival between the two is not missed.
+        let mut events = self.subscribe_filtered(EventFilter::service(service));
+        let wait = async {
+            loop {
+                let instances = self.discover(service);
+                if !instances.is_empty() {
+                    return Ok(instances);
+                }
+                if events.next().await.is_none() {
+                    return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.map_err(|_| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no instance of {service:?} appeared within {}",
+                    humantime::format_duration(timeout)
+                ),
+            )
+        })?
+    }
+
+    /// Every event from now on.
+    pub fn subscribe(&self) -> EventStream {
+        self.inner.bus.subscribe(EventFilter::all())
+    }
+
+    /// Events passing `filter` from now on.
+    pub fn subscribe_filtered(&self, filter: EventFilter) -> EventStream {
+        self.inner.bus.subscribe(filter)
+    }
+
+    /// Runs `handler` for each event passing `filter`, one at a time, in order, on its own
+    /// task (a slow handler delays only itself).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> prism_mesh::Result<()> {
+    /// use prism_mesh::{EventKind, Mesh, MemoryStore, MeshEvent};
+    ///
+    /// let mesh = Mesh::builder().memory_store(MemoryStore::new()).connect().await?;
+    /// mesh.on(EventKind::Expired, |event: MeshEvent| async move {
+    ///     tracing::warn!(service = event.service(), "instance expired");
+    /// });
+    /// # Ok(()) }
+    /// ```
+    pub fn on<F, Fut>(&self, filter: impl Into<EventFilter>, handler: F) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(MeshEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut events = self.subscribe_filtered(filter.into());
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                handler(event).await;
+            }
+        })
+    }
+
+    /// Counters of this peer.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner
+            .stats
+            .snapshot(self.inner.registry.instance_count())
+    }
+
+    /// Deregisters every instance this handle owns (peers see `Deregistered`), then stops
+    /// heartbeats and closes the connection. Errors are logged: shutdown always finishes.
+    pub async fn shutdown(&self) {
+        let owned: Vec<Registration> = self.lock_owned().drain().map(|(_, r)| r).collect();
+        for registration in owned {
+            if let Err(e) = registration.deregister(Some("shutdown")).await {
+                warn!(error = %e, id = %registration.id(), "deregistration at shutdown failed");
+            }
+        }
+        self.inner.closing.send_replace(true);
+        self.inner.store.close().await;
+    }
+
+    /// Forgets a registration after it was deregistered through its handle.
+    pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
+        self.inner.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

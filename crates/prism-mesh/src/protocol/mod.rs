@@ -1,0 +1,95 @@
+//! The wire protocol: subjects, keys, headers and payloads. `docs/protocol.md` is the
+//! language-neutral specification of what this module implements.
+
+mod record;
+
+pub use record::{EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
+
+use uuid::Uuid;
+
+/// Default first token of lifecycle event subjects: `discovery.<service>.<instance>.<event>`.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "discovery";
+/// Default KV bucket holding one key per live instance.
+pub const DEFAULT_BUCKET: &str = "prism-instances";
+/// Default JetStream stream storing lifecycle events (the audit trail).
+pub const DEFAULT_EVENT_STREAM: &str = "PRISM_DISCOVERY";
+
+/// Header names used on lifecycle events and KV records.
+pub mod headers {
+    /// Service name, readable without decoding the body.
+    pub const SERVICE: &str = "Prism-Service";
+    /// Instance id.
+    pub const INSTANCE: &str = "Prism-Instance";
+    /// Event name (`registered`, `updated`, `status`, `deregistered`, `expired`).
+    pub const EVENT: &str = "Prism-Event";
+    /// Current status of the instance.
+    pub const STATUS: &str = "Prism-Status";
+    /// Status before a status change.
+    pub const PREVIOUS_STATUS: &str = "Prism-Previous-Status";
+    /// Human-readable reason of the change.
+    pub const REASON: &str = "Prism-Reason";
+    /// Id of the peer that published the message.
+    pub const ORIGIN: &str = "Prism-Origin";
+    /// Protocol version of the body.
+    pub const VERSION: &str = "Prism-Version";
+    /// JetStream de-duplication id.
+    pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+    /// Per-message TTL (nats-server 2.11+).
+    pub const NATS_TTL: &str = "Nats-TTL";
+    /// Optimistic concurrency on the key's last revision.
+    pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+    /// Reason of a server-written marker (`MaxAge`, `Purge`, `Remove`).
+    pub const NATS_MARKER_REASON: &str = "Nats-Marker-Reason";
+    /// KV operation (`DEL`, `PURGE`); absent on puts.
+    pub const KV_OPERATION: &str = "KV-Operation";
+}
+
+/// The KV key of an instance: `<service>.<instance id>`.
+pub fn instance_key(service: &str, id: &Uuid) -> String {
+    format!("{service}.{}", id.hyphenated())
+}
+
+/// Splits a KV key into service name and instance id; `None` if it is not one of ours.
+pub fn parse_instance_key(key: &str) -> Option<(&str, Uuid)> {
+    let (service, id) = key.split_once('.')?;
+    crate::instance::validate_service_name(service).ok()?;
+    let id = Uuid::parse_str(id).ok()?;
+    Some((service, id))
+}
+
+/// Subject of a lifecycle event: `<prefix>.<service>.<instance id>.<event>`.
+pub fn event_subject(prefix: &str, service: &str, id: &Uuid, event: EventName) -> String {
+    format!("{prefix}.{service}.{}.{}", id.hyphenated(), event.as_str())
+}
+
+/// Formats a TTL for the `Nats-TTL` header: whole seconds, rounded up, at least 1 s.
+pub fn ttl_header_value(ttl: std::time::Duration) -> String {
+    let mut secs = ttl.as_secs();
+    if ttl.subsec_nanos() > 0 {
+        secs += 1;
+    }
+    format!("{}s", secs.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn keys_round_trip_and_foreign_keys_are_refused() {
+        let id = Uuid::new_v4();
+        let key = instance_key("orders", &id);
+        assert_eq!(parse_instance_key(&key), Some(("orders", id)));
+        assert_eq!(parse_instance_key("orders"), None);
+        assert_eq!(parse_instance_key("orders.not-a-uuid"), None);
+        assert_eq!(parse_instance_key(&format!("a*b.{id}")), None);
+    }
+
+    #[test]
+    fn ttl_header_rounds_up_to_whole_seconds() {
+        assert_eq!(ttl_header_value(Duration::from_millis(1500)), "2s");
+        assert_eq!(ttl_header_value(Duration::from_secs(10)), "10s");
+        assert_eq!(ttl_header_value(Duration::from_millis(10)), "1s");
+    }
+}

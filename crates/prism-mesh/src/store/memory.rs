@@ -1,0 +1,297 @@
+//! The in-process backend: the same log, TTL and event semantics as NATS, inside one
+//! process. Every [`Mesh`](crate::Mesh) built on the same `MemoryStore` is a peer of the
+//! others.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{KvChange, RemovalCause, WatchItem, WriteCondition};
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{EventRecord, InstanceRecord};
+
+/// How often expired keys are swept (NATS runs a 1 s timing wheel; we are finer).
+const SWEEP_INTERVAL: Duration = Duration::from_millis(50);
+/// Lifecycle events kept for [`MemoryStore::events`].
+const EVENT_LOG_CAPACITY: usize = 10_000;
+
+/// An in-process key-value log with per-key TTLs and an event log.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> prism_mesh::Result<()> {
+/// use prism_mesh::{Mesh, MemoryStore, ServiceInstance};
+///
+/// let store = MemoryStore::new();
+/// let owner = Mesh::builder().memory_store(store.clone()).connect().await?;
+/// let peer = Mesh::builder().memory_store(store).connect().await?;
+///
+/// owner.register(ServiceInstance::builder("orders", "127.0.0.1", 8080).build()?).await?;
+/// peer.wait_for_service("orders", std::time::Duration::from_secs(1)).await?;
+/// assert_eq!(peer.discover("orders").len(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    reconnects: watch::Sender<u64>,
+    sweeper: Mutex<Option<JoinHandle<()>>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<String, Slot>,
+    revision: u64,
+    deadlines: BinaryHeap<Reverse<(Instant, u64, String)>>,
+    watchers: Vec<mpsc::UnboundedSender<WatchItem>>,
+    events: VecDeque<(String, EventRecord)>,
+    event_ids: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    /// `None` for a tombstone.
+    value: Option<Bytes>,
+    revision: u64,
+    written_at: SystemTime,
+    cause: Option<RemovalCause>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A new, empty store.
+    pub fn new() -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                reconnects: watch::channel(0).0,
+                sweeper: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The process-wide store used by the `memory` backend when none is given.
+    pub fn global() -> MemoryStore {
+        static GLOBAL: OnceLock<MemoryStore> = OnceLock::new();
+        GLOBAL.get_or_init(MemoryStore::new).clone()
+    }
+
+    /// The lifecycle events published so far (the last 10,000), oldest first.
+    pub fn events(&self) -> Vec<EventRecord> {
+        self.lock().events.iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// Number of keys held, tombstones included (they expire too).
+    pub fn key_count(&self) -> usize {
+        self.lock().keys.len()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map half-written (every
+        // mutation is a single insert/remove), so a poisoned lock is still usable.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn put(
+        &self,
+        key: &str,
+        record: &InstanceRecord,
+        ttl: Duration,
+        condition: WriteCondition,
+    ) -> Result<u64> {
+        let value = Bytes::from(record.encode()?);
+        self.ensure_sweeper();
+        let mut state = self.lock();
+        let current = state.keys.get(key);
+        let live_revision = current.filter(|s| s.value.is_some()).map(|s| s.revision);
+        let ok = match condition {
+            WriteCondition::Any => true,
+            WriteCondition::Absent => live_revision.is_none(),
+            WriteCondition::Revision(expected) => current.map(|s| s.revision) == Some(expected),
+        };
+        if !ok {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "write to {key} expected {condition:?}, key is at {:?}",
+                    current.map(|s| s.revision)
+                ),
+            ));
+        }
+        state.revision += 1;
+        let revision = state.revision;
+        let written_at = SystemTime::now();
+        state.keys.insert(
+            key.to_string(),
+            Slot {
+                value: Some(value.clone()),
+                revision,
+                written_at,
+                cause: None,
+            },
+        );
+        state
+            .deadlines
+            .push(Reverse((Instant::now() + ttl, revision, key.to_string())));
+        state.broadcast(KvChange::Put {
+            key: key.to_string(),
+            value,
+            revision,
+            written_at,
+        });
+        Ok(revision)
+    }
+
+    pub(crate) fn delete(&self, key: &str, reason: Option<&str>, tombstone_ttl: Duration) -> u64 {
+        self.ensure_sweeper();
+        let mut state = self.lock();
+        state.revision += 1;
+        let revision = state.revision;
+        let cause = RemovalCause::Deregistered {
+            reason: reason.map(str::to_string),
+        };
+        state.keys.insert(
+            key.to_string(),
+            Slot {
+                value: None,
+                revision,
+                written_at: SystemTime::now(),
+                cause: Some(cause.clone()),
+            },
+        );
+        state
+            .deadlines
+            .push(Reverse((Instant::now() + tombstone_ttl, revision, key.to_string())));
+        state.broadcast(KvChange::Removed {
+            key: key.to_string(),
+            revision,
+            cause,
+        });
+        revision
+    }
+
+    pub(crate) fn publish_event(&self, record: &EventRecord, msg_id: &str) -> Result<()> {
+        let mut state = self.lock();
+        if !state.event_ids.insert(msg_id.to_string()) {
+            return Ok(()); // duplicate: stored once, like Nats-Msg-Id
+        }
+        state.events.push_back((msg_id.to_string(), record.clone()));
+        while state.events.len() > EVENT_LOG_CAPACITY {
+            if let Some((id, _)) = state.events.pop_front() {
+                state.event_ids.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn watch(&self) -> mpsc::UnboundedReceiver<WatchItem> {
+        self.ensure_sweeper();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut state = self.lock();
+        let snapshot = state
+            .keys
+            .iter()
+            .map(|(key, slot)| slot.as_change(key))
+            .collect();
+        // Snapshot and subscription under one lock: no change falls between them.
+        if tx.send(WatchItem::Snapshot(snapshot)).is_ok() {
+            state.watchers.push(tx);
+        }
+        rx
+    }
+
+    pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
+        self.inner.reconnects.subscribe()
+    }
+
+    /// Starts (or restarts, if its runtime ended) the task expiring keys.
+    fn ensure_sweeper(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut sweeper = self.inner.sweeper.lock().unwrap_or_else(|p| p.into_inner());
+        if sweeper.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        *sweeper = Some(runtime.spawn(sweep(weak)));
+    }
+}
+
+async fn sweep(weak: Weak<Inner>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = weak.upgrade() else { return };
+        let mut state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.expire(Instant::now());
+    }
+}
+
+impl State {
+    fn broadcast(&mut self, change: KvChange) {
+        self.watchers
+            .retain(|w| w.send(WatchItem::Change(change.clone())).is_ok());
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((deadline, revision, _))) = self.deadlines.peek() {
+            if *deadline > now {
+                break;
+            }
+            let revision = *revision;
+            let Some(Reverse((_, _, key))) = self.deadlines.pop() else {
+                break;
+            };
+            // A later write superseded this deadline.
+            if self.keys.get(&key).map(|s| s.revision) != Some(revision) {
+                continue;
+            }
+            let Some(slot) = self.keys.remove(&key) else {
+                continue;
+            };
+            if slot.value.is_some() {
+                self.revision += 1;
+                let revision = self.revision;
+                self.broadcast(KvChange::Removed {
+                    key,
+                    revision,
+                    cause: RemovalCause::Expired,
+                });
+            }
+        }
+    }
+}
+
+impl Slot {
+    fn as_change(&self, key: &str) -> KvChange {
+        match (&self.value, &self.cause) {
+            (Some(value), _) => KvChange::Put {
+                key: key.to_string(),
+                value: value.clone(),
+                revision: self.revision,
+            },
+            (None, cause) => KvChange::Removed {
+                key: key.to_string(),
+                revision: self.revision,
+                cause: cause.clone().unwrap_or(RemovalCause::Purged),
+            },
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Backends: where instance records and lifecycle events live.
+//!
+//! A backend is a tiny key-value log with per-key TTLs plus an event sink: owners write
+//! records through it, peers watch it. Everything above (owners, the peer view, events) is
+//! shared, so the in-process [`MemoryStore`] and NATS JetStream behave the same.
+
+mod memory;
+mod nats;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+pub use memory::MemoryStore;
+pub(crate) use nats::NatsStore;
+
+use crate::error::Result;
+use crate::protocol::{EventRecord, InstanceRecord};
+
+/// What a write expects of the key's current state (optimistic concurrency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteCondition {
+    /// The key holds no live value (never written, deleted, expired).
+    Absent,
+    /// The key's last revision is exactly this one.
+    Revision(u64),
+    /// Unconditional (an owner re-asserting its own key).
+    Any,
+}
+
+/// Why a key stopped holding a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RemovalCause {
+    /// The owner deleted it.
+    Deregistered { reason: Option<String> },
+    /// Its TTL ran out on the server.
+    Expired,
+    /// Removed administratively (purge).
+    Purged,
+}
+
+/// One change of the key-value log, in log order.
+#[derive(Debug, Clone)]
+pub(crate) enum KvChange {
+    Put {
+        key: String,
+        value: Bytes,
+        revision: u64,
+    },
+    Removed {
+        key: String,
+        revision: u64,
+        cause: RemovalCause,
+    },
+}
+
+/// What a watch delivers: a full state first (and again after every resynchronisation),
+/// then changes.
+#[derive(Debug)]
+pub(crate) enum WatchItem {
+    /// The last change of every key, as of now. Keys absent from it hold nothing.
+    Snapshot(Vec<KvChange>),
+    /// A change after the snapshot.
+    Change(KvChange),
+}
+
+/// The backend a mesh runs on.
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    Memory(MemoryStore),
+    Nats(NatsStore),
+}
+
+impl Store {
+    /// Writes `record` under `key` with a TTL, if `condition` holds; returns the new revision.
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        record: &InstanceRecord,
+        ttl: Duration,
+        condition: WriteCondition,
+    ) -> Result<u64> {
+        match self {
+            Store::Memory(store) => store.put(key, record, ttl, condition),
+            Store::Nats(store) => store.put(key, record, ttl, condition).await,
+        }
+    }
+
+    /// Deletes `key`, leaving a tombstone that itself expires after `tombstone_ttl`.
+    pub(crate) async fn delete(
+        &self,
+        key: &str,
+        reason: Option<&str>,
+        tombstone_ttl: Duration,
+    ) -> Result<u64> {
+        match self {
+            Store::Memory(store) => Ok(store.delete(key, reason, tombstone_ttl)),
+            Store::Nats(store) => store.delete(key, reason, tombstone_ttl).await,
+        }
+    }
+
+    /// Appends a lifecycle event; `msg_id` makes it idempotent.
+    pub(crate) async fn publish_event(&self, record: &EventRecord, msg_id: &str) -> Result<()> {
+        match self {
+            Store::Memory(store) => store.publish_event(record, msg_id),
+            Store::Nats(store) => store.publish_event(record, msg_id).await,
+        }
+    }
+
+    /// Starts watching every key: a snapshot, then changes.
+    pub(crate) fn watch(&self) -> mpsc::UnboundedReceiver<WatchItem> {
+        match self {
+            Store::Memory(store) => store.watch(),
+            Store::Nats(store) => store.watch(),
+        }
+    }
+
+    /// Counts reconnections of the underlying connection (never changes in memory).
+    pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
+        match self {
+            Store::Memory(store) => store.reconnects(),
+            Store::Nats(store) => store.reconnects(),
+        }
+    }
+
+    /// Stops background work tied to this handle.
+    pub(crate) async fn close(&self) {
+        if let Store::Nats(store) = self {
+            store.close().await;
+        }
+    }
+}

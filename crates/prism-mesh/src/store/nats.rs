@@ -1,0 +1,527 @@
+//! The NATS JetStream backend: instance records in a KV bucket with per-key TTLs, read back
+//! as raw stream messages (the KV API hides the headers that tell expiry from deletion);
+//! lifecycle events in their own stream.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn, Instrument};
+
+use super::{KvChange, RemovalCause, WatchItem, WriteCondition};
+use crate::config::{NatsOptions, StorageKind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{
+    event_subject, headers as h, ttl_header_value, EventName, EventRecord, InstanceRecord,
+    PROTOCOL_VERSION,
+};
+
+/// A connected NATS backend. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct NatsStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    kv_stream: String,
+    /// `$KV.<bucket>.`
+    kv_prefix: String,
+    subject_prefix: String,
+    reconnects: watch::Receiver<u64>,
+    closed: watch::Sender<bool>,
+    urls: String,
+}
+
+impl NatsStore {
+    /// Connects, then creates (or checks) the bucket and the event stream.
+    #[tracing::instrument(name = "nats.connect", skip_all, fields(urls = %options.redacted_urls()))]
+    pub(crate) async fn connect(options: &NatsOptions) -> Result<NatsStore> {
+        options.validate()?;
+        let urls = options.redacted_urls();
+        let addrs = options
+            .urls
+            .iter()
+            .map(|url| {
+                url.parse::<ServerAddr>().map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig,
+                        format!("invalid NATS url {:?}", crate::config::redact_url(url)),
+                        e,
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let (reconnect_tx, reconnects) = watch::channel(0u64);
+        let was_disconnected = Arc::new(AtomicBool::new(false));
+        let mut connect = ConnectOptions::new()
+            .connection_timeout(options.connect_timeout)
+            .request_timeout(Some(options.request_timeout))
+            .event_callback(move |event| {
+                let reconnect_tx = reconnect_tx.clone();
+                let was_disconnected = was_disconnected.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            was_disconnected.store(true, Ordering::SeqCst);
+                            warn!("disconnected from NATS");
+                        }
+                        async_nats::Event::Connected => {
+                            // The first Connected is the initial connect, not a reconnect.
+                            if was_disconnected.swap(false, Ordering::SeqCst) {
+                                info!("reconnected to NATS");
+                                reconnect_tx.send_modify(|n| *n += 1);
+                            }
+                        }
+                        other => debug!(event = %other, "NATS connection event"),
+                    }
+                }
+            });
+        if let Some(name) = &options.client_name {
+            connect = connect.name(name);
+        }
+        if let Some(token) = &options.token {
+            connect = connect.token(token.clone());
+        }
+        if let Some((user, password)) = &options.user_password {
+            connect = connect.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(seed) = &options.nkey_seed {
+            connect = connect.nkey(seed.clone());
+        }
+        if let Some(path) = &options.credentials_file {
+            connect = connect.credentials_file(path).await.map_err(|e| {
+                Error::with_source(
+                    ErrorKind::InvalidConfig,
+                    format!("cannot read credentials file {}", path.display()),
+                    e,
+                )
+            })?;
+        }
+        if let Some(ca) = &options.tls_ca {
+            connect = connect.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &options.tls_client_cert {
+            connect = connect.add_client_certificate(cert.clone(), key.clone());
+        }
+        if options.tls_required {
+            connect = connect.require_tls(true);
+        }
+
+        // The overall bound covers DNS, TLS and auth, not only the TCP connect.
+        let bound = options.connect_timeout + Duration::from_secs(1);
+        let client = match tokio::time::timeout(bound, connect.connect(addrs)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                let kind = match e.kind() {
+                    async_nats::ConnectErrorKind::AuthorizationViolation => {
+                        ErrorKind::PermissionDenied
+                    }
+                    async_nats::ConnectErrorKind::TimedOut => ErrorKind::Timeout,
+                    _ => ErrorKind::Connect,
+                };
+                return Err(Error::with_source(
+                    kind,
+                    format!("cannot connect to NATS at {urls}"),
+                    e,
+                ));
+            }
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "cannot connect to NATS at {urls}: no answer within {}",
+                        humantime::format_duration(bound)
+                    ),
+                ))
+            }
+        };
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(options.request_timeout);
+
+        let kv_stream = ensure_bucket(&js, options).await?;
+        ensure_event_stream(&js, options).await?;
+
+        Ok(NatsStore {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                kv_stream,
+                kv_prefix: format!("$KV.{}.", options.bucket),
+                subject_prefix: options.subject_prefix.clone(),
+                reconnects,
+                closed: watch::channel(false).0,
+                urls,
+            }),
+        })
+    }
+
+    #[tracing::instrument(name = "nats.kv_put", skip_all, fields(key = key, condition = ?condition))]
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        record: &InstanceRecord,
+        ttl: Duration,
+        condition: WriteCondition,
+    ) -> Result<u64> {
+        let payload = Bytes::from(record.encode()?);
+        let mut headers = HeaderMap::new();
+        headers.insert(h::NATS_TTL, ttl_header_value(ttl));
+        headers.insert(h::SERVICE, record.instance.service.as_str());
+        headers.insert(h::STATUS, record.instance.status.as_str());
+        headers.insert(h::VERSION, PROTOCOL_VERSION.to_string());
+        let expected = match condition {
+            WriteCondition::Any => None,
+            WriteCondition::Absent => Some(0),
+            WriteCondition::Revision(revision) => Some(revision),
+        };
+        if let Some(expected) = expected {
+            headers.insert(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+        }
+        let subject = format!("{}{key}", self.inner.kv_prefix);
+        match self.publish(&subject, headers.clone(), payload.clone()).await {
+            Err(e) if e.kind() == ErrorKind::Conflict && condition == WriteCondition::Absent => {
+                // Like KV `create`: a key whose last message is a tombstone or an expiry
+                // marker holds nothing, so creating it is allowed at that revision.
+                match self.last_removal_revision(&subject).await? {
+                    Some(revision) => {
+                        headers.insert(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, revision.to_string());
+                        self.publish(&subject, headers, payload).await
+                    }
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Revision of the key's last message if that message is a removal.
+    async fn last_removal_revision(&self, subject: &str) -> Result<Option<u64>> {
+        let stream = self.inner.js.get_stream(&self.inner.kv_stream).await.map_err(|e| {
+            Error::with_source(ErrorKind::Transport, "cannot look up the bucket stream", e)
+        })?;
+        let last = stream.get_last_raw_message_by_subject(subject).await.map_err(|e| {
+            Error::with_source(ErrorKind::Transport, format!("cannot read last message of {subject}"), e)
+        })?;
+        let removed = last.headers.get(h::NATS_MARKER_REASON).is_some()
+            || last.headers.get(h::KV_OPERATION).is_some();
+        Ok(removed.then_some(last.sequence))
+    }
+
+    #[tracing::instrument(name = "nats.kv_delete", skip_all, fields(key = key))]
+    pub(crate) async fn delete(
+        &self,
+        key: &str,
+        reason: Option<&str>,
+        tombstone_ttl: Duration,
+    ) -> Result<u64> {
+        let mut headers = HeaderMap::new();
+        headers.insert(h::KV_OPERATION, "DEL");
+        headers.insert(h::NATS_TTL, ttl_header_value(tombstone_ttl));
+        if let Some(reason) = reason {
+            headers.insert(h::REASON, header_safe(reason));
+        }
+        let subject = format!("{}{key}", self.inner.kv_prefix);
+        self.publish(&subject, headers, Bytes::new()).await
+    }
+
+    #[tracing::instrument(name = "nats.publish_event", skip_all, fields(event = record.event.as_str(), msg_id = msg_id))]
+    pub(crate) async fn publish_event(&self, record: &EventRecord, msg_id: &str) -> Result<()> {
+        let instance = &record.instance;
+        let subject = event_subject(
+            &self.inner.subject_prefix,
+            &instance.service,
+            &instance.id,
+            record.event,
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(h::NATS_MSG_ID, msg_id);
+        headers.insert(h::SERVICE, instance.service.as_str());
+        headers.insert(h::INSTANCE, instance.id.to_string());
+        headers.insert(h::EVENT, record.event.as_str());
+        headers.insert(h::STATUS, instance.status.as_str());
+        headers.insert(h::ORIGIN, record.origin.as_str());
+        headers.insert(h::VERSION, PROTOCOL_VERSION.to_string());
+        if let Some(previous) = record.previous_status {
+            headers.insert(h::PREVIOUS_STATUS, previous.as_str());
+        }
+        if let Some(reason) = &record.reason {
+            headers.insert(h::REASON, header_safe(reason));
+        }
+        if record.event == EventName::Expired && record.reason.is_none() {
+            headers.insert(h::REASON, "ttl");
+        }
+        self.publish(&subject, headers, Bytes::from(record.encode()?))
+            .await
+            .map(|_| ())
+    }
+
+    async fn publish(&self, subject: &str, headers: HeaderMap, payload: Bytes) -> Result<u64> {
+        let ack = self
+            .inner
+            .js
+            .publish_with_headers(subject.to_string(), headers, payload)
+            .await
+            .map_err(|e| publish_error(subject, e))?
+            .await
+            .map_err(|e| publish_error(subject, e))?;
+        Ok(ack.sequence)
+    }
+
+    pub(crate) fn watch(&self) -> mpsc::UnboundedReceiver<WatchItem> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let inner = self.inner.clone();
+        let span = tracing::info_span!("nats.watch", stream = %inner.kv_stream);
+        tokio::spawn(watch_loop(inner, tx).instrument(span));
+        rx
+    }
+
+    pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
+        self.inner.reconnects.clone()
+    }
+
+    pub(crate) async fn close(&self) {
+        self.inner.closed.send_replace(true);
+        if let Err(e) = self.inner.client.flush().await {
+            debug!(error = %e, urls = %self.inner.urls, "flush on close failed");
+        }
+    }
+}
+
+/// Creates the bucket, or checks that an existing one supports per-key TTLs.
+async fn ensure_bucket(js: &jetstream::Context, options: &NatsOptions) -> Result<String> {
+    let config = kv::Config {
+        bucket: options.bucket.clone(),
+        description: "prism-mesh: one key per live service instance".to_string(),
+        history: 1,
+        max_bytes: options.bucket_max_bytes,
+        storage: storage_type(options.storage),
+        num_replicas: options.replicas,
+        limit_markers: Some(options.marker_ttl),
+        ..Default::default()
+    };
+    let stream_name = format!("KV_{}", options.bucket);
+    if let Err(create_error) = js.create_key_value(config).await {
+        // Another peer may have created it with other limits; that is fine as long as
+        // per-key TTLs are on.
+        let mut stream = js.get_stream(&stream_name).await.map_err(|_| {
+            Error::with_source(
+                ErrorKind::Setup,
+                format!(
+                    "cannot create KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
+                    options.bucket
+                ),
+                create_error,
+            )
+        })?;
+        let info = stream.info().await.map_err(|e| {
+            Error::with_source(ErrorKind::Setup, format!("cannot read stream {stream_name}"), e)
+        })?;
+        if !info.config.allow_message_ttl {
+            return Err(Error::new(
+                ErrorKind::Setup,
+                format!(
+                    "KV bucket {:?} exists without per-message TTL (limit markers); \
+                     recreate it or choose another bucket name",
+                    options.bucket
+                ),
+            ));
+        }
+    }
+    Ok(stream_name)
+}
+
+async fn ensure_event_stream(js: &jetstream::Context, options: &NatsOptions) -> Result<()> {
+    let config = stream::Config {
+        name: options.event_stream.clone(),
+        description: Some("prism-mesh lifecycle events (audit trail)".to_string()),
+        subjects: vec![format!("{}.>", options.subject_prefix)],
+        max_age: options.event_max_age,
+        max_bytes: options.event_max_bytes,
+        max_messages: options.event_max_messages,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: Duration::from_secs(120).min(options.event_max_age),
+        storage: storage_type(options.storage),
+        num_replicas: options.replicas,
+        ..Default::default()
+    };
+    if let Err(create_error) = js.get_or_create_stream(config).await {
+        return Err(Error::with_source(
+            ErrorKind::Setup,
+            format!(
+                "cannot create or open event stream {:?} on {}.>",
+                options.event_stream, options.subject_prefix
+            ),
+            create_error,
+        ));
+    }
+    Ok(())
+}
+
+fn storage_type(kind: StorageKind) -> stream::StorageType {
+    match kind {
+        StorageKind::File => stream::StorageType::File,
+        StorageKind::Memory => stream::StorageType::Memory,
+    }
+}
+
+fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError) -> Error {
+    use async_nats::jetstream::context::PublishErrorKind as K;
+    let kind = match e.kind() {
+        K::WrongLastSequence => ErrorKind::Conflict,
+        K::TimedOut => ErrorKind::Timeout,
+        K::StreamNotFound => ErrorKind::Setup,
+        _ if e.to_string().to_lowercase().contains("permission") => ErrorKind::PermissionDenied,
+        _ => ErrorKind::Transport,
+    };
+    Error::with_source(kind, format!("publish to {subject} failed"), e)
+}
+
+/// Header values cannot hold line breaks.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(1024)
+        .collect()
+}
+
+/// Snapshot (last message per key) then live changes; again from a fresh snapshot after
+/// every reconnect, because markers removed while we were away would otherwise be missed.
+async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
+    let mut reconnects = inner.reconnects.clone();
+    let mut closed = inner.closed.subscribe();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        reconnects.borrow_and_update();
+        let outcome = tokio::select! {
+            outcome = watch_once(&inner, &tx) => outcome,
+            _ = reconnects.changed() => Ok(WatchEnd::Reconnected),
+            _ = crate::util::until_true(&mut closed) => return,
+        };
+        match outcome {
+            Ok(WatchEnd::ReceiverGone) => return,
+            Ok(WatchEnd::Reconnected) => {
+                info!("resynchronising the view after a reconnect");
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in = ?backoff, "bucket watch failed; resynchronising");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = crate::util::until_true(&mut closed) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+enum WatchEnd {
+    ReceiverGone,
+    Reconnected,
+}
+
+async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Result<WatchEnd> {
+    let stream = inner.js.get_stream(&inner.kv_stream).await.map_err(|e| {
+        Error::with_source(ErrorKind::Setup, format!("cannot open stream {}", inner.kv_stream), e)
+    })?;
+    let consumer = stream
+        .create_consumer(consumer::push::OrderedConfig {
+            deliver_subject: inner.client.new_inbox(),
+            description: Some("prism-mesh peer view".to_string()),
+            filter_subject: format!("{}>", inner.kv_prefix),
+            deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+            replay_policy: consumer::ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Transport, "cannot create watch consumer", e))?;
+    let initially_pending = consumer.cached_info().num_pending;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Transport, "cannot start watch consumer", e))?;
+
+    let mut snapshot = Vec::with_capacity(usize::try_from(initially_pending).unwrap_or(0));
+    if initially_pending > 0 {
+        while let Some(message) = messages.next().await {
+            let message = message
+                .map_err(|e| Error::with_source(ErrorKind::Transport, "watch consumer failed", e))?;
+            let (change, pending) = to_change(&inner.kv_prefix, &message)?;
+            snapshot.extend(change);
+            if pending == 0 {
+                break;
+            }
+        }
+    }
+    debug!(keys = snapshot.len(), "bucket snapshot read");
+    if tx.send(WatchItem::Snapshot(snapshot)).is_err() {
+        return Ok(WatchEnd::ReceiverGone);
+    }
+    while let Some(message) = messages.next().await {
+        let message = message
+            .map_err(|e| Error::with_source(ErrorKind::Transport, "watch consumer failed", e))?;
+        let (change, _) = to_change(&inner.kv_prefix, &message)?;
+        if let Some(change) = change {
+            if tx.send(WatchItem::Change(change)).is_err() {
+                return Ok(WatchEnd::ReceiverGone);
+            }
+        }
+    }
+    Err(Error::new(ErrorKind::Transport, "watch consumer ended"))
+}
+
+/// Reads one raw bucket message; `None` for a subject outside the bucket.
+fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvChange>, u64)> {
+    let info = message
+        .info()
+        .map_err(|e| Error::new(ErrorKind::Transport, format!("message without JetStream info: {e}")))?;
+    let revision = info.stream_sequence;
+    let pending = info.pending;
+    let Some(key) = message.subject.strip_prefix(prefix).map(str::to_string) else {
+        return Ok((None, pending));
+    };
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str().to_string())
+    };
+    let cause = if let Some(reason) = header(h::NATS_MARKER_REASON) {
+        Some(if reason == "MaxAge" {
+            RemovalCause::Expired
+        } else {
+            RemovalCause::Purged
+        })
+    } else {
+        match header(h::KV_OPERATION).as_deref() {
+            Some("DEL") => Some(RemovalCause::Deregistered {
+                reason: header(h::REASON),
+            }),
+            Some("PURGE") => Some(RemovalCause::Purged),
+            _ => None,
+        }
+    };
+    let change = match cause {
+        Some(cause) => KvChange::Removed {
+            key,
+            revision,
+            cause,
+        },
+        None => KvChange::Put {
+            key,
+            value: message.payload.clone(),
+            revision,
+        },
+    };
+    Ok((Some(change), pending))
+}

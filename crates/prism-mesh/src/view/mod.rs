@@ -1,0 +1,351 @@
+//! The peer view: the live registry every peer derives by replaying the bucket, and the
+//! typed events it emits while doing so.
+//!
+//! One task per mesh handle owns the [`Index`]: it applies the backend's snapshot and
+//! changes in log order, publishes per-service snapshots for readers, then hands the
+//! resulting events to subscribers. Readers never wait for it.
+
+mod events;
+mod registry;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
+pub(crate) use events::EventBus;
+pub use registry::{ServiceSlot, ServiceSnapshot};
+pub(crate) use registry::RegistryView;
+
+use crate::instance::ServiceInstance;
+use crate::metrics::MeshStats;
+use crate::protocol::{parse_instance_key, EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
+use crate::store::{KvChange, RemovalCause, Store, WatchItem};
+
+/// Most watch items applied before readers see a new snapshot.
+const MAX_BATCH: usize = 4096;
+
+#[derive(Debug)]
+struct Entry {
+    instance: Arc<ServiceInstance>,
+    revision: u64,
+}
+
+/// The writer side of the view.
+#[derive(Debug)]
+struct Index {
+    entries: HashMap<String, Entry>,
+    by_service: HashMap<String, BTreeMap<Uuid, Arc<ServiceInstance>>>,
+    dirty: HashSet<String>,
+}
+
+/// What applying a removal should also publish on the event stream.
+struct ExpiryToPublish {
+    instance: Arc<ServiceInstance>,
+    revision: u64,
+}
+
+/// Everything the view task needs.
+pub(crate) struct ViewTask {
+    pub(crate) store: Store,
+    pub(crate) registry: Arc<RegistryView>,
+    pub(crate) bus: Arc<EventBus>,
+    pub(crate) stats: Arc<MeshStats>,
+    pub(crate) ready: watch::Sender<bool>,
+    pub(crate) peer_id: String,
+    pub(crate) publish_expired: bool,
+}
+
+impl ViewTask {
+    pub(crate) async fn run(self, mut items: mpsc::UnboundedReceiver<WatchItem>) {
+        let mut index = Index {
+            entries: HashMap::new(),
+            by_service: HashMap::new(),
+            dirty: HashSet::new(),
+        };
+        let mut events = Vec::new();
+        let mut expiries = Vec::new();
+        while let Some(first) = items.recv().await {
+            let mut batch = 1;
+            let mut next = Some(first);
+            while let Some(item) = next.take() {
+                self.apply(&mut index, item, &mut events, &mut expiries);
+                if batch < MAX_BATCH {
+                    next = items.try_recv().ok();
+                    batch += 1;
+                }
+            }
+            // Readers see the new state before anyone hears about it.
+            index.flush(&self.registry);
+            self.ready.send_if_modified(|ready| !std::mem::replace(ready, true));
+            self.stats
+                .events_emitted
+                .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.bus.dispatch(&events);
+            events.clear();
+            for expiry in expiries.drain(..) {
+                self.publish_expired(expiry);
+            }
+        }
+        debug!("view task ends: the watch closed");
+        self.bus.close();
+    }
+
+    fn apply(
+        &self,
+        index: &mut Index,
+        item: WatchItem,
+        events: &mut Vec<MeshEvent>,
+        expiries: &mut Vec<ExpiryToPublish>,
+    ) {
+        match item {
+            WatchItem::Snapshot(changes) => {
+                MeshStats::incr(&self.stats.resyncs);
+                self.apply_snapshot(index, changes, events);
+            }
+            WatchItem::Change(change) => {
+                MeshStats::incr(&self.stats.changes_applied);
+                self.apply_change(index, change, events, expiries);
+            }
+        }
+    }
+
+    fn apply_change(
+        &self,
+        index: &mut Index,
+        change: KvChange,
+        events: &mut Vec<MeshEvent>,
+        expiries: &mut Vec<ExpiryToPublish>,
+    ) {
+        match change {
+            KvChange::Put {
+                key,
+                value,
+                revision,
+                ..
+            } => {
+                if let Some((instance, reason)) = self.decode(&key, &value, revision) {
+                    index.upsert(key, instance, revision, reason, events);
+                }
+            }
+            KvChange::Removed {
+                key,
+                cause,
+                revision,
+            } => {
+                // A removal of a key we do not hold (a tombstone or marker expiring, a
+                // duplicate) changes nothing.
+                let Some(entry) = index.remove(&key) else { return };
+                let instance = entry.instance;
+                match cause {
+                    RemovalCause::Expired => {
+                        MeshStats::incr(&self.stats.expiries);
+                        // The marker's revision is the same at every peer: one stored event.
+                        expiries.push(ExpiryToPublish {
+                            instance: instance.clone(),
+                            revision,
+                        });
+                        events.push(MeshEvent::Expired { instance });
+                    }
+                    RemovalCause::Deregistered { reason } => {
+                        events.push(MeshEvent::Deregistered { instance, reason });
+                    }
+                    RemovalCause::Purged => events.push(MeshEvent::Deregistered {
+                        instance,
+                        reason: Some("purged".to_string()),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Replaces the whole view with a snapshot, emitting the difference as events.
+    fn apply_snapshot(&self, index: &mut Index, changes: Vec<KvChange>, events: &mut Vec<MeshEvent>) {
+        let mut live = HashSet::with_capacity(changes.len());
+        let mut removals = HashMap::new();
+        for change in changes {
+            MeshStats::incr(&self.stats.changes_applied);
+            match change {
+                KvChange::Put {
+                    key,
+                    value,
+                    revision,
+                    ..
+                } => {
+                    if let Some((instance, reason)) = self.decode(&key, &value, revision) {
+                        live.insert(key.clone());
+                        index.upsert(key, instance, revision, reason, events);
+                    }
+                }
+                KvChange::Removed { key, cause, .. } => {
+                    removals.insert(key, cause);
+                }
+            }
+        }
+        // What we held and the snapshot no longer has went away while we were not looking.
+        let gone: Vec<String> = index
+            .entries
+            .keys()
+            .filter(|key| !live.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            let Some(entry) = index.remove(&key) else { continue };
+            let instance = entry.instance;
+            match removals.remove(&key) {
+                Some(RemovalCause::Deregistered { reason }) => {
+                    events.push(MeshEvent::Deregistered { instance, reason })
+                }
+                Some(RemovalCause::Purged) => events.push(MeshEvent::Deregistered {
+                    instance,
+                    reason: Some("purged".to_string()),
+                }),
+                Some(RemovalCause::Expired) | None => {
+                    MeshStats::incr(&self.stats.expiries);
+                    events.push(MeshEvent::Expired { instance })
+                }
+            }
+        }
+    }
+
+    /// Decodes a record and checks it belongs to its key; `None` (counted) when not.
+    fn decode(&self, key: &str, value: &[u8], revision: u64) -> Option<(ServiceInstance, Option<String>)> {
+        let malformed = |why: String| {
+            MeshStats::incr(&self.stats.malformed_dropped);
+            warn!(key, revision, "ignoring malformed instance record: {why}");
+            None
+        };
+        let Some((service, id)) = parse_instance_key(key) else {
+            return malformed("key is not <service>.<uuid>".to_string());
+        };
+        let record = match InstanceRecord::decode(value) {
+            Ok(record) => record,
+            Err(e) => return malformed(e.to_string()),
+        };
+        if record.instance.service != service || record.instance.id != id {
+            return malformed(format!(
+                "body names {}.{}, not its key",
+                record.instance.service, record.instance.id
+            ));
+        }
+        if let Err(e) = record.instance.validate() {
+            return malformed(e.to_string());
+        }
+        Some((record.instance, record.reason))
+    }
+
+    fn publish_expired(&self, expiry: ExpiryToPublish) {
+        if !self.publish_expired {
+            return;
+        }
+        let record = EventRecord {
+            v: PROTOCOL_VERSION,
+            event: EventName::Expired,
+            instance: ServiceInstance::clone(&expiry.instance),
+            previous_status: None,
+            reason: Some("ttl".to_string()),
+            at: SystemTime::now(),
+            origin: self.peer_id.clone(),
+        };
+        // Every peer publishes; the stream keeps one per expiry thanks to the shared id.
+        let msg_id = format!("expired-{}-{}", expiry.instance.id, expiry.revision);
+        let store = self.store.clone();
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.publish_event(&record, &msg_id).await {
+                MeshStats::incr(&stats.event_publish_failures);
+                debug!(error = %e, "could not publish expired event (another peer may have)");
+            }
+        });
+    }
+}
+
+impl Index {
+    fn upsert(
+        &mut self,
+        key: String,
+        instance: ServiceInstance,
+        revision: u64,
+        reason: Option<String>,
+        events: &mut Vec<MeshEvent>,
+    ) {
+        match self.entries.get_mut(&key) {
+            Some(entry) if entry.revision >= revision => {} // already applied (resync overlap)
+            Some(entry) if entry.instance.same_content(&instance) => {
+                entry.revision = revision; // a heartbeat
+            }
+            Some(entry) => {
+                let previous = entry.instance.clone();
+                let instance = Arc::new(instance);
+                entry.instance = instance.clone();
+                entry.revision = revision;
+                self.set_in_service(&instance);
+                if previous.status != instance.status {
+                    events.push(MeshEvent::StatusChanged {
+                        instance: instance.clone(),
+                        previous: previous.status,
+                        current: instance.status,
+                        reason: reason.clone(),
+                    });
+                }
+                let mut without_status = ServiceInstance::clone(&previous);
+                without_status.status = instance.status;
+                if !without_status.same_content(&instance) {
+                    events.push(MeshEvent::Updated {
+                        previous,
+                        instance,
+                        reason,
+                    });
+                }
+            }
+            None => {
+                let instance = Arc::new(instance);
+                self.set_in_service(&instance);
+                self.entries.insert(
+                    key,
+                    Entry {
+                        instance: instance.clone(),
+                        revision,
+                    },
+                );
+                events.push(MeshEvent::Registered { instance });
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        let service = &entry.instance.service;
+        if let Some(instances) = self.by_service.get_mut(service) {
+            instances.remove(&entry.instance.id);
+        }
+        self.dirty.insert(service.clone());
+        Some(entry)
+    }
+
+    fn set_in_service(&mut self, instance: &Arc<ServiceInstance>) {
+        self.by_service
+            .entry(instance.service.clone())
+            .or_default()
+            .insert(instance.id, instance.clone());
+        self.dirty.insert(instance.service.clone());
+    }
+
+    /// Publishes a new snapshot for every service changed since the last flush.
+    fn flush(&mut self, registry: &RegistryView) {
+        for service in self.dirty.drain() {
+            let instances = self
+                .by_service
+                .get(&service)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            registry
+                .slot_or_insert(&service)
+                .store(ServiceSnapshot::new(instances));
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The read side of the peer view: per-service snapshots swapped atomically, so reads take
+//! no lock and never touch the network.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::instance::{InstanceStatus, ServiceInstance};
+
+/// The instances of one service at one moment, ordered by instance id.
+#[derive(Debug, Default)]
+pub struct ServiceSnapshot {
+    instances: Vec<Arc<ServiceInstance>>,
+}
+
+impl ServiceSnapshot {
+    pub(crate) fn new(instances: Vec<Arc<ServiceInstance>>) -> Self {
+        ServiceSnapshot { instances }
+    }
+
+    /// All instances, whatever their status.
+    pub fn instances(&self) -> &[Arc<ServiceInstance>] {
+        &self.instances
+    }
+
+    /// Instances with the given status.
+    pub fn with_status(&self, status: InstanceStatus) -> impl Iterator<Item = &Arc<ServiceInstance>> {
+        self.instances.iter().filter(move |i| i.status == status)
+    }
+
+    /// Number of instances.
+    pub fn len(&self) -> usize {
+        self.instances.len()
+    }
+
+    /// True when the service has no instance.
+    pub fn is_empty(&self) -> bool {
+        self.instances.is_empty()
+    }
+}
+
+/// A live handle on one service's snapshot; cheap to keep and to read.
+#[derive(Debug, Default)]
+pub struct ServiceSlot {
+    snapshot: ArcSwap<ServiceSnapshot>,
+}
+
+impl ServiceSlot {
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<ServiceSnapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub(crate) fn store(&self, snapshot: ServiceSnapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+    }
+}
+
+/// Every service this peer knows. Slots are never removed, so a cached [`ServiceSlot`]
+/// stays live when a service empties and fills again.
+#[derive(Debug, Default)]
+pub(crate) struct RegistryView {
+    slots: ArcSwap<HashMap<String, Arc<ServiceSlot>>>,
+}
+
+impl RegistryView {
+    pub(crate) fn slot(&self, service: &str) -> Option<Arc<ServiceSlot>> {
+        self.slots.load().get(service).cloned()
+    }
+
+    /// The slot of `service`, created if new (writer side only).
+    pub(crate) fn slot_or_insert(&self, service: &str) -> Arc<ServiceSlot> {
+        if let Some(slot) = self.slot(service) {
+            return slot;
+        }
+        let slot = Arc::new(ServiceSlot::default());
+        let mut slots = HashMap::clone(&self.slots.load());
+        slots.insert(service.to_string(), slot.clone());
+        self.slots.store(Arc::new(slots));
+        slot
+    }
+
+    /// Names of services with at least one instance, sorted.
+    pub(crate) fn service_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .slots
+            .load()
+            .iter()
+            .filter(|(_, slot)| !slot.load().is_empty())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub(crate) fn instance_count(&self) -> usize {
+        self.slots.load().values().map(|slot| slot.load().len()).sum()
+    }
+}
