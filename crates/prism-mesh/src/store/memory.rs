@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -63,7 +63,6 @@ struct Slot {
     /// `None` for a tombstone.
     value: Option<Bytes>,
     revision: u64,
-    written_at: SystemTime,
     cause: Option<RemovalCause>,
 }
 
@@ -135,13 +134,11 @@ impl MemoryStore {
         }
         state.revision += 1;
         let revision = state.revision;
-        let written_at = SystemTime::now();
         state.keys.insert(
             key.to_string(),
             Slot {
                 value: Some(value.clone()),
                 revision,
-                written_at,
                 cause: None,
             },
         );
@@ -152,7 +149,6 @@ impl MemoryStore {
             key: key.to_string(),
             value,
             revision,
-            written_at,
         });
         Ok(revision)
     }
@@ -170,7 +166,6 @@ impl MemoryStore {
             Slot {
                 value: None,
                 revision,
-                written_at: SystemTime::now(),
                 cause: Some(cause.clone()),
             },
         );

@@ -1,0 +1,194 @@
+//! The in-process backend has the same semantics as NATS: events, statuses, TTL expiry,
+//! late peers. No server needed.
+
+use std::time::Duration;
+
+use prism_mesh::{
+    ErrorKind, EventKind, InstanceStatus, MemoryStore, Mesh, MeshEvent, ServiceInstance,
+};
+use prism_tests::{next_event, wait_event};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn peer(store: &MemoryStore) -> Mesh {
+    Mesh::builder()
+        .memory_store(store.clone())
+        .instance_ttl(Duration::from_secs(1))
+        .heartbeat_interval(Duration::from_millis(200))
+        .tombstone_ttl(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("memory mesh")
+}
+
+fn instance(service: &str) -> ServiceInstance {
+    ServiceInstance::builder(service, "127.0.0.1", 9000).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_on_one_store_see_registration_status_change_and_deregistration_in_order() {
+    let store = MemoryStore::new();
+    let owner = peer(&store).await;
+    let watcher = peer(&store).await;
+    let mut events = watcher.subscribe();
+
+    let me = owner.register(instance("orders")).await.unwrap();
+    me.set_status(InstanceStatus::Healthy, Some("warmed up")).await.unwrap();
+    me.update(|i| {
+        i.metadata.insert("version".into(), "1.2.3".into());
+    })
+    .await
+    .unwrap();
+    me.deregister(Some("scale down")).await.unwrap();
+
+    assert!(matches!(next_event(&mut events, WAIT, "registered").await, MeshEvent::Registered { .. }));
+    match next_event(&mut events, WAIT, "status").await {
+        MeshEvent::StatusChanged { previous, current, reason, .. } => {
+            assert_eq!(previous, InstanceStatus::Starting);
+            assert_eq!(current, InstanceStatus::Healthy);
+            assert_eq!(reason.as_deref(), Some("warmed up"));
+        }
+        other => panic!("expected StatusChanged, got {other:?}"),
+    }
+    match next_event(&mut events, WAIT, "updated").await {
+        MeshEvent::Updated { previous, instance, .. } => {
+            assert!(previous.metadata.is_empty());
+            assert_eq!(instance.metadata["version"], "1.2.3");
+        }
+        other => panic!("expected Updated, got {other:?}"),
+    }
+    match next_event(&mut events, WAIT, "deregistered").await {
+        MeshEvent::Deregistered { reason, .. } => assert_eq!(reason.as_deref(), Some("scale down")),
+        other => panic!("expected Deregistered, got {other:?}"),
+    }
+    assert!(watcher.discover("orders").is_empty());
+    let audit: Vec<_> = store.events().iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(audit, ["registered", "status", "updated", "deregistered"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_that_stops_heartbeating_expires_at_its_peers() {
+    let store = MemoryStore::new();
+    let watcher = peer(&store).await;
+    let mut expired = watcher.subscribe_filtered(EventKind::Expired.into());
+    {
+        let owner = peer(&store).await;
+        owner.register(instance("billing")).await.unwrap();
+        // Dropping the last handle without shutdown stops the heartbeats, like a crash.
+    }
+    let started = tokio::time::Instant::now();
+    let event = next_event(&mut expired, WAIT, "expired").await;
+    assert_eq!(event.service(), "billing");
+    assert!(started.elapsed() <= Duration::from_millis(1500), "expired after {:?}", started.elapsed());
+    assert!(watcher.discover("billing").is_empty());
+    assert_eq!(watcher.stats().expiries, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_an_instance_alive_beyond_its_ttl_without_events() {
+    let store = MemoryStore::new();
+    let owner = peer(&store).await;
+    let watcher = peer(&store).await;
+    let mut events = watcher.subscribe();
+    owner.register(instance("cache")).await.unwrap();
+    next_event(&mut events, WAIT, "registered").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(watcher.discover("cache").len(), 1);
+    assert!(
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut events)).is_none(),
+        "heartbeats must not produce events"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_peer_sees_the_current_view_and_no_stale_instances() {
+    let store = MemoryStore::new();
+    let owner = peer(&store).await;
+    let keep = owner.register(instance("search")).await.unwrap();
+    let gone = owner.register(instance("search")).await.unwrap();
+    gone.deregister(None).await.unwrap();
+    keep.set_status(InstanceStatus::Healthy, None).await.unwrap();
+
+    let late = peer(&store).await;
+    let view = late.discover("search");
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0].id, keep.id());
+    assert_eq!(view[0].status, InstanceStatus::Healthy);
+    assert_eq!(late.services(), ["search"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_the_same_instance_id_twice_is_a_conflict() {
+    let store = MemoryStore::new();
+    let mesh = peer(&store).await;
+    let first = instance("dup");
+    mesh.register(first.clone()).await.unwrap();
+    let err = mesh.register(first).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_get_typed_events_by_kind() {
+    let store = MemoryStore::new();
+    let mesh = peer(&store).await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    mesh.on(EventKind::StatusChanged, move |event| {
+        let tx = tx.clone();
+        async move {
+            if let MeshEvent::StatusChanged { previous, current, .. } = event {
+                let _ = tx.send((previous, current));
+            }
+        }
+    });
+    let me = mesh.register(instance("gw")).await.unwrap();
+    me.set_status(InstanceStatus::Healthy, None).await.unwrap();
+    me.set_status(InstanceStatus::Maintenance, None).await.unwrap();
+    let first = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    let second = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(first, (InstanceStatus::Starting, InstanceStatus::Healthy));
+    assert_eq!(second, (InstanceStatus::Healthy, InstanceStatus::Maintenance));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_through_one_registration_are_all_kept() {
+    let store = MemoryStore::new();
+    let mesh = peer(&store).await;
+    let me = mesh.register(instance("kv")).await.unwrap();
+    let updates = (0..50).map(|n| {
+        let me = me.clone();
+        async move {
+            me.update(move |i| {
+                i.metadata.insert(format!("k{n}"), n.into());
+            })
+            .await
+        }
+    });
+    for result in futures::future::join_all(updates).await {
+        result.unwrap();
+    }
+    assert_eq!(me.instance().metadata.len(), 50);
+    let mut events = mesh.subscribe();
+    me.set_status(InstanceStatus::Healthy, None).await.unwrap();
+    wait_event(&mut events, WAIT, "status", |e| e.kind() == EventKind::StatusChanged).await;
+    assert_eq!(mesh.discover("kv")[0].metadata.len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_deregisters_owned_instances() {
+    let store = MemoryStore::new();
+    let owner = peer(&store).await;
+    let watcher = peer(&store).await;
+    owner.register(instance("a")).await.unwrap();
+    owner.register(instance("b")).await.unwrap();
+    let mut events = watcher.subscribe_filtered(EventKind::Deregistered.into());
+    owner.shutdown().await;
+    for _ in 0..2 {
+        match next_event(&mut events, WAIT, "deregistered").await {
+            MeshEvent::Deregistered { reason, .. } => assert_eq!(reason.as_deref(), Some("shutdown")),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(watcher.services().is_empty());
+    let err = owner.register(instance("c")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed);
+}
