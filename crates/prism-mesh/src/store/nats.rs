@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::header::{HeaderName, IntoHeaderName};
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -174,17 +175,17 @@ impl NatsStore {
     ) -> Result<u64> {
         let payload = Bytes::from(record.encode()?);
         let mut headers = HeaderMap::new();
-        headers.insert(h::NATS_TTL, ttl_header_value(ttl));
-        headers.insert(h::SERVICE, record.instance.service.as_str());
-        headers.insert(h::STATUS, record.instance.status.as_str());
-        headers.insert(h::VERSION, PROTOCOL_VERSION.to_string());
+        headers.insert(name(h::NATS_TTL), ttl_header_value(ttl));
+        headers.insert(name(h::SERVICE), record.instance.service.as_str());
+        headers.insert(name(h::STATUS), record.instance.status.as_str());
+        headers.insert(name(h::VERSION), PROTOCOL_VERSION.to_string());
         let expected = match condition {
             WriteCondition::Any => None,
             WriteCondition::Absent => Some(0),
             WriteCondition::Revision(revision) => Some(revision),
         };
         if let Some(expected) = expected {
-            headers.insert(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+            headers.insert(name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE), expected.to_string());
         }
         let subject = format!("{}{key}", self.inner.kv_prefix);
         match self.publish(&subject, headers.clone(), payload.clone()).await {
@@ -193,7 +194,7 @@ impl NatsStore {
                 // marker holds nothing, so creating it is allowed at that revision.
                 match self.last_removal_revision(&subject).await? {
                     Some(revision) => {
-                        headers.insert(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, revision.to_string());
+                        headers.insert(name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE), revision.to_string());
                         self.publish(&subject, headers, payload).await
                     }
                     None => Err(e),
@@ -211,8 +212,8 @@ impl NatsStore {
         let last = stream.get_last_raw_message_by_subject(subject).await.map_err(|e| {
             Error::with_source(ErrorKind::Transport, format!("cannot read last message of {subject}"), e)
         })?;
-        let removed = last.headers.get(h::NATS_MARKER_REASON).is_some()
-            || last.headers.get(h::KV_OPERATION).is_some();
+        let removed = last.headers.get(name(h::NATS_MARKER_REASON)).is_some()
+            || last.headers.get(name(h::KV_OPERATION)).is_some();
         Ok(removed.then_some(last.sequence))
     }
 
@@ -224,10 +225,10 @@ impl NatsStore {
         tombstone_ttl: Duration,
     ) -> Result<u64> {
         let mut headers = HeaderMap::new();
-        headers.insert(h::KV_OPERATION, "DEL");
-        headers.insert(h::NATS_TTL, ttl_header_value(tombstone_ttl));
+        headers.insert(name(h::KV_OPERATION), "DEL");
+        headers.insert(name(h::NATS_TTL), ttl_header_value(tombstone_ttl));
         if let Some(reason) = reason {
-            headers.insert(h::REASON, header_safe(reason));
+            headers.insert(name(h::REASON), header_safe(reason));
         }
         let subject = format!("{}{key}", self.inner.kv_prefix);
         self.publish(&subject, headers, Bytes::new()).await
@@ -243,21 +244,21 @@ impl NatsStore {
             record.event,
         );
         let mut headers = HeaderMap::new();
-        headers.insert(h::NATS_MSG_ID, msg_id);
-        headers.insert(h::SERVICE, instance.service.as_str());
-        headers.insert(h::INSTANCE, instance.id.to_string());
-        headers.insert(h::EVENT, record.event.as_str());
-        headers.insert(h::STATUS, instance.status.as_str());
-        headers.insert(h::ORIGIN, record.origin.as_str());
-        headers.insert(h::VERSION, PROTOCOL_VERSION.to_string());
+        headers.insert(name(h::NATS_MSG_ID), msg_id);
+        headers.insert(name(h::SERVICE), instance.service.as_str());
+        headers.insert(name(h::INSTANCE), instance.id.to_string());
+        headers.insert(name(h::EVENT), record.event.as_str());
+        headers.insert(name(h::STATUS), instance.status.as_str());
+        headers.insert(name(h::ORIGIN), record.origin.as_str());
+        headers.insert(name(h::VERSION), PROTOCOL_VERSION.to_string());
         if let Some(previous) = record.previous_status {
-            headers.insert(h::PREVIOUS_STATUS, previous.as_str());
+            headers.insert(name(h::PREVIOUS_STATUS), previous.as_str());
         }
         if let Some(reason) = &record.reason {
-            headers.insert(h::REASON, header_safe(reason));
+            headers.insert(name(h::REASON), header_safe(reason));
         }
         if record.event == EventName::Expired && record.reason.is_none() {
-            headers.insert(h::REASON, "ttl");
+            headers.insert(name(h::REASON), "ttl");
         }
         self.publish(&subject, headers, Bytes::from(record.encode()?))
             .await
@@ -489,11 +490,11 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
     let Some(key) = message.subject.strip_prefix(prefix).map(str::to_string) else {
         return Ok((None, pending));
     };
-    let header = |name: &str| {
+    let header = |wanted: &str| {
         message
             .headers
             .as_ref()
-            .and_then(|headers| headers.get(name))
+            .and_then(|headers| headers.get(name(wanted)))
             .map(|value| value.as_str().to_string())
     };
     let cause = if let Some(reason) = header(h::NATS_MARKER_REASON) {
@@ -524,4 +525,12 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
         },
     };
     Ok((Some(change), pending))
+}
+
+/// A header name as the parser of received messages builds it. async-nats compares names by
+/// representation: a `&str` always becomes a custom name, while received standard names
+/// (`Nats-Msg-Id`, `Nats-Marker-Reason`, ...) parse to their standard form, and the two
+/// never match. Parsing here makes lookups and inserts agree.
+fn name(header: &str) -> HeaderName {
+    header.parse().unwrap_or_else(|_| header.into_header_name())
 }
