@@ -29,12 +29,22 @@ pub fn nats_server_bin() -> &'static Path {
         let bin = std::env::var_os("NATS_SERVER_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("nats-server"));
-        let output = Command::new(&bin).arg("--version").output().unwrap_or_else(|e| {
-            panic!("cannot run {} ({e}): nats-server is required for these tests; {INSTALL_HINT}", bin.display())
-        });
+        let output = Command::new(&bin)
+            .arg("--version")
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}): nats-server is required for these tests; {INSTALL_HINT}",
+                    bin.display()
+                )
+            });
         let text = String::from_utf8_lossy(&output.stdout).to_string();
-        let version = parse_version(&text)
-            .unwrap_or_else(|| panic!("cannot read the version of {}: {text:?}; {INSTALL_HINT}", bin.display()));
+        let version = parse_version(&text).unwrap_or_else(|| {
+            panic!(
+                "cannot read the version of {}: {text:?}; {INSTALL_HINT}",
+                bin.display()
+            )
+        });
         assert!(
             version >= MIN_NATS_SERVER,
             "{} is version {version:?}, older than {MIN_NATS_SERVER:?}; {INSTALL_HINT}",
@@ -129,7 +139,10 @@ impl NatsServer {
 
     /// The server's pid.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).expect("server not running")
+        self.child
+            .as_ref()
+            .map(|c| c.id())
+            .expect("server not running")
     }
 
     /// Kills the server with SIGKILL (store kept).
@@ -206,7 +219,11 @@ impl NatsCluster {
 
     /// All client URLs, comma-separated.
     pub fn urls(&self) -> String {
-        self.nodes.iter().map(|n| n.url()).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(|n| n.url())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -227,7 +244,11 @@ pub fn fast_mesh(url: &str) -> MeshBuilder {
 }
 
 /// Next event from `events` within `timeout`, or a panic saying what was awaited.
-pub async fn next_event(events: &mut prism_mesh::EventStream, timeout: Duration, what: &str) -> MeshEvent {
+pub async fn next_event(
+    events: &mut prism_mesh::EventStream,
+    timeout: Duration,
+    what: &str,
+) -> MeshEvent {
     use futures::StreamExt;
     match tokio::time::timeout(timeout, events.next()).await {
         Ok(Some(event)) => event,
@@ -302,7 +323,9 @@ impl PeerProcess {
     /// Sends one command line on stdin.
     pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").and_then(|_| stdin.flush()).expect("write to peer stdin");
+        writeln!(stdin, "{line}")
+            .and_then(|_| stdin.flush())
+            .expect("write to peer stdin");
     }
 
     /// Waits (blocking, off the async runtime) for a line matching `pred`.
@@ -364,7 +387,10 @@ impl PeerProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("peer process {} did not exit within {timeout:?}", self.child.id());
+        panic!(
+            "peer process {} did not exit within {timeout:?}",
+            self.child.id()
+        );
     }
 }
 

@@ -22,7 +22,9 @@ async fn peer(store: &MemoryStore) -> Mesh {
 }
 
 fn instance(service: &str) -> ServiceInstance {
-    ServiceInstance::builder(service, "127.0.0.1", 9000).build().unwrap()
+    ServiceInstance::builder(service, "127.0.0.1", 9000)
+        .build()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +35,9 @@ async fn peers_on_one_store_see_registration_status_change_and_deregistration_in
     let mut events = watcher.subscribe();
 
     let me = owner.register(instance("orders")).await.unwrap();
-    me.set_status(InstanceStatus::Healthy, Some("warmed up")).await.unwrap();
+    me.set_status(InstanceStatus::Healthy, Some("warmed up"))
+        .await
+        .unwrap();
     me.update(|i| {
         i.metadata.insert("version".into(), "1.2.3".into());
     })
@@ -41,9 +45,17 @@ async fn peers_on_one_store_see_registration_status_change_and_deregistration_in
     .unwrap();
     me.deregister(Some("scale down")).await.unwrap();
 
-    assert!(matches!(next_event(&mut events, WAIT, "registered").await, MeshEvent::Registered { .. }));
+    assert!(matches!(
+        next_event(&mut events, WAIT, "registered").await,
+        MeshEvent::Registered { .. }
+    ));
     match next_event(&mut events, WAIT, "status").await {
-        MeshEvent::StatusChanged { previous, current, reason, .. } => {
+        MeshEvent::StatusChanged {
+            previous,
+            current,
+            reason,
+            ..
+        } => {
             assert_eq!(previous, InstanceStatus::Starting);
             assert_eq!(current, InstanceStatus::Healthy);
             assert_eq!(reason.as_deref(), Some("warmed up"));
@@ -51,7 +63,9 @@ async fn peers_on_one_store_see_registration_status_change_and_deregistration_in
         other => panic!("expected StatusChanged, got {other:?}"),
     }
     match next_event(&mut events, WAIT, "updated").await {
-        MeshEvent::Updated { previous, instance, .. } => {
+        MeshEvent::Updated {
+            previous, instance, ..
+        } => {
             assert!(previous.metadata.is_empty());
             assert_eq!(instance.metadata["version"], "1.2.3");
         }
@@ -79,7 +93,11 @@ async fn an_owner_that_stops_heartbeating_expires_at_its_peers() {
     let started = tokio::time::Instant::now();
     let event = next_event(&mut expired, WAIT, "expired").await;
     assert_eq!(event.service(), "billing");
-    assert!(started.elapsed() <= Duration::from_millis(1500), "expired after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() <= Duration::from_millis(1500),
+        "expired after {:?}",
+        started.elapsed()
+    );
     assert!(watcher.discover("billing").is_empty());
     assert_eq!(watcher.stats().expiries, 1);
 }
@@ -107,7 +125,9 @@ async fn a_late_peer_sees_the_current_view_and_no_stale_instances() {
     let keep = owner.register(instance("search")).await.unwrap();
     let gone = owner.register(instance("search")).await.unwrap();
     gone.deregister(None).await.unwrap();
-    keep.set_status(InstanceStatus::Healthy, None).await.unwrap();
+    keep.set_status(InstanceStatus::Healthy, None)
+        .await
+        .unwrap();
 
     let late = peer(&store).await;
     let view = late.discover("search");
@@ -135,18 +155,32 @@ async fn handlers_get_typed_events_by_kind() {
     mesh.on(EventKind::StatusChanged, move |event| {
         let tx = tx.clone();
         async move {
-            if let MeshEvent::StatusChanged { previous, current, .. } = event {
+            if let MeshEvent::StatusChanged {
+                previous, current, ..
+            } = event
+            {
                 let _ = tx.send((previous, current));
             }
         }
     });
     let me = mesh.register(instance("gw")).await.unwrap();
     me.set_status(InstanceStatus::Healthy, None).await.unwrap();
-    me.set_status(InstanceStatus::Maintenance, None).await.unwrap();
-    let first = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
-    let second = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    me.set_status(InstanceStatus::Maintenance, None)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first, (InstanceStatus::Starting, InstanceStatus::Healthy));
-    assert_eq!(second, (InstanceStatus::Healthy, InstanceStatus::Maintenance));
+    assert_eq!(
+        second,
+        (InstanceStatus::Healthy, InstanceStatus::Maintenance)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,7 +203,10 @@ async fn concurrent_updates_through_one_registration_are_all_kept() {
     assert_eq!(me.instance().metadata.len(), 50);
     let mut events = mesh.subscribe();
     me.set_status(InstanceStatus::Healthy, None).await.unwrap();
-    wait_event(&mut events, WAIT, "status", |e| e.kind() == EventKind::StatusChanged).await;
+    wait_event(&mut events, WAIT, "status", |e| {
+        e.kind() == EventKind::StatusChanged
+    })
+    .await;
     assert_eq!(mesh.discover("kv")[0].metadata.len(), 50);
 }
 
@@ -184,7 +221,9 @@ async fn shutdown_deregisters_owned_instances() {
     owner.shutdown().await;
     for _ in 0..2 {
         match next_event(&mut events, WAIT, "deregistered").await {
-            MeshEvent::Deregistered { reason, .. } => assert_eq!(reason.as_deref(), Some("shutdown")),
+            MeshEvent::Deregistered { reason, .. } => {
+                assert_eq!(reason.as_deref(), Some("shutdown"))
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -45,13 +45,23 @@ async fn two_peers_in_separate_processes_see_each_others_registrations() {
 
     // B started after A: A is in B's initial view; B reaches A as an event.
     let b_ready = b.expect_line(WAIT, "ready", |v| v["ready"] == true);
-    assert!(b_ready["view"].as_array().unwrap().iter().any(|i| i["id"] == a_id.as_str()));
-    a.expect_line(WAIT, "beta registered at A", |v| is_event(v, "registered", &b_id));
+    assert!(b_ready["view"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["id"] == a_id.as_str()));
+    a.expect_line(WAIT, "beta registered at A", |v| {
+        is_event(v, "registered", &b_id)
+    });
     // And changes flow both ways.
     a.send("status healthy");
-    b.expect_line(WAIT, "alpha's status at B", |v| is_event(v, "status", &a_id) && v["current"] == "healthy");
+    b.expect_line(WAIT, "alpha's status at B", |v| {
+        is_event(v, "status", &a_id) && v["current"] == "healthy"
+    });
     b.send("meta version 2.0");
-    a.expect_line(WAIT, "beta's update at A", |v| is_event(v, "updated", &b_id) && v["metadata"]["version"] == "2.0");
+    a.expect_line(WAIT, "beta's update at A", |v| {
+        is_event(v, "updated", &b_id) && v["metadata"]["version"] == "2.0"
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,9 +80,17 @@ async fn a_status_change_in_one_process_reaches_a_handler_in_another_with_old_an
     owner.send("status healthy passed readiness probe");
     owner.expect_line(WAIT, "status done", |v| v["done"] == "status");
 
-    let event = tokio::time::timeout(WAIT, rx.recv()).await.expect("handler called").unwrap();
+    let event = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("handler called")
+        .unwrap();
     match event {
-        MeshEvent::StatusChanged { instance, previous, current, reason } => {
+        MeshEvent::StatusChanged {
+            instance,
+            previous,
+            current,
+            reason,
+        } => {
             assert_eq!(instance.id.to_string(), id);
             assert_eq!(previous, InstanceStatus::Starting);
             assert_eq!(current, InstanceStatus::Healthy);
@@ -80,7 +98,10 @@ async fn a_status_change_in_one_process_reaches_a_handler_in_another_with_old_an
         }
         other => panic!("expected StatusChanged, got {other:?}"),
     }
-    assert_eq!(watcher.discover("payments")[0].status, InstanceStatus::Healthy);
+    assert_eq!(
+        watcher.discover("payments")[0].status,
+        InstanceStatus::Healthy
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +110,11 @@ async fn deregistration_reaches_peers_with_its_reason_and_empties_their_view() {
     let owner = fast_mesh(&server.url()).connect().await.unwrap();
     let mut watcher = spawn_peer(&server, None);
     let me = owner
-        .register(ServiceInstance::builder("inventory", "10.1.1.1", 80).build().unwrap())
+        .register(
+            ServiceInstance::builder("inventory", "10.1.1.1", 80)
+                .build()
+                .unwrap(),
+        )
         .await
         .unwrap();
     let id = me.id().to_string();
@@ -98,7 +123,10 @@ async fn deregistration_reaches_peers_with_its_reason_and_empties_their_view() {
     let line = watcher.expect_line(WAIT, "deregistered", |v| is_event(v, "deregistered", &id));
     assert_eq!(line["reason"], "rolling update");
     // Updates after deregistration are refused by the handle.
-    let err = me.set_status(InstanceStatus::Healthy, None).await.unwrap_err();
+    let err = me
+        .set_status(InstanceStatus::Healthy, None)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotRegistered);
 }
 
@@ -125,8 +153,13 @@ async fn kill_9_of_an_owner_process_gives_expired_at_every_peer_within_the_ttl()
         let event = next_event(events, bound, "expired").await;
         assert_eq!(event.instance().id.to_string(), id);
     }
-    process_peer.expect_line(bound, "expired in another process", |v| is_event(v, "expired", &id));
-    eprintln!("expiry seen {:?} after kill -9 (TTL 2 s)", killed_at.elapsed());
+    process_peer.expect_line(bound, "expired in another process", |v| {
+        is_event(v, "expired", &id)
+    });
+    eprintln!(
+        "expiry seen {:?} after kill -9 (TTL 2 s)",
+        killed_at.elapsed()
+    );
     assert!(peer_one.discover("worker").is_empty() && peer_two.discover("worker").is_empty());
 
     // Several peers published `expired`; the audit stream holds it once.
@@ -159,12 +192,22 @@ async fn a_late_peer_sees_the_current_view_and_no_stale_instances() {
     let server = NatsServer::start();
     let owner = fast_mesh(&server.url()).connect().await.unwrap();
     let live = owner
-        .register(ServiceInstance::builder("catalog", "h1", 1).build().unwrap())
+        .register(
+            ServiceInstance::builder("catalog", "h1", 1)
+                .build()
+                .unwrap(),
+        )
         .await
         .unwrap();
-    live.set_status(InstanceStatus::Healthy, None).await.unwrap();
+    live.set_status(InstanceStatus::Healthy, None)
+        .await
+        .unwrap();
     let left = owner
-        .register(ServiceInstance::builder("catalog", "h2", 2).build().unwrap())
+        .register(
+            ServiceInstance::builder("catalog", "h2", 2)
+                .build()
+                .unwrap(),
+        )
         .await
         .unwrap();
     left.deregister(None).await.unwrap();
@@ -198,7 +241,8 @@ async fn bad_service_names_and_oversized_metadata_are_rejected_before_any_networ
     assert!(err.to_string().contains("'.'"), "{err}");
 
     let mut big = ServiceInstance::builder("ok", "h", 1).build().unwrap();
-    big.metadata.insert("blob".into(), "x".repeat(MAX_METADATA_BYTES + 1).into());
+    big.metadata
+        .insert("blob".into(), "x".repeat(MAX_METADATA_BYTES + 1).into());
     let err = mesh.register(big).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("metadata"), "{err}");
@@ -211,9 +255,16 @@ async fn connecting_to_an_unreachable_server_fails_fast_naming_the_url() {
     let url = format!("nats://127.0.0.1:{port}");
     let started = std::time::Instant::now();
     let err = fast_mesh(&url).connect().await.unwrap_err();
-    assert!(matches!(err.kind(), ErrorKind::Connect | ErrorKind::Timeout), "{err}");
+    assert!(
+        matches!(err.kind(), ErrorKind::Connect | ErrorKind::Timeout),
+        "{err}"
+    );
     assert!(err.to_string().contains(&url), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,27 +292,55 @@ async fn malformed_messages_are_counted_and_ignored_without_damaging_the_view() 
     .unwrap();
     let mut spoofed = real.clone();
     spoofed.id = uuid::Uuid::new_v4();
-    let spoofed = protocol::InstanceRecord { v: 1, instance: spoofed, ttl_ms: 0, reason: None }
-        .encode()
-        .unwrap();
+    let spoofed = protocol::InstanceRecord {
+        v: 1,
+        instance: spoofed,
+        ttl_ms: 0,
+        reason: None,
+    }
+    .encode()
+    .unwrap();
     let garbage: Vec<(String, Bytes)> = vec![
-        (format!("{bucket}.ledger.{}", uuid::Uuid::new_v4()), Bytes::from_static(b"\xc1\xff garbage")),
-        (format!("{bucket}.ledger.{}", uuid::Uuid::new_v4()), Bytes::from(rmp_like_wrong_type())),
-        (format!("{bucket}.ledger.{}", real.id), Bytes::copy_from_slice(&real_record[..real_record.len() / 2])),
-        (format!("{bucket}.ledger.{}", uuid::Uuid::new_v4()), Bytes::from(spoofed)),
-        (format!("{bucket}.not-a-uuid"), Bytes::from(real_record.clone())),
-        (format!("{bucket}.ledger.{}", uuid::Uuid::new_v4()), Bytes::new()),
+        (
+            format!("{bucket}.ledger.{}", uuid::Uuid::new_v4()),
+            Bytes::from_static(b"\xc1\xff garbage"),
+        ),
+        (
+            format!("{bucket}.ledger.{}", uuid::Uuid::new_v4()),
+            Bytes::from(rmp_like_wrong_type()),
+        ),
+        (
+            format!("{bucket}.ledger.{}", real.id),
+            Bytes::copy_from_slice(&real_record[..real_record.len() / 2]),
+        ),
+        (
+            format!("{bucket}.ledger.{}", uuid::Uuid::new_v4()),
+            Bytes::from(spoofed),
+        ),
+        (
+            format!("{bucket}.not-a-uuid"),
+            Bytes::from(real_record.clone()),
+        ),
+        (
+            format!("{bucket}.ledger.{}", uuid::Uuid::new_v4()),
+            Bytes::new(),
+        ),
     ];
     let count = garbage.len() as u64;
     for (subject, payload) in garbage {
         js.publish(subject, payload).await.unwrap().await.unwrap();
     }
     // Garbage on the event subjects is stored in the audit stream but never read by views.
-    client.publish("discovery.ledger.x.registered", Bytes::from_static(b"junk")).await.unwrap();
+    client
+        .publish("discovery.ledger.x.registered", Bytes::from_static(b"junk"))
+        .await
+        .unwrap();
 
     // A valid change after the garbage proves the view kept going, in order.
     let mut events = watcher.subscribe();
-    good.set_status(InstanceStatus::Healthy, None).await.unwrap();
+    good.set_status(InstanceStatus::Healthy, None)
+        .await
+        .unwrap();
     wait_event(&mut events, WAIT, "status change after garbage", |e| {
         e.kind() == EventKind::StatusChanged
     })
@@ -329,24 +408,46 @@ async fn lifecycle_events_carry_readable_headers_on_the_discovery_subjects() {
         .register(ServiceInstance::builder("audit", "h", 1).build().unwrap())
         .await
         .unwrap();
-    me.set_status(InstanceStatus::Unhealthy, Some("disk full")).await.unwrap();
+    me.set_status(InstanceStatus::Unhealthy, Some("disk full"))
+        .await
+        .unwrap();
     me.deregister(Some("bye")).await.unwrap();
 
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let msg = tokio::time::timeout(WAIT, sub.next()).await.unwrap().unwrap();
+        let msg = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .unwrap()
+            .unwrap();
         let headers = msg.headers.clone().unwrap();
-        let get = |name: &str| headers.get(name.parse::<async_nats::header::HeaderName>().unwrap()).map(|v| v.as_str().to_string());
+        let get = |name: &str| {
+            headers
+                .get(name.parse::<async_nats::header::HeaderName>().unwrap())
+                .map(|v| v.as_str().to_string())
+        };
         assert_eq!(get("Prism-Service").as_deref(), Some("audit"));
         assert_eq!(get("Prism-Instance"), Some(me.id().to_string()));
         assert!(get("Nats-Msg-Id").is_some());
         let record = protocol::EventRecord::decode(&msg.payload).unwrap();
         assert_eq!(record.instance.id, me.id());
-        seen.push((msg.subject.to_string(), get("Prism-Status"), get("Prism-Previous-Status"), get("Prism-Reason")));
+        seen.push((
+            msg.subject.to_string(),
+            get("Prism-Status"),
+            get("Prism-Previous-Status"),
+            get("Prism-Reason"),
+        ));
     }
     let id = me.id();
     assert_eq!(seen[0].0, format!("discovery.audit.{id}.registered"));
-    assert_eq!(seen[1], (format!("discovery.audit.{id}.status"), Some("unhealthy".into()), Some("starting".into()), Some("disk full".into())));
+    assert_eq!(
+        seen[1],
+        (
+            format!("discovery.audit.{id}.status"),
+            Some("unhealthy".into()),
+            Some("starting".into()),
+            Some("disk full".into())
+        )
+    );
     assert_eq!(seen[2].0, format!("discovery.audit.{id}.deregistered"));
     assert_eq!(seen[2].3.as_deref(), Some("bye"));
 }
@@ -356,7 +457,11 @@ async fn an_owner_reasserts_its_registration_after_the_server_comes_back() {
     let mut server = NatsServer::start();
     let owner = fast_mesh(&server.url()).connect().await.unwrap();
     let me = owner
-        .register(ServiceInstance::builder("resilient", "h", 1).build().unwrap())
+        .register(
+            ServiceInstance::builder("resilient", "h", 1)
+                .build()
+                .unwrap(),
+        )
         .await
         .unwrap();
     // Down for longer than the TTL: the key expires when the server is back.
@@ -364,12 +469,19 @@ async fn an_owner_reasserts_its_registration_after_the_server_comes_back() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     server.restart();
     let late = fast_mesh(&server.url()).connect().await.unwrap();
-    let seen = late.wait_for_service("resilient", Duration::from_secs(15)).await.unwrap();
+    let seen = late
+        .wait_for_service("resilient", Duration::from_secs(15))
+        .await
+        .unwrap();
     assert_eq!(seen[0].id, me.id());
     // The owner keeps it alive afterwards.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(late.discover("resilient").len(), 1);
-    assert_eq!(owner.discover("resilient").len(), 1, "the owner's own view resynchronised");
+    assert_eq!(
+        owner.discover("resilient").len(),
+        1,
+        "the owner's own view resynchronised"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,13 +498,20 @@ async fn churn_leaves_the_bucket_and_the_event_stream_within_their_limits() {
         .connect()
         .await
         .unwrap();
-    let churn: usize = std::env::var("PRISM_CHURN").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let churn: usize = std::env::var("PRISM_CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     futures::stream::iter(0..churn)
         .map(|n| {
             let mesh = mesh.clone();
             async move {
                 let me = mesh
-                    .register(ServiceInstance::builder("churn", "h", (n % 60000) as u16).build().unwrap())
+                    .register(
+                        ServiceInstance::builder("churn", "h", (n % 60000) as u16)
+                            .build()
+                            .unwrap(),
+                    )
                     .await
                     .unwrap();
                 me.deregister(None).await.unwrap();
@@ -406,10 +525,17 @@ async fn churn_leaves_the_bucket_and_the_event_stream_within_their_limits() {
     let js = async_nats::jetstream::new(client);
     let mut events = js.get_stream(protocol::DEFAULT_EVENT_STREAM).await.unwrap();
     let info = events.info().await.unwrap();
-    assert!(info.state.messages <= 1000, "event stream holds {}", info.state.messages);
+    assert!(
+        info.state.messages <= 1000,
+        "event stream holds {}",
+        info.state.messages
+    );
 
     // Tombstones expire after 1 s, then their markers after 1 s: the bucket drains to empty.
-    let mut kv = js.get_stream(format!("KV_{}", protocol::DEFAULT_BUCKET)).await.unwrap();
+    let mut kv = js
+        .get_stream(format!("KV_{}", protocol::DEFAULT_BUCKET))
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let state = kv.info().await.unwrap().state.clone();

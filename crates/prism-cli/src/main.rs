@@ -1,1 +1,166 @@
-fn main(){}
+//! `prism`: a thin command line over the prism-mesh library.
+
+mod commands;
+mod output;
+mod server;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use prism_mesh::{Mesh, NatsOptions};
+
+/// See and use a prism-mesh: services registering, finding each other and expiring.
+#[derive(Parser)]
+#[command(name = "prism", version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXAMPLES: &str = "Examples:
+  prism demo                        start a local nats-server and show a mesh at work
+  prism ls --url nats://127.0.0.1:4222
+  prism get orders --json
+  prism watch orders
+  prism history --since 10m";
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a local nats-server (unless --url is given), run a few services, show their
+    /// events, kill one and show its expiry, then replay the audit trail.
+    Demo(commands::demo::DemoArgs),
+    /// List services with instance counts by status.
+    Ls(ConnectArgs),
+    /// Show the instances of one service.
+    Get {
+        /// Service name.
+        service: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Stream lifecycle events as they happen, one line each.
+    Watch {
+        /// Only this service.
+        service: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Print the audit trail from the event stream.
+    History {
+        /// Start time: RFC 3339, or a humantime age such as `10m` (ago).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Register a placeholder instance and heartbeat until killed (SIGTERM deregisters).
+    Announce(commands::announce::AnnounceArgs),
+}
+
+/// How to reach the mesh.
+#[derive(Args, Clone)]
+pub struct ConnectArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub url: String,
+    /// Authentication token.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Credentials file.
+    #[arg(long, env = "NATS_CREDS")]
+    pub creds: Option<std::path::PathBuf>,
+    /// CA certificate for TLS.
+    #[arg(long, env = "NATS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Print JSON (one object per line for streams).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ConnectArgs {
+    pub fn options(&self) -> NatsOptions {
+        let mut options = NatsOptions::new(&self.url).client_name("prism-cli");
+        if let Some(token) = &self.token {
+            options = options.token(token);
+        }
+        if let Some(creds) = &self.creds {
+            options = options.credentials_file(creds);
+        }
+        if let Some(ca) = &self.tls_ca {
+            options = options.tls_ca(ca);
+        }
+        options
+    }
+
+    pub async fn connect(&self) -> prism_mesh::Result<Mesh> {
+        Mesh::builder()
+            .nats(self.options().connect_timeout(Duration::from_secs(3)))
+            .publish_expired_events(false)
+            .connect()
+            .await
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PRISM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => commands::demo::run(args).await,
+        Command::Ls(connect) => commands::inspect::ls(&connect).await,
+        Command::Get { service, connect } => commands::inspect::get(&service, &connect).await,
+        Command::Watch { service, connect } => {
+            commands::inspect::watch(service.as_deref(), &connect).await
+        }
+        Command::History { since, connect } => {
+            commands::inspect::history(since.as_deref(), &connect).await
+        }
+        Command::Announce(args) => commands::announce::run(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("prism: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// A CLI failure: what to tell the user, and the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// From the library (connection, setup, input...).
+    #[error("{0}")]
+    Mesh(#[from] prism_mesh::Error),
+    /// Bad usage.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else (spawning processes, I/O).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Mesh(e)
+                if matches!(
+                    e.kind(),
+                    prism_mesh::ErrorKind::Connect | prism_mesh::ErrorKind::Timeout
+                ) =>
+            {
+                3
+            }
+            CliError::Mesh(e) if e.kind() == prism_mesh::ErrorKind::NotRegistered => 4,
+            _ => 1,
+        }
+    }
+}

@@ -14,7 +14,7 @@ pub enum BackendConfig {
     /// In-process: every mesh on the same [`MemoryStore`] is a peer of the others.
     Memory(MemoryStore),
     /// NATS JetStream: peers anywhere that reach the same servers.
-    Nats(NatsOptions),
+    Nats(Box<NatsOptions>),
 }
 
 impl Default for BackendConfig {
@@ -245,7 +245,10 @@ impl NatsOptions {
 
     pub(crate) fn validate(&self) -> Result<()> {
         if self.urls.is_empty() {
-            return Err(Error::new(ErrorKind::InvalidConfig, "no NATS server url given"));
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "no NATS server url given",
+            ));
         }
         if self.replicas == 0 || self.replicas > 5 {
             return Err(Error::new(
@@ -262,17 +265,23 @@ impl NatsOptions {
                 ),
             ));
         }
-        for (what, name) in [("bucket", &self.bucket), ("event_stream", &self.event_stream)] {
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        for (what, name) in [
+            ("bucket", &self.bucket),
+            ("event_stream", &self.event_stream),
+        ] {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
                     format!("{what} {name:?} must be ASCII letters, digits, '-' or '_'"),
                 ));
             }
         }
-        crate::instance::validate_service_name(&self.subject_prefix).map_err(|e| {
-            Error::new(ErrorKind::InvalidConfig, format!("subject_prefix: {e}"))
-        })?;
+        crate::instance::validate_service_name(&self.subject_prefix)
+            .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("subject_prefix: {e}")))?;
         Ok(())
     }
 }
@@ -335,13 +344,19 @@ impl Timing {
         if self.instance_ttl < Duration::from_secs(1) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                format!("instance_ttl must be at least 1s, got {}", show(self.instance_ttl)),
+                format!(
+                    "instance_ttl must be at least 1s, got {}",
+                    show(self.instance_ttl)
+                ),
             ));
         }
         if self.tombstone_ttl < Duration::from_secs(1) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
-                format!("tombstone_ttl must be at least 1s, got {}", show(self.tombstone_ttl)),
+                format!(
+                    "tombstone_ttl must be at least 1s, got {}",
+                    show(self.tombstone_ttl)
+                ),
             ));
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.instance_ttl {
@@ -364,11 +379,17 @@ mod tests {
 
     #[test]
     fn credentials_in_urls_are_redacted() {
-        assert_eq!(redact_url("nats://bob:pw@host:4222"), "nats://<redacted>@host:4222");
+        assert_eq!(
+            redact_url("nats://bob:pw@host:4222"),
+            "nats://<redacted>@host:4222"
+        );
         assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
         let options = NatsOptions::new("nats://bob:pw@h:1").user_password("u", "hunter2");
         let shown = format!("{options:?}");
-        assert!(!shown.contains("pw@") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("pw@") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -378,6 +399,9 @@ mod tests {
             ..Timing::default()
         };
         let err = timing.validate().unwrap_err();
-        assert!(err.to_string().contains("heartbeat_interval (10s)"), "{err}");
+        assert!(
+            err.to_string().contains("heartbeat_interval (10s)"),
+            "{err}"
+        );
     }
 }

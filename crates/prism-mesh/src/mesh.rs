@@ -73,7 +73,7 @@ impl MeshBuilder {
 
     /// Uses NATS JetStream.
     pub fn nats(mut self, options: NatsOptions) -> Self {
-        self.backend = BackendConfig::Nats(options);
+        self.backend = BackendConfig::Nats(Box::new(options));
         self
     }
 
@@ -172,7 +172,8 @@ struct Inner {
     registry: Arc<RegistryView>,
     bus: Arc<EventBus>,
     stats: Arc<MeshStats>,
-    owned: Mutex<HashMap<Uuid, Registration>>,
+    owned: Arc<Mutex<HashMap<Uuid, Registration>>>,
+    event_stream: String,
     closing: watch::Sender<bool>,
 }
 
@@ -212,10 +213,14 @@ impl Mesh {
         };
         let span = tracing::info_span!("view", peer = %peer_id);
         tokio::spawn(task.run(store.watch()).instrument(span));
-        match tokio::time::timeout(builder.ready_timeout, crate::util::until_true(&mut ready)).await {
+        match tokio::time::timeout(builder.ready_timeout, crate::util::until_true(&mut ready)).await
+        {
             Ok(true) => {}
             Ok(false) => {
-                return Err(Error::new(ErrorKind::Closed, "the view task ended before the first snapshot"))
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    "the view task ended before the first snapshot",
+                ))
             }
             Err(_) => {
                 store.close().await;
@@ -237,7 +242,11 @@ impl Mesh {
                 registry,
                 bus,
                 stats,
-                owned: Mutex::new(HashMap::new()),
+                owned: Arc::new(Mutex::new(HashMap::new())),
+                event_stream: match &builder.backend {
+                    BackendConfig::Nats(options) => options.event_stream.clone(),
+                    BackendConfig::Memory(_) => String::new(),
+                },
                 closing: watch::channel(false).0,
             }),
         })
@@ -267,9 +276,11 @@ impl Mesh {
             self.inner.peer_id.clone(),
             instance,
             self.inner.closing.subscribe(),
+            Arc::downgrade(&self.inner.owned),
         )
         .await?;
-        self.lock_owned().insert(registration.id(), registration.clone());
+        self.lock_owned()
+            .insert(registration.id(), registration.clone());
         Ok(registration)
     }
 
@@ -355,7 +366,11 @@ impl Mesh {
     /// });
     /// # Ok(()) }
     /// ```
-    pub fn on<F, Fut>(&self, filter: impl Into<EventFilter>, handler: F) -> tokio::task::JoinHandle<()>
+    pub fn on<F, Fut>(
+        &self,
+        filter: impl Into<EventFilter>,
+        handler: F,
+    ) -> tokio::task::JoinHandle<()>
     where
         F: Fn(MeshEvent) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -366,6 +381,26 @@ impl Mesh {
                 handler(event).await;
             }
         })
+    }
+
+    /// The audit trail: lifecycle events from `since` (or the oldest kept), oldest first.
+    /// Stored messages that cannot be decoded are skipped and logged.
+    pub async fn event_history(
+        &self,
+        since: Option<std::time::SystemTime>,
+    ) -> Result<Vec<crate::protocol::EventRecord>> {
+        let (records, malformed) = self
+            .inner
+            .store
+            .event_history(&self.inner.event_stream, since)
+            .await?;
+        if malformed > 0 {
+            warn!(
+                malformed,
+                "skipped undecodable messages in the event stream"
+            );
+        }
+        Ok(records)
     }
 
     /// Counters of this peer.
@@ -388,7 +423,6 @@ impl Mesh {
         self.inner.store.close().await;
     }
 
-    /// Forgets a registration after it was deregistered through its handle.
     pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
         self.inner.owned.lock().unwrap_or_else(|p| p.into_inner())
     }

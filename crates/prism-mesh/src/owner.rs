@@ -1,7 +1,8 @@
 //! Owners: the task behind each registration that keeps its key alive and writes its
 //! changes, so no update is lost and a lost key comes back by itself.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use rand::Rng;
@@ -76,7 +77,8 @@ impl Registration {
         status: InstanceStatus,
         reason: Option<&str>,
     ) -> Result<Arc<ServiceInstance>> {
-        self.update_with_reason(move |i| i.status = status, reason).await
+        self.update_with_reason(move |i| i.status = status, reason)
+            .await
     }
 
     /// Edits metadata, tags, weight, zone, host, port or scheme; peers get `Updated`.
@@ -122,7 +124,10 @@ impl Registration {
     fn gone(&self) -> Error {
         Error::new(
             ErrorKind::NotRegistered,
-            format!("{}/{} is no longer registered by this mesh", self.service, self.id),
+            format!(
+                "{}/{} is no longer registered by this mesh",
+                self.service, self.id
+            ),
         )
     }
 }
@@ -148,6 +153,7 @@ impl Owner {
         peer_id: String,
         instance: ServiceInstance,
         closing: watch::Receiver<bool>,
+        owned: Weak<Mutex<HashMap<Uuid, Registration>>>,
     ) -> Result<Registration> {
         instance.validate()?;
         let key = instance.key();
@@ -189,7 +195,17 @@ impl Owner {
             current: current_rx,
         };
         let span = tracing::info_span!("owner", key = %owner.key);
-        tokio::spawn(owner.run(inbox, closing).instrument(span));
+        let id = owner.instance.id;
+        tokio::spawn(
+            async move {
+                owner.run(inbox, closing).await;
+                // Forget the handle so churn does not accumulate dead registrations.
+                if let Some(owned) = owned.upgrade() {
+                    owned.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                }
+            }
+            .instrument(span),
+        );
         Ok(registration)
     }
 
@@ -240,7 +256,12 @@ impl Owner {
         let record = record(&self.instance, &self.timing, None);
         let written = self
             .store
-            .put(&self.key, &record, self.timing.instance_ttl, WriteCondition::Revision(self.revision))
+            .put(
+                &self.key,
+                &record,
+                self.timing.instance_ttl,
+                WriteCondition::Revision(self.revision),
+            )
             .await;
         match written {
             Ok(revision) => {
@@ -261,13 +282,23 @@ impl Owner {
         let record = record(&self.instance, &self.timing, Some(reason));
         let revision = self
             .store
-            .put(&self.key, &record, self.timing.instance_ttl, WriteCondition::Any)
+            .put(
+                &self.key,
+                &record,
+                self.timing.instance_ttl,
+                WriteCondition::Any,
+            )
             .await?;
         self.revision = revision;
         MeshStats::incr(&self.stats.reasserts);
         info!(revision, "re-asserted registration");
-        self.publish(EventName::Registered, None, Some(reason.to_string()), revision)
-            .await
+        self.publish(
+            EventName::Registered,
+            None,
+            Some(reason.to_string()),
+            revision,
+        )
+        .await
     }
 
     async fn update(&mut self, edit: Edit, reason: Option<String>) -> Result<Arc<ServiceInstance>> {
@@ -291,7 +322,12 @@ impl Owner {
         let record = record(&next, &self.timing, reason.as_deref());
         let revision = match self
             .store
-            .put(&self.key, &record, self.timing.instance_ttl, WriteCondition::Revision(self.revision))
+            .put(
+                &self.key,
+                &record,
+                self.timing.instance_ttl,
+                WriteCondition::Revision(self.revision),
+            )
             .await
         {
             Ok(revision) => revision,
@@ -300,7 +336,12 @@ impl Owner {
             Err(e) if e.kind() == ErrorKind::Conflict => {
                 MeshStats::incr(&self.stats.reasserts);
                 self.store
-                    .put(&self.key, &record, self.timing.instance_ttl, WriteCondition::Any)
+                    .put(
+                        &self.key,
+                        &record,
+                        self.timing.instance_ttl,
+                        WriteCondition::Any,
+                    )
                     .await?
             }
             Err(e) => return Err(e),
@@ -309,13 +350,19 @@ impl Owner {
         self.revision = revision;
         self.current.send_replace(next.clone());
         if previous.status != next.status {
-            self.publish(EventName::Status, Some(previous.status), reason.clone(), revision)
-                .await?;
+            self.publish(
+                EventName::Status,
+                Some(previous.status),
+                reason.clone(),
+                revision,
+            )
+            .await?;
         }
         let mut without_status = ServiceInstance::clone(&previous);
         without_status.status = next.status;
         if !without_status.same_content(&next) {
-            self.publish(EventName::Updated, None, reason, revision).await?;
+            self.publish(EventName::Updated, None, reason, revision)
+                .await?;
         }
         Ok(next)
     }
@@ -325,7 +372,8 @@ impl Owner {
             .store
             .delete(&self.key, reason.as_deref(), self.timing.tombstone_ttl)
             .await?;
-        self.publish(EventName::Deregistered, None, reason, revision).await
+        self.publish(EventName::Deregistered, None, reason, revision)
+            .await
     }
 
     /// Appends a lifecycle event, retrying with the same id (the stream stores it once).
@@ -350,7 +398,10 @@ impl Owner {
         loop {
             match self.store.publish_event(&record, &msg_id).await {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt < EVENT_PUBLISH_ATTEMPTS && e.kind() != ErrorKind::PermissionDenied => {
+                Err(e)
+                    if attempt < EVENT_PUBLISH_ATTEMPTS
+                        && e.kind() != ErrorKind::PermissionDenied =>
+                {
                     debug!(error = %e, attempt, "event publish failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                     attempt += 1;

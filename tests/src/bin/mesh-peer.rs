@@ -44,7 +44,12 @@ fn describe(event: &MeshEvent) -> serde_json::Value {
         "metadata": instance.metadata,
     });
     match event {
-        MeshEvent::StatusChanged { previous, current, reason, .. } => {
+        MeshEvent::StatusChanged {
+            previous,
+            current,
+            reason,
+            ..
+        } => {
             value["previous"] = json!(previous.as_str());
             value["current"] = json!(current.as_str());
             value["reason"] = json!(reason);
@@ -59,9 +64,12 @@ fn describe(event: &MeshEvent) -> serde_json::Value {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let args = Args::parse();
     let mesh = Mesh::builder()
         .nats(NatsOptions::new(&args.url).marker_ttl(Duration::from_secs(5)))

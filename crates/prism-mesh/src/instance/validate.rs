@@ -66,8 +66,16 @@ pub(super) fn validate_instance(instance: &ServiceInstance) -> Result<()> {
             instance.host.len()
         )));
     }
-    if instance.scheme.is_empty() || !instance.scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
-        return Err(Error::invalid(format!("scheme {:?} is not a URL scheme", instance.scheme)));
+    if instance.scheme.is_empty()
+        || !instance
+            .scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return Err(Error::invalid(format!(
+            "scheme {:?} is not a URL scheme",
+            instance.scheme
+        )));
     }
     if instance.tags.len() > MAX_TAGS {
         return Err(Error::invalid(format!(
@@ -75,7 +83,11 @@ pub(super) fn validate_instance(instance: &ServiceInstance) -> Result<()> {
             instance.tags.len()
         )));
     }
-    if let Some(tag) = instance.tags.iter().find(|t| t.is_empty() || t.len() > MAX_TAG_LEN) {
+    if let Some(tag) = instance
+        .tags
+        .iter()
+        .find(|t| t.is_empty() || t.len() > MAX_TAG_LEN)
+    {
         return Err(Error::invalid(format!(
             "tag {tag:?} must be 1 to {MAX_TAG_LEN} bytes long"
         )));
@@ -88,7 +100,13 @@ pub(super) fn validate_instance(instance: &ServiceInstance) -> Result<()> {
         }
     }
     let metadata_bytes = rmp_serde::to_vec_named(&instance.metadata)
-        .map_err(|e| Error::with_source(crate::ErrorKind::InvalidInput, "metadata cannot be encoded", e))?
+        .map_err(|e| {
+            Error::with_source(
+                crate::ErrorKind::InvalidInput,
+                "metadata cannot be encoded",
+                e,
+            )
+        })?
         .len();
     if metadata_bytes > MAX_METADATA_BYTES {
         return Err(Error::invalid(format!(
@@ -105,7 +123,13 @@ mod tests {
 
     #[test]
     fn names_with_subject_syntax_are_rejected_naming_the_character() {
-        for (name, bad) in [("a.b", "'.'"), ("a*", "'*'"), ("a>", "'>'"), ("a b", "' '"), ("é", "'é'")] {
+        for (name, bad) in [
+            ("a.b", "'.'"),
+            ("a*", "'*'"),
+            ("a>", "'>'"),
+            ("a b", "' '"),
+            ("é", "'é'"),
+        ] {
             let message = validate_service_name(name).unwrap_err().to_string();
             assert!(message.contains(bad), "{name}: {message}");
         }

@@ -122,7 +122,10 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
 
 fn check_version(v: u32) -> Result<()> {
     if v == 0 {
-        return Err(Error::new(ErrorKind::Decode, "payload has protocol version 0"));
+        return Err(Error::new(
+            ErrorKind::Decode,
+            "payload has protocol version 0",
+        ));
     }
     Ok(())
 }
@@ -135,7 +138,10 @@ mod tests {
         InstanceRecord {
             v: PROTOCOL_VERSION,
             instance: ServiceInstance::builder("svc", "h", 80)
-                .metadata("k", serde_json::json!({"nested": [1, 2.5, "x", null, true]}))
+                .metadata(
+                    "k",
+                    serde_json::json!({"nested": [1, 2.5, "x", null, true]}),
+                )
                 .build()
                 .unwrap(),
             ttl_ms: 10_000,
@@ -179,7 +185,10 @@ mod tests {
             &good[..good.len() / 2],
             &rmp_serde::to_vec_named(&("a", 1)).unwrap()[..],
         ] {
-            assert_eq!(InstanceRecord::decode(bad).unwrap_err().kind(), ErrorKind::Decode);
+            assert_eq!(
+                InstanceRecord::decode(bad).unwrap_err().kind(),
+                ErrorKind::Decode
+            );
         }
     }
 }

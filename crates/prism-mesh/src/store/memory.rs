@@ -169,9 +169,11 @@ impl MemoryStore {
                 cause: Some(cause.clone()),
             },
         );
-        state
-            .deadlines
-            .push(Reverse((Instant::now() + tombstone_ttl, revision, key.to_string())));
+        state.deadlines.push(Reverse((
+            Instant::now() + tombstone_ttl,
+            revision,
+            key.to_string(),
+        )));
         state.broadcast(KvChange::Removed {
             key: key.to_string(),
             revision,

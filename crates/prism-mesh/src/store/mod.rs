@@ -124,6 +124,26 @@ impl Store {
         }
     }
 
+    /// Lifecycle events from `since` (or the oldest kept) to now, and how many stored
+    /// messages could not be decoded.
+    pub(crate) async fn event_history(
+        &self,
+        event_stream: &str,
+        since: Option<std::time::SystemTime>,
+    ) -> Result<(Vec<EventRecord>, u64)> {
+        match self {
+            Store::Memory(store) => Ok((
+                store
+                    .events()
+                    .into_iter()
+                    .filter(|e| since.is_none_or(|since| e.at >= since))
+                    .collect(),
+                0,
+            )),
+            Store::Nats(store) => store.event_history(event_stream, since).await,
+        }
+    }
+
     /// Stops background work tied to this handle.
     pub(crate) async fn close(&self) {
         if let Store::Nats(store) = self {

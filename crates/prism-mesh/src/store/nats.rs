@@ -4,10 +4,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::header::{HeaderName, IntoHeaderName};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -185,16 +185,25 @@ impl NatsStore {
             WriteCondition::Revision(revision) => Some(revision),
         };
         if let Some(expected) = expected {
-            headers.insert(name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE), expected.to_string());
+            headers.insert(
+                name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE),
+                expected.to_string(),
+            );
         }
         let subject = format!("{}{key}", self.inner.kv_prefix);
-        match self.publish(&subject, headers.clone(), payload.clone()).await {
+        match self
+            .publish(&subject, headers.clone(), payload.clone())
+            .await
+        {
             Err(e) if e.kind() == ErrorKind::Conflict && condition == WriteCondition::Absent => {
                 // Like KV `create`: a key whose last message is a tombstone or an expiry
                 // marker holds nothing, so creating it is allowed at that revision.
                 match self.last_removal_revision(&subject).await? {
                     Some(revision) => {
-                        headers.insert(name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE), revision.to_string());
+                        headers.insert(
+                            name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE),
+                            revision.to_string(),
+                        );
                         self.publish(&subject, headers, payload).await
                     }
                     None => Err(e),
@@ -206,12 +215,24 @@ impl NatsStore {
 
     /// Revision of the key's last message if that message is a removal.
     async fn last_removal_revision(&self, subject: &str) -> Result<Option<u64>> {
-        let stream = self.inner.js.get_stream(&self.inner.kv_stream).await.map_err(|e| {
-            Error::with_source(ErrorKind::Transport, "cannot look up the bucket stream", e)
-        })?;
-        let last = stream.get_last_raw_message_by_subject(subject).await.map_err(|e| {
-            Error::with_source(ErrorKind::Transport, format!("cannot read last message of {subject}"), e)
-        })?;
+        let stream = self
+            .inner
+            .js
+            .get_stream(&self.inner.kv_stream)
+            .await
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Transport, "cannot look up the bucket stream", e)
+            })?;
+        let last = stream
+            .get_last_raw_message_by_subject(subject)
+            .await
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Transport,
+                    format!("cannot read last message of {subject}"),
+                    e,
+                )
+            })?;
         let removed = last.headers.get(name(h::NATS_MARKER_REASON)).is_some()
             || last.headers.get(name(h::KV_OPERATION)).is_some();
         Ok(removed.then_some(last.sequence))
@@ -289,6 +310,62 @@ impl NatsStore {
         self.inner.reconnects.clone()
     }
 
+    /// Reads the event stream from `since` (or its start) to its current end.
+    #[tracing::instrument(name = "nats.event_history", skip_all)]
+    pub(crate) async fn event_history(
+        &self,
+        event_stream: &str,
+        since: Option<SystemTime>,
+    ) -> Result<(Vec<EventRecord>, u64)> {
+        let stream = self.inner.js.get_stream(event_stream).await.map_err(|e| {
+            Error::with_source(
+                ErrorKind::Setup,
+                format!("cannot open event stream {event_stream}"),
+                e,
+            )
+        })?;
+        let deliver_policy = match since {
+            Some(time) => consumer::DeliverPolicy::ByStartTime {
+                start_time: time.into(),
+            },
+            None => consumer::DeliverPolicy::All,
+        };
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Transport, "cannot create replay consumer", e)
+            })?;
+        let mut pending = consumer.cached_info().num_pending;
+        let mut records = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
+        let mut malformed = 0;
+        if pending > 0 {
+            let mut messages = consumer.messages().await.map_err(|e| {
+                Error::with_source(ErrorKind::Transport, "cannot start replay consumer", e)
+            })?;
+            while pending > 0 {
+                let Some(message) = messages.next().await else {
+                    break;
+                };
+                let message = message.map_err(|e| {
+                    Error::with_source(ErrorKind::Transport, "replay consumer failed", e)
+                })?;
+                pending = message.info().map(|i| i.pending).unwrap_or(0);
+                match EventRecord::decode(&message.payload) {
+                    Ok(record) => records.push(record),
+                    Err(e) => {
+                        malformed += 1;
+                        debug!(subject = %message.subject, error = %e, "skipping malformed event");
+                    }
+                }
+            }
+        }
+        Ok((records, malformed))
+    }
+
     pub(crate) async fn close(&self) {
         self.inner.closed.send_replace(true);
         if let Err(e) = self.inner.client.flush().await {
@@ -324,7 +401,11 @@ async fn ensure_bucket(js: &jetstream::Context, options: &NatsOptions) -> Result
             )
         })?;
         let info = stream.info().await.map_err(|e| {
-            Error::with_source(ErrorKind::Setup, format!("cannot read stream {stream_name}"), e)
+            Error::with_source(
+                ErrorKind::Setup,
+                format!("cannot read stream {stream_name}"),
+                e,
+            )
         })?;
         if !info.config.allow_message_ttl {
             return Err(Error::new(
@@ -432,7 +513,11 @@ enum WatchEnd {
 
 async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Result<WatchEnd> {
     let stream = inner.js.get_stream(&inner.kv_stream).await.map_err(|e| {
-        Error::with_source(ErrorKind::Setup, format!("cannot open stream {}", inner.kv_stream), e)
+        Error::with_source(
+            ErrorKind::Setup,
+            format!("cannot open stream {}", inner.kv_stream),
+            e,
+        )
     })?;
     let consumer = stream
         .create_consumer(consumer::push::OrderedConfig {
@@ -454,8 +539,9 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
     let mut snapshot = Vec::with_capacity(usize::try_from(initially_pending).unwrap_or(0));
     if initially_pending > 0 {
         while let Some(message) = messages.next().await {
-            let message = message
-                .map_err(|e| Error::with_source(ErrorKind::Transport, "watch consumer failed", e))?;
+            let message = message.map_err(|e| {
+                Error::with_source(ErrorKind::Transport, "watch consumer failed", e)
+            })?;
             let (change, pending) = to_change(&inner.kv_prefix, &message)?;
             snapshot.extend(change);
             if pending == 0 {
@@ -482,9 +568,12 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
 
 /// Reads one raw bucket message; `None` for a subject outside the bucket.
 fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvChange>, u64)> {
-    let info = message
-        .info()
-        .map_err(|e| Error::new(ErrorKind::Transport, format!("message without JetStream info: {e}")))?;
+    let info = message.info().map_err(|e| {
+        Error::new(
+            ErrorKind::Transport,
+            format!("message without JetStream info: {e}"),
+        )
+    })?;
     let revision = info.stream_sequence;
     let pending = info.pending;
     let Some(key) = message.subject.strip_prefix(prefix).map(str::to_string) else {

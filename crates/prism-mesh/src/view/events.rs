@@ -196,7 +196,9 @@ impl EventBus {
         self.lock().clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(EventFilter, mpsc::UnboundedSender<MeshEvent>)>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(EventFilter, mpsc::UnboundedSender<MeshEvent>)>> {
         self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -16,14 +16,16 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
 pub(crate) use events::EventBus;
-pub use registry::{ServiceSlot, ServiceSnapshot};
+pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
 pub(crate) use registry::RegistryView;
+pub use registry::{ServiceSlot, ServiceSnapshot};
 
 use crate::instance::ServiceInstance;
 use crate::metrics::MeshStats;
-use crate::protocol::{parse_instance_key, EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
+use crate::protocol::{
+    parse_instance_key, EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION,
+};
 use crate::store::{KvChange, RemovalCause, Store, WatchItem};
 
 /// Most watch items applied before readers see a new snapshot.
@@ -81,7 +83,8 @@ impl ViewTask {
             }
             // Readers see the new state before anyone hears about it.
             index.flush(&self.registry);
-            self.ready.send_if_modified(|ready| !std::mem::replace(ready, true));
+            self.ready
+                .send_if_modified(|ready| !std::mem::replace(ready, true));
             self.stats
                 .events_emitted
                 .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -139,7 +142,9 @@ impl ViewTask {
             } => {
                 // A removal of a key we do not hold (a tombstone or marker expiring, a
                 // duplicate) changes nothing.
-                let Some(entry) = index.remove(&key) else { return };
+                let Some(entry) = index.remove(&key) else {
+                    return;
+                };
                 let instance = entry.instance;
                 match cause {
                     RemovalCause::Expired => {
@@ -164,7 +169,12 @@ impl ViewTask {
     }
 
     /// Replaces the whole view with a snapshot, emitting the difference as events.
-    fn apply_snapshot(&self, index: &mut Index, changes: Vec<KvChange>, events: &mut Vec<MeshEvent>) {
+    fn apply_snapshot(
+        &self,
+        index: &mut Index,
+        changes: Vec<KvChange>,
+        events: &mut Vec<MeshEvent>,
+    ) {
         let mut live = HashSet::with_capacity(changes.len());
         let mut removals = HashMap::new();
         for change in changes {
@@ -194,7 +204,9 @@ impl ViewTask {
             .cloned()
             .collect();
         for key in gone {
-            let Some(entry) = index.remove(&key) else { continue };
+            let Some(entry) = index.remove(&key) else {
+                continue;
+            };
             let instance = entry.instance;
             match removals.remove(&key) {
                 Some(RemovalCause::Deregistered { reason }) => {
@@ -213,7 +225,12 @@ impl ViewTask {
     }
 
     /// Decodes a record and checks it belongs to its key; `None` (counted) when not.
-    fn decode(&self, key: &str, value: &[u8], revision: u64) -> Option<(ServiceInstance, Option<String>)> {
+    fn decode(
+        &self,
+        key: &str,
+        value: &[u8],
+        revision: u64,
+    ) -> Option<(ServiceInstance, Option<String>)> {
         let malformed = |why: String| {
             MeshStats::incr(&self.stats.malformed_dropped);
             warn!(key, revision, "ignoring malformed instance record: {why}");

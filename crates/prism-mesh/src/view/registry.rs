@@ -25,7 +25,10 @@ impl ServiceSnapshot {
     }
 
     /// Instances with the given status.
-    pub fn with_status(&self, status: InstanceStatus) -> impl Iterator<Item = &Arc<ServiceInstance>> {
+    pub fn with_status(
+        &self,
+        status: InstanceStatus,
+    ) -> impl Iterator<Item = &Arc<ServiceInstance>> {
         self.instances.iter().filter(move |i| i.status == status)
     }
 
@@ -95,6 +98,10 @@ impl RegistryView {
     }
 
     pub(crate) fn instance_count(&self) -> usize {
-        self.slots.load().values().map(|slot| slot.load().len()).sum()
+        self.slots
+            .load()
+            .values()
+            .map(|slot| slot.load().len())
+            .sum()
     }
 }

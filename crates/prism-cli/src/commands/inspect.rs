@@ -1,0 +1,121 @@
+//! Read-only commands: `ls`, `get`, `watch`, `history`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use prism_mesh::EventFilter;
+use serde_json::json;
+
+use crate::output::{event_line, instance_row, record_line, INSTANCE_HEADER};
+use crate::{CliError, ConnectArgs};
+
+pub async fn ls(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
+    let mesh = connect.connect().await?;
+    let mut rows = Vec::new();
+    for service in mesh.services() {
+        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let instances = mesh.discover(&service);
+        for instance in &instances {
+            *counts.entry(instance.status.as_str()).or_default() += 1;
+        }
+        rows.push((service, instances.len(), counts));
+    }
+    if connect.json {
+        let value: Vec<_> = rows
+            .iter()
+            .map(|(service, total, counts)| json!({"service": service, "instances": total, "by_status": counts}))
+            .collect();
+        println!("{}", serde_json::Value::Array(value));
+    } else {
+        println!("{:<32}  {:>9}  BY STATUS", "SERVICE", "INSTANCES");
+        for (service, total, counts) in rows {
+            let by_status: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
+            println!("{service:<32}  {total:>9}  {}", by_status.join(" "));
+        }
+    }
+    mesh.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn get(service: &str, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
+    prism_mesh::validate_service_name(service)?;
+    let mesh = connect.connect().await?;
+    let instances = mesh.discover(service);
+    mesh.shutdown().await;
+    if instances.is_empty() {
+        eprintln!("prism: no live instance of service {service:?}");
+        return Ok(ExitCode::from(4));
+    }
+    if connect.json {
+        println!(
+            "{}",
+            serde_json::to_string(&instances.iter().map(|i| i.as_ref()).collect::<Vec<_>>())
+                .map_err(|e| CliError::Other(e.to_string()))?
+        );
+    } else {
+        println!("{INSTANCE_HEADER}");
+        for instance in &instances {
+            println!("{}", instance_row(instance));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn watch(service: Option<&str>, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
+    if let Some(service) = service {
+        prism_mesh::validate_service_name(service)?;
+    }
+    let mesh = connect.connect().await?;
+    let filter = service.map(EventFilter::service).unwrap_or_default();
+    let mut events = mesh.subscribe_filtered(filter);
+    // Show what is live now, then what changes.
+    let services = match service {
+        Some(s) => vec![s.to_string()],
+        None => mesh.services(),
+    };
+    for name in services {
+        for instance in mesh.discover(&name) {
+            let event = prism_mesh::MeshEvent::Registered { instance };
+            println!("{}", event_line(&event, connect.json));
+        }
+    }
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(event) => println!("{}", event_line(&event, connect.json)),
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    mesh.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn history(since: Option<&str>, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
+    let since = since.map(parse_time).transpose()?;
+    let mesh = connect.connect().await?;
+    let records = mesh.event_history(since).await?;
+    for record in &records {
+        println!("{}", record_line(record, connect.json));
+    }
+    mesh.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// RFC 3339, or a humantime duration meaning that long ago ("10m", "1h 30m", "2h ago").
+pub fn parse_time(text: &str) -> Result<SystemTime, CliError> {
+    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
+        return Ok(time);
+    }
+    let age = text.trim().trim_end_matches("ago").trim();
+    humantime::parse_duration(age)
+        .map(|age: Duration| SystemTime::now() - age)
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "cannot read time {text:?}: use RFC 3339 (2026-11-25T10:00:00Z) or an age such as 10m or \"1h ago\""
+            ))
+        })
+}

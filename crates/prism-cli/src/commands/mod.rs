@@ -1,0 +1,5 @@
+//! One module per command family.
+
+pub mod announce;
+pub mod demo;
+pub mod inspect;

@@ -1,0 +1,130 @@
+//! How the CLI shows instances and events to people (and to scripts with --json).
+
+use std::io::IsTerminal;
+use std::time::SystemTime;
+
+use prism_mesh::protocol::EventRecord;
+use prism_mesh::{MeshEvent, ServiceInstance};
+use serde_json::json;
+
+/// One line for a live event.
+pub fn event_line(event: &MeshEvent, json_output: bool) -> String {
+    let instance = event.instance();
+    let (detail, reason) = match event {
+        MeshEvent::StatusChanged {
+            previous,
+            current,
+            reason,
+            ..
+        } => (format!("{previous} -> {current}"), reason.clone()),
+        MeshEvent::Updated { reason, .. } => {
+            ("metadata/tags/weight changed".to_string(), reason.clone())
+        }
+        MeshEvent::Deregistered { reason, .. } => (String::new(), reason.clone()),
+        MeshEvent::Expired { .. } => ("TTL ran out: owner stopped heartbeating".to_string(), None),
+        MeshEvent::Registered { .. } => (instance.base_url(), None),
+    };
+    if json_output {
+        return json!({
+            "event": event.kind().as_str(),
+            "service": instance.service,
+            "id": instance.id.to_string(),
+            "status": instance.status.as_str(),
+            "url": instance.base_url(),
+            "detail": detail,
+            "reason": reason,
+            "at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        })
+        .to_string();
+    }
+    let kind = event.kind().as_str();
+    let reason = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+    format!(
+        "{} {} {}/{} [{}] {detail}{reason}",
+        humantime::format_rfc3339_millis(SystemTime::now()),
+        paint(kind),
+        instance.service,
+        short(&instance.id.to_string()),
+        instance.status
+    )
+}
+
+/// One line for a recorded event (audit trail).
+pub fn record_line(record: &EventRecord, json_output: bool) -> String {
+    let instance = &record.instance;
+    if json_output {
+        return json!({
+            "at": humantime::format_rfc3339_millis(record.at).to_string(),
+            "event": record.event.as_str(),
+            "service": instance.service,
+            "id": instance.id.to_string(),
+            "status": instance.status.as_str(),
+            "previous_status": record.previous_status.map(|s| s.as_str()),
+            "reason": record.reason,
+            "origin": record.origin,
+        })
+        .to_string();
+    }
+    let change = match record.previous_status {
+        Some(previous) => format!("{previous} -> {}", instance.status),
+        None => instance.status.to_string(),
+    };
+    let reason = record
+        .reason
+        .as_ref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default();
+    format!(
+        "{} {:<12} {}/{} [{change}]{reason}",
+        humantime::format_rfc3339_millis(record.at),
+        paint(record.event.as_str()),
+        instance.service,
+        short(&instance.id.to_string()),
+    )
+}
+
+/// A table row for an instance.
+pub fn instance_row(instance: &ServiceInstance) -> String {
+    let age = SystemTime::now()
+        .duration_since(instance.registered_at)
+        .map(|d| {
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+        })
+        .unwrap_or_else(|_| "-".to_string());
+    format!(
+        "{:<36}  {:<24}  {:<11}  {:>6}  {:<8}  {:<16}  {}",
+        instance.id,
+        instance.base_url(),
+        instance.status.as_str(),
+        instance.weight,
+        instance.zone.as_deref().unwrap_or("-"),
+        if instance.tags.is_empty() {
+            "-".to_string()
+        } else {
+            instance.tags.join(",")
+        },
+        age
+    )
+}
+
+/// The header of [`instance_row`] tables.
+pub const INSTANCE_HEADER: &str =
+    "ID                                    URL                       STATUS       WEIGHT  ZONE      TAGS              AGE";
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn paint(kind: &str) -> String {
+    if !std::io::stdout().is_terminal() {
+        return format!("{kind:<12}");
+    }
+    let colour = match kind {
+        "registered" => "32",
+        "expired" => "31;1",
+        "deregistered" => "33",
+        "status" => "36",
+        _ => "35",
+    };
+    format!("\x1b[{colour}m{kind:<12}\x1b[0m")
+}

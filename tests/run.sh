@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test of prism-mesh against real nats-server processes, installing a pinned
+# nats-server first when the one on PATH is missing or too old.
+#   PRISM_CHURN=100000 tests/run.sh   # the full-size churn test (default 2000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NATS_SERVER_BIN="$(nats/install-nats-server.sh)"
+export NATS_SERVER_BIN
+
+cargo build --workspace --all-targets
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+else
+  echo "cargo-nextest not found; using cargo test" >&2
+  cargo test --workspace --lib --bins --tests
+fi
+cargo test --workspace --doc
