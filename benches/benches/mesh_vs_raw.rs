@@ -1,1 +1,371 @@
-fn main() {}
+//! prism-mesh against the raw NATS substrate, measured in the same run on the same server.
+//!
+//! `cargo bench -p prism-benches` (env: PRISM_BENCH_SAMPLES=2000, PRISM_BENCH_COLD=100000,
+//! PRISM_BENCH_SYNC=default|always). Prints a table of figures and ratios (mesh / raw);
+//! `docs/benchmarks.md` records results and how to read them.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use prism_mesh::protocol::{InstanceRecord, DEFAULT_BUCKET, PROTOCOL_VERSION};
+use prism_mesh::{EventKind, Mesh, MeshEvent, NatsOptions, ServiceInstance};
+use prism_tests::NatsServer;
+
+const RAW_BUCKET: &str = "raw-bench";
+const WINDOW: usize = 512;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
+}
+
+struct Row {
+    figure: String,
+    mesh: String,
+    raw: String,
+    ratio: f64,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn raw_bucket(js: &jetstream::Context) -> kv::Store {
+    js.create_key_value(kv::Config {
+        bucket: RAW_BUCKET.to_string(),
+        history: 1,
+        limit_markers: Some(Duration::from_secs(60)),
+        ..Default::default()
+    })
+    .await
+    .expect("raw bucket")
+}
+
+fn options(url: &str) -> NatsOptions {
+    NatsOptions::new(url).request_timeout(Duration::from_secs(30))
+}
+
+/// Registration at one peer to visible in another peer's view; raw: KV put to KV watch.
+async fn latency(url: &str, js: &jetstream::Context, samples: usize, rows: &mut Vec<Row>) {
+    let store = raw_bucket(js).await;
+    let mut watch = store.watch(">").await.expect("raw watch");
+    let payload = Bytes::from(vec![b'x'; 200]);
+    let mut raw = Vec::with_capacity(samples);
+    for n in 0..samples {
+        let key = format!("k{n}");
+        let started = Instant::now();
+        store.put(&key, payload.clone()).await.expect("raw put");
+        loop {
+            let entry = watch
+                .next()
+                .await
+                .expect("watch open")
+                .expect("watch entry");
+            if entry.key == key {
+                break;
+            }
+        }
+        raw.push(started.elapsed());
+    }
+
+    let owner = Mesh::builder()
+        .nats(options(url))
+        .connect()
+        .await
+        .expect("owner");
+    let peer = Mesh::builder()
+        .nats(options(url))
+        .connect()
+        .await
+        .expect("peer");
+    let mut events = peer.subscribe_filtered(EventKind::Registered.into());
+    let mut mesh = Vec::with_capacity(samples);
+    for n in 0..samples {
+        let instance = ServiceInstance::builder("latency", "10.0.0.1", (n % 60000) as u16)
+            .build()
+            .expect("instance");
+        let id = instance.id;
+        let started = Instant::now();
+        let register = owner.register(instance);
+        let seen = async {
+            loop {
+                if let Some(MeshEvent::Registered { instance }) = events.next().await {
+                    if instance.id == id {
+                        return started.elapsed();
+                    }
+                }
+            }
+        };
+        let (registration, elapsed) = tokio::join!(register, seen);
+        registration.expect("register");
+        mesh.push(elapsed);
+    }
+    owner.shutdown().await;
+    peer.shutdown().await;
+    raw.sort();
+    mesh.sort();
+    for (name, p) in [("p50", 0.50), ("p99", 0.99)] {
+        let (m, r) = (percentile(&mesh, p), percentile(&raw, p));
+        rows.push(Row {
+            figure: format!("register -> visible at another peer, {name} ({samples} samples)"),
+            mesh: ms(m),
+            raw: ms(r),
+            ratio: m.as_secs_f64() / r.as_secs_f64(),
+        });
+    }
+}
+
+/// Registrations per second with 512 in flight; raw: TTL'd puts per second, 512 in flight.
+async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut Vec<Row>) {
+    let payload = Bytes::from(vec![b'x'; 200]);
+    let started = Instant::now();
+    let mut in_flight = FuturesUnordered::new();
+    for n in 0..count {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-TTL", "60s");
+        let ack = js
+            .publish_with_headers(format!("$KV.{RAW_BUCKET}.t{n}"), headers, payload.clone())
+            .await
+            .expect("raw publish");
+        in_flight.push(std::future::IntoFuture::into_future(ack));
+        while in_flight.len() >= WINDOW {
+            in_flight.next().await.expect("ack").expect("raw ack");
+        }
+    }
+    while let Some(ack) = in_flight.next().await {
+        ack.expect("raw ack");
+    }
+    let raw = count as f64 / started.elapsed().as_secs_f64();
+
+    let mesh = Mesh::builder()
+        .nats(options(url))
+        .instance_ttl(Duration::from_secs(60))
+        .heartbeat_interval(Duration::from_secs(20))
+        .connect()
+        .await
+        .expect("mesh");
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|n| {
+            let mesh = mesh.clone();
+            async move {
+                let instance =
+                    ServiceInstance::builder("throughput", "10.0.0.2", (n % 60000) as u16)
+                        .build()
+                        .expect("instance");
+                mesh.register(instance).await.expect("register");
+            }
+        })
+        .buffer_unordered(WINDOW)
+        .collect::<Vec<()>>()
+        .await;
+    let ours = count as f64 / started.elapsed().as_secs_f64();
+    mesh.shutdown().await;
+    rows.push(Row {
+        figure: format!(
+            "registrations/s, {WINDOW} in flight ({count}; mesh = KV put + event each)"
+        ),
+        mesh: format!("{ours:.0}/s"),
+        raw: format!("{raw:.0}/s"),
+        ratio: ours / raw,
+    });
+}
+
+/// A new peer's view of `count` instances; raw: KV watch replay of `count` keys.
+async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut Vec<Row>) {
+    // Populate the mesh bucket with real records (long TTL, written straight to the bucket).
+    let setup = Mesh::builder()
+        .nats(options(url))
+        .connect()
+        .await
+        .expect("setup mesh");
+    setup.shutdown().await;
+    let mut in_flight = FuturesUnordered::new();
+    for n in 0..count {
+        let instance =
+            ServiceInstance::builder(format!("svc-{}", n % 1000), "10.1.0.1", (n % 60000) as u16)
+                .build()
+                .expect("instance");
+        let record = InstanceRecord {
+            v: PROTOCOL_VERSION,
+            ttl_ms: 600_000,
+            reason: None,
+            instance,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-TTL", "600s");
+        let ack = js
+            .publish_with_headers(
+                format!("$KV.{DEFAULT_BUCKET}.{}", record.instance.key()),
+                headers,
+                Bytes::from(record.encode().expect("encode")),
+            )
+            .await
+            .expect("publish");
+        in_flight.push(std::future::IntoFuture::into_future(ack));
+        while in_flight.len() >= WINDOW {
+            in_flight.next().await.expect("ack").expect("ack ok");
+        }
+    }
+    while let Some(ack) = in_flight.next().await {
+        ack.expect("ack ok");
+    }
+
+    // Raw: a fresh connection replays the same bucket with a KV watch.
+    let started = Instant::now();
+    let client = async_nats::connect(url).await.expect("raw connect");
+    let store = jetstream::new(client)
+        .get_key_value(DEFAULT_BUCKET)
+        .await
+        .expect("bucket");
+    let mut watch = store.watch_with_history(">").await.expect("watch");
+    let mut seen = 0;
+    while let Some(entry) = watch.next().await {
+        let entry = entry.expect("entry");
+        seen += 1;
+        if entry.delta == 0 {
+            break;
+        }
+    }
+    let raw = started.elapsed();
+    assert_eq!(seen, count, "raw replay saw {seen} keys");
+
+    let rss_before = rss_mib();
+    let started = Instant::now();
+    let peer = Mesh::builder()
+        .nats(options(url))
+        .connect()
+        .await
+        .expect("cold peer");
+    let ours = started.elapsed();
+    let rss_after = rss_mib();
+    assert_eq!(
+        peer.instance_count(),
+        count,
+        "cold view holds every instance"
+    );
+    peer.shutdown().await;
+    rows.push(Row {
+        figure: format!("cold start of a view of {count} instances (connect to ready)"),
+        mesh: ms(ours),
+        raw: ms(raw),
+        ratio: ours.as_secs_f64() / raw.as_secs_f64(),
+    });
+    rows.push(Row {
+        figure: format!("process RSS growth for that view ({count} instances)"),
+        mesh: format!("{:.1} MiB", rss_after - rss_before),
+        raw: "-".into(),
+        ratio: f64::NAN,
+    });
+}
+
+/// Last write to Expired at a peer with a 2 s TTL; raw: put with Nats-TTL 2s to the marker.
+async fn expiry(url: &str, js: &jetstream::Context, rows: &mut Vec<Row>) {
+    let store = raw_bucket(js).await;
+    let mut watch = store.watch("exp.>").await.expect("watch");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-TTL", "2s");
+    let started = Instant::now();
+    js.publish_with_headers(
+        format!("$KV.{RAW_BUCKET}.exp.one"),
+        headers,
+        Bytes::from_static(b"x"),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("ack");
+    while let Some(entry) = watch.next().await {
+        if entry.expect("entry").operation != kv::Operation::Put {
+            break;
+        }
+    }
+    let raw = started.elapsed();
+
+    let peer = Mesh::builder()
+        .nats(options(url))
+        .connect()
+        .await
+        .expect("peer");
+    let mut expired = peer.subscribe_filtered(EventKind::Expired.into());
+    let owner = Mesh::builder()
+        .nats(options(url))
+        .instance_ttl(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("owner");
+    let instance = ServiceInstance::builder("expiry", "10.2.0.1", 1)
+        .build()
+        .expect("instance");
+    let started = Instant::now();
+    owner.register(instance).await.expect("register");
+    drop(owner); // stops heartbeats at once, like a crash right after registering
+    expired.next().await.expect("expired");
+    let ours = started.elapsed();
+    peer.shutdown().await;
+    rows.push(Row {
+        figure: "last write -> Expired seen, TTL 2 s".into(),
+        mesh: ms(ours),
+        raw: ms(raw),
+        ratio: ours.as_secs_f64() / raw.as_secs_f64(),
+    });
+}
+
+#[tokio::main]
+async fn main() {
+    // `cargo bench` passes --bench; a filter argument is ignored.
+    let samples = env_usize("PRISM_BENCH_SAMPLES", 2000);
+    let cold = env_usize("PRISM_BENCH_COLD", 100_000);
+    let sync = std::env::var("PRISM_BENCH_SYNC").unwrap_or_else(|_| "default".into());
+    let jetstream_extra = if sync == "always" {
+        "sync_interval: always"
+    } else {
+        ""
+    };
+    let server = NatsServer::start_with(jetstream_extra, "max_payload: 8MB");
+    let url = server.url();
+    let client = async_nats::connect(&url).await.expect("connect");
+    let js = jetstream::new(client);
+    println!(
+        "prism-mesh vs raw async-nats on nats-server (sync: {sync}), {} at {}",
+        std::env::consts::ARCH,
+        humantime::format_rfc3339_seconds(SystemTime::now())
+    );
+
+    let mut rows = Vec::new();
+    latency(&url, &js, samples, &mut rows).await;
+    throughput(&url, &js, 20_000, &mut rows).await;
+    expiry(&url, &js, &mut rows).await;
+    cold_start(&url, &js, cold, &mut rows).await;
+
+    println!("\n| figure | prism-mesh | raw async-nats | ratio |\n|---|---|---|---|");
+    for row in rows {
+        let ratio = if row.ratio.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{:.2}x", row.ratio)
+        };
+        println!("| {} | {} | {} | {ratio} |", row.figure, row.mesh, row.raw);
+    }
+}

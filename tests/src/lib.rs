@@ -99,11 +99,17 @@ impl NatsServer {
 
     /// Starts a server with extra configuration text (authorization blocks, tls...).
     pub fn start_with_config(extra: &str) -> NatsServer {
+        Self::start_with("", extra)
+    }
+
+    /// Starts a server with extra text inside the `jetstream {}` block (e.g.
+    /// `sync_interval: always`) and extra top-level configuration.
+    pub fn start_with(jetstream_extra: &str, extra: &str) -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let config = dir.path().join("server.conf");
         let text = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: test-{port}\njetstream {{\n  store_dir: {:?}\n}}\n{extra}\n",
+            "listen: 127.0.0.1:{port}\nserver_name: test-{port}\njetstream {{\n  store_dir: {:?}\n  {jetstream_extra}\n}}\n{extra}\n",
             dir.path().join("js")
         );
         std::fs::write(&config, text).expect("write server config");
