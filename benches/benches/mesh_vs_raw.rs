@@ -10,11 +10,13 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use prism_mesh::protocol::{InstanceRecord, DEFAULT_BUCKET, PROTOCOL_VERSION};
+use prism_mesh::protocol::{InstanceRecord, PROTOCOL_VERSION};
 use prism_mesh::{EventKind, Mesh, MeshEvent, NatsOptions, ServiceInstance};
 use prism_tests::NatsServer;
 
 const RAW_BUCKET: &str = "raw-bench";
+/// A bucket of its own, so the cold view holds exactly the populated instances.
+const COLD_BUCKET: &str = "prism-cold";
 const WINDOW: usize = 512;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -195,7 +197,7 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
 async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut Vec<Row>) {
     // Populate the mesh bucket with real records (long TTL, written straight to the bucket).
     let setup = Mesh::builder()
-        .nats(options(url))
+        .nats(options(url).bucket(COLD_BUCKET))
         .connect()
         .await
         .expect("setup mesh");
@@ -216,7 +218,7 @@ async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut
         headers.insert("Nats-TTL", "600s");
         let ack = js
             .publish_with_headers(
-                format!("$KV.{DEFAULT_BUCKET}.{}", record.instance.key()),
+                format!("$KV.{COLD_BUCKET}.{}", record.instance.key()),
                 headers,
                 Bytes::from(record.encode().expect("encode")),
             )
@@ -235,7 +237,7 @@ async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut
     let started = Instant::now();
     let client = async_nats::connect(url).await.expect("raw connect");
     let store = jetstream::new(client)
-        .get_key_value(DEFAULT_BUCKET)
+        .get_key_value(COLD_BUCKET)
         .await
         .expect("bucket");
     let mut watch = store.watch_with_history(">").await.expect("watch");
@@ -253,7 +255,7 @@ async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut
     let rss_before = rss_mib();
     let started = Instant::now();
     let peer = Mesh::builder()
-        .nats(options(url))
+        .nats(options(url).bucket(COLD_BUCKET))
         .connect()
         .await
         .expect("cold peer");
@@ -295,11 +297,10 @@ async fn expiry(url: &str, js: &jetstream::Context, rows: &mut Vec<Row>) {
     .expect("publish")
     .await
     .expect("ack");
-    while let Some(entry) = watch.next().await {
-        if entry.expect("entry").operation != kv::Operation::Put {
-            break;
-        }
-    }
+    // The put itself, then the server's MaxAge marker (which async-nats 0.42 reports as
+    // an empty entry rather than a purge).
+    watch.next().await.expect("put").expect("put entry");
+    watch.next().await.expect("marker").expect("marker entry");
     let raw = started.elapsed();
 
     let peer = Mesh::builder()
@@ -354,9 +355,13 @@ async fn main() {
     );
 
     let mut rows = Vec::new();
+    eprintln!("latency ({samples} samples)...");
     latency(&url, &js, samples, &mut rows).await;
+    eprintln!("throughput...");
     throughput(&url, &js, 20_000, &mut rows).await;
+    eprintln!("expiry...");
     expiry(&url, &js, &mut rows).await;
+    eprintln!("cold start ({cold} instances)...");
     cold_start(&url, &js, cold, &mut rows).await;
 
     println!("\n| figure | prism-mesh | raw async-nats | ratio |\n|---|---|---|---|");
