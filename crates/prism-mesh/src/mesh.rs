@@ -415,8 +415,13 @@ impl Mesh {
     pub async fn shutdown(&self) {
         let owned: Vec<Registration> = self.lock_owned().drain().map(|(_, r)| r).collect();
         for registration in owned {
-            if let Err(e) = registration.deregister(Some("shutdown")).await {
-                warn!(error = %e, id = %registration.id(), "deregistration at shutdown failed");
+            match registration.deregister(Some("shutdown")).await {
+                Ok(()) => {}
+                // Deregistered through its own handle meanwhile.
+                Err(e) if e.kind() == ErrorKind::NotRegistered => {}
+                Err(e) => {
+                    warn!(error = %e, id = %registration.id(), "deregistration at shutdown failed")
+                }
             }
         }
         self.inner.closing.send_replace(true);

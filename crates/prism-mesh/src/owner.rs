@@ -183,9 +183,24 @@ impl Owner {
             revision,
             current,
         };
-        owner
+        if let Err(e) = owner
             .publish(EventName::Registered, None, None, revision)
-            .await?;
+            .await
+        {
+            // Nothing half-done: without its event the registration is rolled back.
+            if let Err(undo) = owner
+                .store
+                .delete(
+                    &owner.key,
+                    Some("registration event failed"),
+                    owner.timing.tombstone_ttl,
+                )
+                .await
+            {
+                warn!(error = %undo, "could not roll back the key; it will expire");
+            }
+            return Err(e);
+        }
         MeshStats::incr(&owner.stats.registrations);
         let (commands, inbox) = mpsc::channel(64);
         let registration = Registration {
@@ -236,10 +251,11 @@ impl Owner {
                         let _ = reply.send(self.update(edit, reason).await);
                     }
                     Some(Command::Deregister { reason, reply }) => {
-                        let result = self.deregister(reason).await;
-                        let done = result.is_ok();
+                        let (deleted, result) = self.deregister(reason).await;
                         let _ = reply.send(result);
-                        if done {
+                        // Once the tombstone is written the owner is done, even if the
+                        // event could not be recorded: heartbeating would resurrect the key.
+                        if deleted {
                             return;
                         }
                     }
@@ -367,13 +383,21 @@ impl Owner {
         Ok(next)
     }
 
-    async fn deregister(&mut self, reason: Option<String>) -> Result<()> {
-        let revision = self
+    /// Writes the tombstone, then the event; says whether the tombstone was written.
+    async fn deregister(&mut self, reason: Option<String>) -> (bool, Result<()>) {
+        let revision = match self
             .store
             .delete(&self.key, reason.as_deref(), self.timing.tombstone_ttl)
-            .await?;
-        self.publish(EventName::Deregistered, None, reason, revision)
             .await
+        {
+            Ok(revision) => revision,
+            Err(e) => return (false, Err(e)),
+        };
+        (
+            true,
+            self.publish(EventName::Deregistered, None, reason, revision)
+                .await,
+        )
     }
 
     /// Appends a lifecycle event, retrying with the same id (the stream stores it once).

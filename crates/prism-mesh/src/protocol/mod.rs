@@ -53,8 +53,9 @@ pub fn instance_key(service: &str, id: &Uuid) -> String {
 pub fn parse_instance_key(key: &str) -> Option<(&str, Uuid)> {
     let (service, id) = key.split_once('.')?;
     crate::instance::validate_service_name(service).ok()?;
-    let id = Uuid::parse_str(id).ok()?;
-    Some((service, id))
+    let parsed = Uuid::parse_str(id).ok()?;
+    // Only the canonical form, so two keys never name the same instance.
+    (parsed.hyphenated().to_string() == id).then_some((service, parsed))
 }
 
 /// Subject of a lifecycle event: `<prefix>.<service>.<instance id>.<event>`.
@@ -84,6 +85,9 @@ mod tests {
         assert_eq!(parse_instance_key("orders"), None);
         assert_eq!(parse_instance_key("orders.not-a-uuid"), None);
         assert_eq!(parse_instance_key(&format!("a*b.{id}")), None);
+        let upper = id.hyphenated().to_string().to_uppercase();
+        assert_eq!(parse_instance_key(&format!("orders.{upper}")), None);
+        assert_eq!(parse_instance_key(&format!("orders.{}", id.simple())), None);
     }
 
     #[test]

@@ -407,7 +407,7 @@ async fn ensure_bucket(js: &jetstream::Context, options: &NatsOptions) -> Result
                 e,
             )
         })?;
-        if !info.config.allow_message_ttl {
+        if !info.config.allow_message_ttl || info.config.subject_delete_marker_ttl.is_none() {
             return Err(Error::new(
                 ErrorKind::Setup,
                 format!(

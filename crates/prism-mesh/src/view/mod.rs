@@ -83,13 +83,15 @@ impl ViewTask {
             }
             // Readers see the new state before anyone hears about it.
             index.flush(&self.registry);
-            self.ready
-                .send_if_modified(|ready| !std::mem::replace(ready, true));
             self.stats
                 .events_emitted
                 .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.bus.dispatch(&events);
             events.clear();
+            // Ready only after the first batch was dispatched, so a subscriber created
+            // after `connect` returns never gets a random part of the initial snapshot.
+            self.ready
+                .send_if_modified(|ready| !std::mem::replace(ready, true));
             for expiry in expiries.drain(..) {
                 self.publish_expired(expiry);
             }
@@ -108,7 +110,7 @@ impl ViewTask {
         match item {
             WatchItem::Snapshot(changes) => {
                 MeshStats::incr(&self.stats.resyncs);
-                self.apply_snapshot(index, changes, events);
+                self.apply_snapshot(index, changes, events, expiries);
             }
             WatchItem::Change(change) => {
                 MeshStats::incr(&self.stats.changes_applied);
@@ -174,6 +176,7 @@ impl ViewTask {
         index: &mut Index,
         changes: Vec<KvChange>,
         events: &mut Vec<MeshEvent>,
+        expiries: &mut Vec<ExpiryToPublish>,
     ) {
         let mut live = HashSet::with_capacity(changes.len());
         let mut removals = HashMap::new();
@@ -186,8 +189,9 @@ impl ViewTask {
                     revision,
                     ..
                 } => {
+                    // A malformed put keeps what we held, exactly as it does live.
+                    live.insert(key.clone());
                     if let Some((instance, reason)) = self.decode(&key, &value, revision) {
-                        live.insert(key.clone());
                         index.upsert(key, instance, revision, reason, events);
                     }
                 }
@@ -218,6 +222,11 @@ impl ViewTask {
                 }),
                 Some(RemovalCause::Expired) | None => {
                     MeshStats::incr(&self.stats.expiries);
+                    // Expiries that happened while we were away belong in the audit trail too.
+                    expiries.push(ExpiryToPublish {
+                        instance: instance.clone(),
+                        revision: entry.revision,
+                    });
                     events.push(MeshEvent::Expired { instance })
                 }
             }

@@ -72,16 +72,22 @@ impl RegistryView {
         self.slots.load().get(service).cloned()
     }
 
-    /// The slot of `service`, created if new (writer side only).
+    /// The slot of `service`, created if new. Safe from any thread: the map is replaced
+    /// with compare-and-swap, so concurrent inserts never lose a slot.
     pub(crate) fn slot_or_insert(&self, service: &str) -> Arc<ServiceSlot> {
         if let Some(slot) = self.slot(service) {
             return slot;
         }
-        let slot = Arc::new(ServiceSlot::default());
-        let mut slots = HashMap::clone(&self.slots.load());
-        slots.insert(service.to_string(), slot.clone());
-        self.slots.store(Arc::new(slots));
-        slot
+        let fresh = Arc::new(ServiceSlot::default());
+        self.slots.rcu(|slots| {
+            if slots.contains_key(service) {
+                return Arc::clone(slots);
+            }
+            let mut slots = HashMap::clone(slots);
+            slots.insert(service.to_string(), fresh.clone());
+            Arc::new(slots)
+        });
+        self.slot(service).unwrap_or(fresh)
     }
 
     /// Names of services with at least one instance, sorted.
