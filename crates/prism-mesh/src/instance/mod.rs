@@ -117,7 +117,14 @@ impl ServiceInstance {
 
     /// Checks every limit the wire protocol sets; the error names the field and the problem.
     pub fn validate(&self) -> Result<()> {
-        validate::validate_instance(self)
+        validate::validate_instance(self, true)
+    }
+
+    /// [`validate`](Self::validate) for an instance decoded from `encoded_len` bytes: when
+    /// the whole record is within the metadata limit, the metadata is too, and re-encoding
+    /// it to measure would only slow down a cold start.
+    pub(crate) fn validate_received(&self, encoded_len: usize) -> Result<()> {
+        validate::validate_instance(self, encoded_len > MAX_METADATA_BYTES)
     }
 
     /// True when every field except the timestamps matches `other`: a heartbeat, not a change.

@@ -52,7 +52,10 @@ pub fn validate_service_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn validate_instance(instance: &ServiceInstance) -> Result<()> {
+pub(super) fn validate_instance(
+    instance: &ServiceInstance,
+    check_metadata_size: bool,
+) -> Result<()> {
     validate_service_name(&instance.service)?;
     if instance.host.is_empty() {
         return Err(Error::invalid(format!(
@@ -98,6 +101,9 @@ pub(super) fn validate_instance(instance: &ServiceInstance) -> Result<()> {
                 "zone {zone:?} must be 1 to {MAX_TAG_LEN} bytes long"
             )));
         }
+    }
+    if !check_metadata_size {
+        return Ok(());
     }
     let metadata_bytes = rmp_serde::to_vec_named(&instance.metadata)
         .map_err(|e| {

@@ -59,8 +59,11 @@ pub(crate) enum KvChange {
 /// then changes.
 #[derive(Debug)]
 pub(crate) enum WatchItem {
-    /// The last change of every key, as of now. Keys absent from it hold nothing.
-    Snapshot(Vec<KvChange>),
+    /// Part of the last change of every key, as of now; streamed so peers apply it while
+    /// the rest arrives.
+    SnapshotPart(Vec<KvChange>),
+    /// The snapshot is complete: keys absent from its parts hold nothing.
+    SnapshotEnd,
     /// A change after the snapshot.
     Change(KvChange),
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_nats::header::{HeaderName, IntoHeaderName};
+use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use bytes::Bytes;
@@ -536,21 +536,31 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
         .await
         .map_err(|e| Error::with_source(ErrorKind::Transport, "cannot start watch consumer", e))?;
 
-    let mut snapshot = Vec::with_capacity(usize::try_from(initially_pending).unwrap_or(0));
+    // Stream the snapshot in parts: the view decodes one part while the next arrives.
+    let mut part = Vec::with_capacity(SNAPSHOT_PART);
+    let mut keys = 0usize;
     if initially_pending > 0 {
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| {
                 Error::with_source(ErrorKind::Transport, "watch consumer failed", e)
             })?;
             let (change, pending) = to_change(&inner.kv_prefix, &message)?;
-            snapshot.extend(change);
+            part.extend(change);
+            if part.len() >= SNAPSHOT_PART {
+                keys += part.len();
+                let full = std::mem::replace(&mut part, Vec::with_capacity(SNAPSHOT_PART));
+                if tx.send(WatchItem::SnapshotPart(full)).is_err() {
+                    return Ok(WatchEnd::ReceiverGone);
+                }
+            }
             if pending == 0 {
                 break;
             }
         }
     }
-    debug!(keys = snapshot.len(), "bucket snapshot read");
-    if tx.send(WatchItem::Snapshot(snapshot)).is_err() {
+    keys += part.len();
+    debug!(keys, "bucket snapshot read");
+    if tx.send(WatchItem::SnapshotPart(part)).is_err() || tx.send(WatchItem::SnapshotEnd).is_err() {
         return Ok(WatchEnd::ReceiverGone);
     }
     while let Some(message) = messages.next().await {
@@ -579,7 +589,7 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
     let Some(key) = message.subject.strip_prefix(prefix).map(str::to_string) else {
         return Ok((None, pending));
     };
-    let header = |wanted: &str| {
+    let header = |wanted: &'static str| {
         message
             .headers
             .as_ref()
@@ -616,10 +626,13 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
     Ok((Some(change), pending))
 }
 
+/// Changes per streamed snapshot part.
+const SNAPSHOT_PART: usize = 1024;
+
 /// A header name as the parser of received messages builds it. async-nats compares names by
 /// representation: a `&str` always becomes a custom name, while received standard names
 /// (`Nats-Msg-Id`, `Nats-Marker-Reason`, ...) parse to their standard form, and the two
 /// never match. Parsing here makes lookups and inserts agree.
-fn name(header: &str) -> HeaderName {
-    header.parse().unwrap_or_else(|_| header.into_header_name())
+fn name(header: &'static str) -> HeaderName {
+    HeaderName::from_static(header)
 }

@@ -45,6 +45,13 @@ struct Index {
     dirty: HashSet<String>,
 }
 
+/// Keys named so far by a snapshot being streamed in.
+#[derive(Debug, Default)]
+struct Resync {
+    live: HashSet<String>,
+    removals: HashMap<String, RemovalCause>,
+}
+
 /// What applying a removal should also publish on the event stream.
 struct ExpiryToPublish {
     instance: Arc<ServiceInstance>,
@@ -71,15 +78,39 @@ impl ViewTask {
         };
         let mut events = Vec::new();
         let mut expiries = Vec::new();
+        let mut resync: Option<Resync> = None;
+        let mut synced = false;
         while let Some(first) = items.recv().await {
             let mut batch = 1;
             let mut next = Some(first);
             while let Some(item) = next.take() {
-                self.apply(&mut index, item, &mut events, &mut expiries);
+                match item {
+                    WatchItem::SnapshotPart(changes) => {
+                        let state = resync.get_or_insert_with(|| {
+                            MeshStats::incr(&self.stats.resyncs);
+                            Resync::default()
+                        });
+                        self.apply_snapshot_part(&mut index, state, changes, &mut events);
+                    }
+                    WatchItem::SnapshotEnd => {
+                        let state = resync.take().unwrap_or_default();
+                        self.finish_snapshot(&mut index, state, &mut events, &mut expiries);
+                        synced = true;
+                    }
+                    WatchItem::Change(change) => {
+                        MeshStats::incr(&self.stats.changes_applied);
+                        self.apply_change(&mut index, change, &mut events, &mut expiries);
+                    }
+                }
                 if batch < MAX_BATCH {
                     next = items.try_recv().ok();
                     batch += 1;
                 }
+            }
+            // While a snapshot streams in, publish nothing: readers keep the last complete
+            // view, and rebuilding every touched service per part would cost O(n^2).
+            if resync.is_some() {
+                continue;
             }
             // Readers see the new state before anyone hears about it.
             index.flush(&self.registry);
@@ -88,35 +119,18 @@ impl ViewTask {
                 .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
             self.bus.dispatch(&events);
             events.clear();
-            // Ready only after the first batch was dispatched, so a subscriber created
-            // after `connect` returns never gets a random part of the initial snapshot.
-            self.ready
-                .send_if_modified(|ready| !std::mem::replace(ready, true));
+            // Ready only after the first full snapshot was dispatched, so a subscriber
+            // created after `connect` returns never gets a random part of it.
+            if synced {
+                self.ready
+                    .send_if_modified(|ready| !std::mem::replace(ready, true));
+            }
             for expiry in expiries.drain(..) {
                 self.publish_expired(expiry);
             }
         }
         debug!("view task ends: the watch closed");
         self.bus.close();
-    }
-
-    fn apply(
-        &self,
-        index: &mut Index,
-        item: WatchItem,
-        events: &mut Vec<MeshEvent>,
-        expiries: &mut Vec<ExpiryToPublish>,
-    ) {
-        match item {
-            WatchItem::Snapshot(changes) => {
-                MeshStats::incr(&self.stats.resyncs);
-                self.apply_snapshot(index, changes, events, expiries);
-            }
-            WatchItem::Change(change) => {
-                MeshStats::incr(&self.stats.changes_applied);
-                self.apply_change(index, change, events, expiries);
-            }
-        }
     }
 
     fn apply_change(
@@ -170,16 +184,15 @@ impl ViewTask {
         }
     }
 
-    /// Replaces the whole view with a snapshot, emitting the difference as events.
-    fn apply_snapshot(
+    /// Applies part of a snapshot; what it does not name is settled by `finish_snapshot`.
+    fn apply_snapshot_part(
         &self,
         index: &mut Index,
+        state: &mut Resync,
         changes: Vec<KvChange>,
         events: &mut Vec<MeshEvent>,
-        expiries: &mut Vec<ExpiryToPublish>,
     ) {
-        let mut live = HashSet::with_capacity(changes.len());
-        let mut removals = HashMap::new();
+        let Resync { live, removals } = state;
         for change in changes {
             MeshStats::incr(&self.stats.changes_applied);
             match change {
@@ -200,7 +213,18 @@ impl ViewTask {
                 }
             }
         }
-        // What we held and the snapshot no longer has went away while we were not looking.
+    }
+
+    /// Ends a snapshot: what we held and it did not name went away while we were not
+    /// looking. The view now equals the snapshot; the difference went out as events.
+    fn finish_snapshot(
+        &self,
+        index: &mut Index,
+        state: Resync,
+        events: &mut Vec<MeshEvent>,
+        expiries: &mut Vec<ExpiryToPublish>,
+    ) {
+        let Resync { live, mut removals } = state;
         let gone: Vec<String> = index
             .entries
             .keys()
@@ -258,7 +282,7 @@ impl ViewTask {
                 record.instance.service, record.instance.id
             ));
         }
-        if let Err(e) = record.instance.validate() {
+        if let Err(e) = record.instance.validate_received(value.len()) {
             return malformed(e.to_string());
         }
         Some((record.instance, record.reason))
@@ -354,11 +378,21 @@ impl Index {
     }
 
     fn set_in_service(&mut self, instance: &Arc<ServiceInstance>) {
-        self.by_service
-            .entry(instance.service.clone())
-            .or_default()
-            .insert(instance.id, instance.clone());
-        self.dirty.insert(instance.service.clone());
+        // Look up before inserting: a cold start does this 100k times, allocations add up.
+        match self.by_service.get_mut(&instance.service) {
+            Some(instances) => {
+                instances.insert(instance.id, instance.clone());
+            }
+            None => {
+                self.by_service.insert(
+                    instance.service.clone(),
+                    BTreeMap::from([(instance.id, instance.clone())]),
+                );
+            }
+        }
+        if !self.dirty.contains(&instance.service) {
+            self.dirty.insert(instance.service.clone());
+        }
     }
 
     /// Publishes a new snapshot for every service changed since the last flush.
