@@ -161,25 +161,8 @@ impl ViewTask {
                 let Some(entry) = index.remove(&key) else {
                     return;
                 };
-                let instance = entry.instance;
-                match cause {
-                    RemovalCause::Expired => {
-                        MeshStats::incr(&self.stats.expiries);
-                        // The marker's revision is the same at every peer: one stored event.
-                        expiries.push(ExpiryToPublish {
-                            instance: instance.clone(),
-                            revision,
-                        });
-                        events.push(MeshEvent::Expired { instance });
-                    }
-                    RemovalCause::Deregistered { reason } => {
-                        events.push(MeshEvent::Deregistered { instance, reason });
-                    }
-                    RemovalCause::Purged => events.push(MeshEvent::Deregistered {
-                        instance,
-                        reason: Some("purged".to_string()),
-                    }),
-                }
+                // The marker's revision is the same at every peer: one stored event.
+                events.push(self.removal_event(entry.instance, cause, revision, expiries));
             }
         }
     }
@@ -235,25 +218,36 @@ impl ViewTask {
             let Some(entry) = index.remove(&key) else {
                 continue;
             };
-            let instance = entry.instance;
-            match removals.remove(&key) {
-                Some(RemovalCause::Deregistered { reason }) => {
-                    events.push(MeshEvent::Deregistered { instance, reason })
-                }
-                Some(RemovalCause::Purged) => events.push(MeshEvent::Deregistered {
-                    instance,
-                    reason: Some("purged".to_string()),
-                }),
-                Some(RemovalCause::Expired) | None => {
-                    MeshStats::incr(&self.stats.expiries);
-                    // Expiries that happened while we were away belong in the audit trail too.
-                    expiries.push(ExpiryToPublish {
-                        instance: instance.clone(),
-                        revision: entry.revision,
-                    });
-                    events.push(MeshEvent::Expired { instance })
-                }
+            // Absent without a trace: its marker expired too while we were away.
+            let cause = removals.remove(&key).unwrap_or(RemovalCause::Expired);
+            // Expiries that happened while we were away belong in the audit trail too.
+            events.push(self.removal_event(entry.instance, cause, entry.revision, expiries));
+        }
+    }
+
+    /// The event for an instance leaving the view; expiries are also queued for the
+    /// event stream under `revision`.
+    fn removal_event(
+        &self,
+        instance: Arc<ServiceInstance>,
+        cause: RemovalCause,
+        revision: u64,
+        expiries: &mut Vec<ExpiryToPublish>,
+    ) -> MeshEvent {
+        match cause {
+            RemovalCause::Expired => {
+                MeshStats::incr(&self.stats.expiries);
+                expiries.push(ExpiryToPublish {
+                    instance: instance.clone(),
+                    revision,
+                });
+                MeshEvent::Expired { instance }
             }
+            RemovalCause::Deregistered { reason } => MeshEvent::Deregistered { instance, reason },
+            RemovalCause::Purged => MeshEvent::Deregistered {
+                instance,
+                reason: Some("purged".to_string()),
+            },
         }
     }
 
