@@ -53,9 +53,13 @@ pub fn instance_key(service: &str, id: &Uuid) -> String {
 pub fn parse_instance_key(key: &str) -> Option<(&str, Uuid)> {
     let (service, id) = key.split_once('.')?;
     crate::instance::validate_service_name(service).ok()?;
+    // Only the canonical lowercase hyphenated form (36 characters; the braced, URN and
+    // simple forms have other lengths), so two keys never name the same instance.
+    if id.len() != 36 || id.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
     let parsed = Uuid::parse_str(id).ok()?;
-    // Only the canonical form, so two keys never name the same instance.
-    (parsed.hyphenated().to_string() == id).then_some((service, parsed))
+    Some((service, parsed))
 }
 
 /// Subject of a lifecycle event: `<prefix>.<service>.<instance id>.<event>`.

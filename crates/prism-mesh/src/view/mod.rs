@@ -91,6 +91,10 @@ impl ViewTask {
                             Resync::default()
                         });
                         self.apply_snapshot_part(&mut index, state, changes, &mut events);
+                        if !synced {
+                            // Nobody can subscribe before the first view is ready.
+                            events.clear();
+                        }
                     }
                     WatchItem::SnapshotEnd => {
                         let state = resync.take().unwrap_or_default();
