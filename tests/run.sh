@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of prism-mesh against real nats-server processes, installing a pinned
-# nats-server first when the one on PATH is missing or too old.
+# Runs every check and test of prism-mesh (fmt, clippy -D warnings, nextest, doctests)
+# against real nats-server processes, installing a pinned nats-server first when the one
+# on PATH is missing or too old. .ci/run calls exactly this.
 #   PRISM_CHURN=100000 tests/run.sh   # the full-size churn test (default 2000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,8 @@ cd "$(dirname "$0")/.."
 NATS_SERVER_BIN="$(nats/install-nats-server.sh)"
 export NATS_SERVER_BIN
 
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --all-targets
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
