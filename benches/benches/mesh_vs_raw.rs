@@ -137,26 +137,41 @@ async fn latency(url: &str, js: &jetstream::Context, samples: usize, rows: &mut 
     }
 }
 
+/// Publishes every `(subject, payload)` with `Nats-TTL: ttl`, keeping at most `WINDOW`
+/// acks in flight (awaiting thousands of publishes without draining acks hangs).
+async fn publish_windowed(
+    js: &jetstream::Context,
+    ttl: &str,
+    messages: impl Iterator<Item = (String, Bytes)>,
+) {
+    let mut in_flight = FuturesUnordered::new();
+    for (subject, payload) in messages {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-TTL", ttl);
+        let ack = js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .expect("publish");
+        in_flight.push(std::future::IntoFuture::into_future(ack));
+        while in_flight.len() >= WINDOW {
+            in_flight.next().await.expect("ack").expect("ack ok");
+        }
+    }
+    while let Some(ack) = in_flight.next().await {
+        ack.expect("ack ok");
+    }
+}
+
 /// Registrations per second with 512 in flight; raw: TTL'd puts per second, 512 in flight.
 async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut Vec<Row>) {
     let payload = Bytes::from(vec![b'x'; 200]);
     let started = Instant::now();
-    let mut in_flight = FuturesUnordered::new();
-    for n in 0..count {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-TTL", "60s");
-        let ack = js
-            .publish_with_headers(format!("$KV.{RAW_BUCKET}.t{n}"), headers, payload.clone())
-            .await
-            .expect("raw publish");
-        in_flight.push(std::future::IntoFuture::into_future(ack));
-        while in_flight.len() >= WINDOW {
-            in_flight.next().await.expect("ack").expect("raw ack");
-        }
-    }
-    while let Some(ack) = in_flight.next().await {
-        ack.expect("raw ack");
-    }
+    publish_windowed(
+        js,
+        "60s",
+        (0..count).map(|n| (format!("$KV.{RAW_BUCKET}.t{n}"), payload.clone())),
+    )
+    .await;
     let raw = count as f64 / started.elapsed().as_secs_f64();
 
     let mesh = Mesh::builder()
@@ -202,8 +217,7 @@ async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut
         .await
         .expect("setup mesh");
     setup.shutdown().await;
-    let mut in_flight = FuturesUnordered::new();
-    for n in 0..count {
+    let records = (0..count).map(|n| {
         let instance =
             ServiceInstance::builder(format!("svc-{}", n % 1000), "10.1.0.1", (n % 60000) as u16)
                 .build()
@@ -214,24 +228,12 @@ async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut
             reason: None,
             instance,
         };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-TTL", "600s");
-        let ack = js
-            .publish_with_headers(
-                format!("$KV.{COLD_BUCKET}.{}", record.instance.key()),
-                headers,
-                Bytes::from(record.encode().expect("encode")),
-            )
-            .await
-            .expect("publish");
-        in_flight.push(std::future::IntoFuture::into_future(ack));
-        while in_flight.len() >= WINDOW {
-            in_flight.next().await.expect("ack").expect("ack ok");
-        }
-    }
-    while let Some(ack) = in_flight.next().await {
-        ack.expect("ack ok");
-    }
+        (
+            format!("$KV.{COLD_BUCKET}.{}", record.instance.key()),
+            Bytes::from(record.encode().expect("encode")),
+        )
+    });
+    publish_windowed(js, "600s", records).await;
 
     // Raw: a fresh connection replays the same bucket with a KV watch.
     let started = Instant::now();

@@ -166,9 +166,7 @@ impl ServiceInstanceBuilder {
         let key = key.into();
         let value = value.into();
         if key == "weight" {
-            if let Some(weight) = value.as_u64().and_then(|w| u32::try_from(w).ok()) {
-                self.instance.weight = weight;
-            }
+            self.weight_from(&value);
         }
         self.instance.metadata.insert(key, value);
         self
@@ -176,15 +174,18 @@ impl ServiceInstanceBuilder {
 
     /// Replaces the whole metadata map.
     pub fn metadata_map(mut self, metadata: Metadata) -> Self {
-        if let Some(weight) = metadata
-            .get("weight")
-            .and_then(|w| w.as_u64())
-            .and_then(|w| u32::try_from(w).ok())
-        {
-            self.instance.weight = weight;
+        if let Some(value) = metadata.get("weight") {
+            self.weight_from(value);
         }
         self.instance.metadata = metadata;
         self
+    }
+
+    /// A numeric `weight` metadata value that fits a `u32` sets the weight.
+    fn weight_from(&mut self, value: &serde_json::Value) {
+        if let Some(weight) = value.as_u64().and_then(|w| u32::try_from(w).ok()) {
+            self.instance.weight = weight;
+        }
     }
 
     /// Adds a tag.
