@@ -10,9 +10,10 @@ mod registry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
@@ -30,6 +31,16 @@ use crate::store::{KvChange, RemovalCause, Store, WatchItem};
 
 /// Most watch items applied before readers see a new snapshot.
 const MAX_BATCH: usize = 4096;
+
+/// After a flush that took `t`, the next one waits until `t * FLUSH_COST_FACTOR` has passed
+/// (collecting changes meanwhile), so rebuilding snapshots takes at most about a tenth of
+/// the task's time. Small views flush in microseconds and are not delayed noticeably.
+const FLUSH_COST_FACTOR: u32 = 10;
+
+/// Flushes cheaper than this are never throttled: only services of many thousands of
+/// instances cost this much, and below it the delay would cost more latency (tokio
+/// timers round up to whole milliseconds) than it saves CPU.
+const THROTTLED_FLUSH_COST: Duration = Duration::from_millis(1);
 
 #[derive(Debug)]
 struct Entry {
@@ -80,44 +91,62 @@ impl ViewTask {
         let mut expiries = Vec::new();
         let mut resync: Option<Resync> = None;
         let mut synced = false;
-        while let Some(first) = items.recv().await {
+        // When the last flush finished and what it cost: see `FLUSH_COST_FACTOR`.
+        let mut last_flush = (Instant::now(), Duration::ZERO);
+        'items: while let Some(first) = items.recv().await {
             let mut batch = 1;
             let mut next = Some(first);
-            while let Some(item) = next.take() {
-                match item {
-                    WatchItem::SnapshotPart(changes) => {
-                        let state = resync.get_or_insert_with(|| {
-                            MeshStats::incr(&self.stats.resyncs);
-                            Resync::default()
-                        });
-                        self.apply_snapshot_part(&mut index, state, changes, &mut events);
-                        if !synced {
-                            // Nobody can subscribe before the first view is ready.
-                            events.clear();
+            loop {
+                while let Some(item) = next.take() {
+                    match item {
+                        WatchItem::SnapshotPart(changes) => {
+                            let state = resync.get_or_insert_with(|| {
+                                MeshStats::incr(&self.stats.resyncs);
+                                Resync::default()
+                            });
+                            self.apply_snapshot_part(&mut index, state, changes, &mut events);
+                            if !synced {
+                                // Nobody can subscribe before the first view is ready.
+                                events.clear();
+                            }
+                        }
+                        WatchItem::SnapshotEnd => {
+                            let state = resync.take().unwrap_or_default();
+                            self.finish_snapshot(&mut index, state, &mut events, &mut expiries);
+                            synced = true;
+                        }
+                        WatchItem::Change(change) => {
+                            MeshStats::incr(&self.stats.changes_applied);
+                            self.apply_change(&mut index, change, &mut events, &mut expiries);
                         }
                     }
-                    WatchItem::SnapshotEnd => {
-                        let state = resync.take().unwrap_or_default();
-                        self.finish_snapshot(&mut index, state, &mut events, &mut expiries);
-                        synced = true;
-                    }
-                    WatchItem::Change(change) => {
-                        MeshStats::incr(&self.stats.changes_applied);
-                        self.apply_change(&mut index, change, &mut events, &mut expiries);
+                    if batch < MAX_BATCH {
+                        next = items.try_recv().ok();
+                        batch += 1;
                     }
                 }
-                if batch < MAX_BATCH {
-                    next = items.try_recv().ok();
-                    batch += 1;
+                // While a snapshot streams in, publish nothing: readers keep the last complete
+                // view, and rebuilding every touched service per part would cost O(n^2).
+                if resync.is_some() {
+                    continue 'items;
                 }
-            }
-            // While a snapshot streams in, publish nothing: readers keep the last complete
-            // view, and rebuilding every touched service per part would cost O(n^2).
-            if resync.is_some() {
-                continue;
+                // Rebuilding a big service's snapshot per change would be O(n^2) under churn:
+                // keep collecting until the rebuild cost is a small share of the time.
+                let due = last_flush.0 + last_flush.1 * FLUSH_COST_FACTOR;
+                let throttled = last_flush.1 >= THROTTLED_FLUSH_COST;
+                if throttled && batch < MAX_BATCH && Instant::now() < due {
+                    if let Ok(Some(item)) = tokio::time::timeout_at(due, items.recv()).await {
+                        next = Some(item);
+                        batch += 1;
+                        continue;
+                    }
+                }
+                break;
             }
             // Readers see the new state before anyone hears about it.
+            let started = Instant::now();
             index.flush(&self.registry);
+            last_flush = (Instant::now(), started.elapsed());
             self.stats
                 .events_emitted
                 .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
