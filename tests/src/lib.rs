@@ -249,6 +249,29 @@ pub fn fast_mesh(url: &str) -> MeshBuilder {
         .tombstone_ttl(Duration::from_secs(5))
 }
 
+/// Waits until `mesh`'s view of `service` satisfies `done`, or panics naming `what`.
+pub async fn wait_view(
+    mesh: &Mesh,
+    service: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&[std::sync::Arc<prism_mesh::ServiceInstance>]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if done(&mesh.discover(service)) {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "view of {service} never reached {what} within {timeout:?}: {:?}",
+                mesh.discover(service)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Next event from `events` within `timeout`, or a panic saying what was awaited.
 pub async fn next_event(
     events: &mut prism_mesh::EventStream,

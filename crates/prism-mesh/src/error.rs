@@ -29,6 +29,9 @@ pub enum ErrorKind {
     Decode,
     /// The mesh was shut down.
     Closed,
+    /// No instance of the service is eligible for a pick (none, or none healthy or
+    /// matching the filters); the message says how many exist and in which statuses.
+    Unavailable,
     /// Any other server or transport failure.
     Transport,
 }
@@ -46,6 +49,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NotRegistered => "not registered",
             ErrorKind::Decode => "malformed message",
             ErrorKind::Closed => "mesh closed",
+            ErrorKind::Unavailable => "no instance available",
             ErrorKind::Transport => "transport error",
         };
         f.write_str(name)

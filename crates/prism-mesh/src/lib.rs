@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod balance;
 mod config;
 mod error;
 mod instance;
@@ -36,6 +37,7 @@ mod store;
 mod util;
 mod view;
 
+pub use balance::{Balancer, BalancerBuilder, RequestGuard, Selection, Strategy};
 pub use config::{BackendConfig, NatsOptions, StorageKind, Timing};
 pub use error::{Error, ErrorKind, Result};
 pub use instance::{

@@ -6,14 +6,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 use uuid::Uuid;
 
+use crate::balance::{Balancer, BalancerBuilder, RequestGuard, Selection, Strategy};
 use crate::config::{BackendConfig, NatsOptions, Timing};
 use crate::error::{Error, ErrorKind, Result};
-use crate::instance::ServiceInstance;
+use crate::instance::{validate_service_name, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
 use crate::owner::{Owner, Registration};
 use crate::store::{MemoryStore, NatsStore, Store};
@@ -45,6 +47,15 @@ pub struct MeshBuilder {
     timing: Timing,
     publish_expired_events: bool,
     ready_timeout: Duration,
+    balancing: Balancing,
+}
+
+/// How [`Mesh::pick`] balances each service.
+#[derive(Debug, Clone, Default)]
+struct Balancing {
+    strategy: Strategy,
+    per_service: HashMap<String, Strategy>,
+    selection: Selection,
 }
 
 impl Default for MeshBuilder {
@@ -54,6 +65,7 @@ impl Default for MeshBuilder {
             timing: Timing::default(),
             publish_expired_events: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            balancing: Balancing::default(),
         }
     }
 }
@@ -111,6 +123,25 @@ impl MeshBuilder {
     /// expire (default true; the stream keeps one per expiry whoever publishes).
     pub fn publish_expired_events(mut self, publish: bool) -> Self {
         self.publish_expired_events = publish;
+        self
+    }
+
+    /// The load-balancing strategy of [`Mesh::pick`] for services without their own
+    /// (default: smooth weighted round robin).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.balancing.strategy = strategy;
+        self
+    }
+
+    /// The load-balancing strategy of [`Mesh::pick`] for `service`.
+    pub fn service_strategy(mut self, service: impl Into<String>, strategy: Strategy) -> Self {
+        self.balancing.per_service.insert(service.into(), strategy);
+        self
+    }
+
+    /// Which instances [`Mesh::pick`] may choose (default: healthy ones).
+    pub fn selection(mut self, selection: Selection) -> Self {
+        self.balancing.selection = selection;
         self
     }
 
@@ -175,6 +206,9 @@ struct Inner {
     owned: Arc<Mutex<HashMap<Uuid, Registration>>>,
     event_stream: String,
     closing: watch::Sender<bool>,
+    balancing: Balancing,
+    /// The balancers behind by-name picks, one per service, created on first pick.
+    balancers: ArcSwap<HashMap<String, Balancer>>,
 }
 
 impl Drop for Inner {
@@ -248,6 +282,8 @@ impl Mesh {
                     BackendConfig::Memory(_) => String::new(),
                 },
                 closing: watch::channel(false).0,
+                balancing: builder.balancing,
+                balancers: ArcSwap::default(),
             }),
         })
     }
@@ -301,6 +337,75 @@ impl Mesh {
     /// A live handle on `service`'s snapshot, for callers that read it often.
     pub fn service(&self, service: &str) -> Arc<ServiceSlot> {
         self.inner.registry.slot_or_insert(service)
+    }
+
+    /// A balancer for `service` with this mesh's default strategy and selection; change
+    /// either on the builder.
+    pub fn balancer(&self, service: &str) -> Result<BalancerBuilder> {
+        validate_service_name(service)?;
+        Ok(BalancerBuilder::new(service, self.service(service))
+            .strategy(self.strategy_for(service))
+            .selection(self.inner.balancing.selection.clone()))
+    }
+
+    /// The balancer [`pick`](Mesh::pick) uses for `service` (created on first use).
+    pub fn balanced(&self, service: &str) -> Result<Balancer> {
+        if let Some(balancer) = self.inner.balancers.load().get(service) {
+            return Ok(balancer.clone());
+        }
+        let fresh = self.balancer(service)?.build();
+        self.inner.balancers.rcu(|balancers| {
+            if balancers.contains_key(service) {
+                return Arc::clone(balancers);
+            }
+            let mut balancers = HashMap::clone(balancers);
+            balancers.insert(service.to_string(), fresh.clone());
+            Arc::new(balancers)
+        });
+        Ok(self
+            .inner
+            .balancers
+            .load()
+            .get(service)
+            .cloned()
+            .unwrap_or(fresh))
+    }
+
+    /// One instance of `service`, chosen by its configured strategy among eligible
+    /// (by default healthy) instances. Reads memory only.
+    pub fn pick(&self, service: &str) -> Result<Arc<ServiceInstance>> {
+        match self.inner.balancers.load().get(service) {
+            Some(balancer) => balancer.pick(),
+            None => self.balanced(service)?.pick(),
+        }
+    }
+
+    /// The base URL of a [`pick`](Mesh::pick) of `service`.
+    pub fn pick_url(&self, service: &str) -> Result<String> {
+        self.pick(service).map(|instance| instance.base_url())
+    }
+
+    /// The instance of `service` for `key` by consistent hashing (sticky routing).
+    pub fn pick_by_key(
+        &self,
+        service: &str,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Arc<ServiceInstance>> {
+        self.balanced(service)?.pick_by_key(key)
+    }
+
+    /// A [`pick`](Mesh::pick) held for the duration of a request; see [`RequestGuard`].
+    pub fn pick_guarded(&self, service: &str) -> Result<RequestGuard> {
+        self.balanced(service)?.pick_guarded()
+    }
+
+    fn strategy_for(&self, service: &str) -> Strategy {
+        let balancing = &self.inner.balancing;
+        balancing
+            .per_service
+            .get(service)
+            .copied()
+            .unwrap_or(balancing.strategy)
     }
 
     /// Names of services with at least one instance, sorted.

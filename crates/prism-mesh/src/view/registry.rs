@@ -55,6 +55,11 @@ impl ServiceSlot {
         self.snapshot.load_full()
     }
 
+    /// The current snapshot without touching its reference count (hot paths).
+    pub(crate) fn peek(&self) -> arc_swap::Guard<Arc<ServiceSnapshot>> {
+        self.snapshot.load()
+    }
+
     pub(crate) fn store(&self, snapshot: ServiceSnapshot) {
         self.snapshot.store(Arc::new(snapshot));
     }
