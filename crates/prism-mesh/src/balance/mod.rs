@@ -342,9 +342,8 @@ fn least_outstanding(table: &PickTable) -> usize {
     if b >= a {
         b += 1;
     }
-    let weight = |i: usize| u64::from(table.candidates[i].weight.max(1));
-    let load_a = u64::from(table.loads[a].outstanding()) * weight(b);
-    let load_b = u64::from(table.loads[b].outstanding()) * weight(a);
+    let load_a = u64::from(table.loads[a].outstanding()) * table.weights[b];
+    let load_b = u64::from(table.loads[b].outstanding()) * table.weights[a];
     match load_a.cmp(&load_b) {
         std::cmp::Ordering::Less => a,
         std::cmp::Ordering::Greater => b,

@@ -33,6 +33,9 @@ pub(crate) struct PickTable {
     pub(crate) schedule: Vec<u32>,
     /// Running sums of weights for weighted random picks.
     pub(crate) cumulative: Vec<u64>,
+    /// Effective weight per candidate (at least 1), kept here so a pick does not touch
+    /// the instances themselves.
+    pub(crate) weights: Vec<u64>,
     maglev: OnceLock<Vec<u32>>,
 }
 
@@ -57,6 +60,7 @@ impl PickTable {
             epoch,
             schedule: smooth_weighted_schedule(&weights),
             cumulative,
+            weights: weights.iter().map(|w| u64::from(*w).max(1)).collect(),
             candidates,
             loads,
             maglev: OnceLock::new(),
