@@ -123,7 +123,7 @@ async fn main() {
                 format!("{strategy}, cached handle, with request guard"),
                 picks,
                 |_| {
-                    black_box(balancer.pick_guarded().expect("pick"));
+                    drop(black_box(balancer.pick_guarded().expect("pick")));
                 },
             ));
         }
