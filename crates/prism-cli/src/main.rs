@@ -102,13 +102,21 @@ impl ConnectArgs {
     }
 }
 
+/// Caps async-nats' connection logging below the level where it prints credentials.
+fn secret_safe_directive() -> tracing_subscriber::filter::Directive {
+    prism_mesh::SECRET_SAFE_LOG_DIRECTIVE
+        .parse()
+        .unwrap_or_else(|_| tracing::Level::WARN.into())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PRISM_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn".into())
+                .add_directive(secret_safe_directive()),
         )
         .init();
     let cli = Cli::parse();

@@ -9,6 +9,18 @@ use crate::protocol::{DEFAULT_BUCKET, DEFAULT_EVENT_STREAM, DEFAULT_SUBJECT_PREF
 use crate::store::MemoryStore;
 
 /// Which backend a mesh runs on.
+/// A `tracing` filter directive to add to every subscriber of a process that uses NATS
+/// credentials. async-nats 0.42 prints them below INFO: its `CONNECT` line (token,
+/// password) at TRACE and server urls with their passwords at DEBUG. prism-mesh itself
+/// never logs a secret; the `prism` CLI adds this directive to whatever `PRISM_LOG` says.
+///
+/// ```
+/// let filter = tracing_subscriber::EnvFilter::new("trace")
+///     .add_directive(prism_mesh::SECRET_SAFE_LOG_DIRECTIVE.parse().unwrap());
+/// # drop(filter);
+/// ```
+pub const SECRET_SAFE_LOG_DIRECTIVE: &str = "async_nats=info";
+
 #[derive(Debug, Clone)]
 pub enum BackendConfig {
     /// In-process: every mesh on the same [`MemoryStore`] is a peer of the others.

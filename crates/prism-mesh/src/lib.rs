@@ -38,7 +38,7 @@ mod util;
 mod view;
 
 pub use balance::{Balancer, BalancerBuilder, RequestGuard, Selection, Strategy};
-pub use config::{BackendConfig, NatsOptions, StorageKind, Timing};
+pub use config::{BackendConfig, NatsOptions, StorageKind, Timing, SECRET_SAFE_LOG_DIRECTIVE};
 pub use error::{Error, ErrorKind, Result};
 pub use instance::{
     validate_service_name, InstanceStatus, Metadata, ServiceInstance, ServiceInstanceBuilder,

@@ -67,7 +67,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn".into())
+                .add_directive(
+                    prism_mesh::SECRET_SAFE_LOG_DIRECTIVE
+                        .parse()
+                        .expect("directive"),
+                ),
         )
         .init();
     let args = Args::parse();
