@@ -8,7 +8,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{DEFAULT_BUCKET, DEFAULT_EVENT_STREAM, DEFAULT_SUBJECT_PREFIX};
 use crate::store::MemoryStore;
 
-/// Which backend a mesh runs on.
 /// A `tracing` filter directive to add to every subscriber of a process that uses NATS
 /// credentials. async-nats 0.42 prints them below INFO: its `CONNECT` line (token,
 /// password) at TRACE and server urls with their passwords at DEBUG. prism-mesh itself
@@ -21,6 +20,7 @@ use crate::store::MemoryStore;
 /// ```
 pub const SECRET_SAFE_LOG_DIRECTIVE: &str = "async_nats=info";
 
+/// Which backend a mesh runs on.
 #[derive(Debug, Clone)]
 pub enum BackendConfig {
     /// In-process: every mesh on the same [`MemoryStore`] is a peer of the others.
