@@ -45,7 +45,7 @@ pub use instance::{
     DEFAULT_WEIGHT, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
 };
 pub use mesh::{Mesh, MeshBuilder};
-pub use metrics::StatsSnapshot;
+pub use metrics::{MetricsEndpoint, StatsSnapshot};
 pub use owner::Registration;
 pub use store::MemoryStore;
 pub use view::{EventFilter, EventKind, EventStream, MeshEvent, ServiceSlot, ServiceSnapshot};

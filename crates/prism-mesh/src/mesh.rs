@@ -327,6 +327,7 @@ impl Mesh {
 
     /// Every instance of `service` in the view, whatever its status, ordered by id.
     pub fn discover(&self, service: &str) -> Vec<Arc<ServiceInstance>> {
+        MeshStats::incr(&self.inner.stats.discoveries);
         self.inner
             .registry
             .slot(service)
@@ -374,6 +375,7 @@ impl Mesh {
     /// One instance of `service`, chosen by its configured strategy among eligible
     /// (by default healthy) instances. Reads memory only.
     pub fn pick(&self, service: &str) -> Result<Arc<ServiceInstance>> {
+        MeshStats::incr(&self.inner.stats.discoveries);
         match self.inner.balancers.load().get(service) {
             Some(balancer) => balancer.pick(),
             None => self.balanced(service)?.pick(),
@@ -406,6 +408,73 @@ impl Mesh {
             .get(service)
             .copied()
             .unwrap_or(balancing.strategy)
+    }
+
+    /// The mesh's metrics in the Prometheus / OpenMetrics text format, with the names of
+    /// the Python module it replaces (`service_discovery_registrations_total`, ...).
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> prism_mesh::Result<()> {
+    /// let mesh = prism_mesh::Mesh::builder().memory_store(Default::default()).connect().await?;
+    /// let text = mesh.render_metrics();
+    /// assert!(text.contains("service_discovery_instances_active 0"));
+    /// # Ok(()) }
+    /// ```
+    pub fn render_metrics(&self) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        self.register_metrics(&mut registry);
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+
+    /// Adds this mesh's metrics to an application's own registry; they are read fresh at
+    /// every scrape.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let mesh = self.clone();
+        registry.register_collector(Box::new(crate::metrics::exposition::MeshCollector {
+            read: move || mesh.metrics_source(),
+        }));
+    }
+
+    /// Serves [`render_metrics`](Mesh::render_metrics) at `http://<addr>/metrics` until
+    /// the returned endpoint is dropped.
+    pub async fn serve_metrics(
+        &self,
+        addr: impl tokio::net::ToSocketAddrs,
+    ) -> Result<crate::metrics::MetricsEndpoint> {
+        crate::metrics::MetricsEndpoint::serve(self.clone(), addr).await
+    }
+
+    fn metrics_source(&self) -> crate::metrics::MetricsSource {
+        let inner = &self.inner;
+        let (view_lag, server_pending) = inner.store.watch_lag();
+        let mut instances = Vec::new();
+        for service in inner.registry.service_names() {
+            if let Some(slot) = inner.registry.slot(&service) {
+                let snapshot = slot.load();
+                let mut by_status: Vec<(&'static str, u64)> = Vec::new();
+                for instance in snapshot.instances() {
+                    let status = instance.status.as_str();
+                    match by_status.iter_mut().find(|(s, _)| *s == status) {
+                        Some((_, n)) => *n += 1,
+                        None => by_status.push((status, 1)),
+                    }
+                }
+                for (status, count) in by_status {
+                    instances.push((service.clone(), status, count));
+                }
+            }
+        }
+        crate::metrics::MetricsSource {
+            stats: self.stats(),
+            reconnects: *inner.store.reconnects().borrow(),
+            owned: self.lock_owned().len() as u64,
+            instances,
+            view_lag,
+            server_pending,
+        }
     }
 
     /// Names of services with at least one instance, sorted.

@@ -393,6 +393,7 @@ impl Owner {
             Ok(revision) => revision,
             Err(e) => return (false, Err(e)),
         };
+        MeshStats::incr(&self.stats.deregistrations);
         (
             true,
             self.publish(EventName::Deregistered, None, reason, revision)

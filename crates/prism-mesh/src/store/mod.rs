@@ -127,6 +127,15 @@ impl Store {
         }
     }
 
+    /// The watch's delay behind the backend and what the backend still holds for it
+    /// (always zero in memory: changes are handed over directly).
+    pub(crate) fn watch_lag(&self) -> (std::time::Duration, u64) {
+        match self {
+            Store::Memory(_) => (std::time::Duration::ZERO, 0),
+            Store::Nats(store) => store.watch_lag(),
+        }
+    }
+
     /// Lifecycle events from `since` (or the oldest kept) to now, and how many stored
     /// messages could not be decoded.
     pub(crate) async fn event_history(

@@ -2,9 +2,9 @@
 //! as raw stream messages (the KV API hides the headers that tell expiry from deletion);
 //! lifecycle events in their own stream.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, consumer, kv, stream};
@@ -39,6 +39,25 @@ struct Inner {
     reconnects: watch::Receiver<u64>,
     closed: watch::Sender<bool>,
     urls: String,
+    lag: WatchLag,
+}
+
+/// How far behind the server the live watch is, as of its last message.
+#[derive(Debug, Default)]
+struct WatchLag {
+    pending: AtomicU64,
+    delay_micros: AtomicU64,
+}
+
+impl WatchLag {
+    fn record(&self, position: &Position) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let delay = u64::try_from((now - position.stored_at_nanos) / 1000).unwrap_or(0);
+        self.pending.store(position.pending, Ordering::Relaxed);
+        self.delay_micros.store(delay, Ordering::Relaxed);
+    }
 }
 
 impl NatsStore {
@@ -161,6 +180,7 @@ impl NatsStore {
                 reconnects,
                 closed: watch::channel(false).0,
                 urls,
+                lag: WatchLag::default(),
             }),
         })
     }
@@ -304,6 +324,15 @@ impl NatsStore {
         let span = tracing::info_span!("nats.watch", stream = %inner.kv_stream);
         tokio::spawn(watch_loop(inner, tx).instrument(span));
         rx
+    }
+
+    /// The watch's delay behind the server and the messages the server still holds for it.
+    pub(crate) fn watch_lag(&self) -> (Duration, u64) {
+        let lag = &self.inner.lag;
+        (
+            Duration::from_micros(lag.delay_micros.load(Ordering::Relaxed)),
+            lag.pending.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
@@ -544,7 +573,8 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
             let message = message.map_err(|e| {
                 Error::with_source(ErrorKind::Transport, "watch consumer failed", e)
             })?;
-            let (change, pending) = to_change(&inner.kv_prefix, &message)?;
+            let (change, position) = to_change(&inner.kv_prefix, &message)?;
+            let pending = position.pending;
             part.extend(change);
             if part.len() >= SNAPSHOT_PART {
                 keys += part.len();
@@ -566,7 +596,8 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
     while let Some(message) = messages.next().await {
         let message = message
             .map_err(|e| Error::with_source(ErrorKind::Transport, "watch consumer failed", e))?;
-        let (change, _) = to_change(&inner.kv_prefix, &message)?;
+        let (change, position) = to_change(&inner.kv_prefix, &message)?;
+        inner.lag.record(&position);
         if let Some(change) = change {
             if tx.send(WatchItem::Change(change)).is_err() {
                 return Ok(WatchEnd::ReceiverGone);
@@ -577,7 +608,14 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
 }
 
 /// Reads one raw bucket message; `None` for a subject outside the bucket.
-fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvChange>, u64)> {
+/// Where a watch message sits: how many the server still holds for us, and when it was
+/// stored (unix nanoseconds).
+struct Position {
+    pending: u64,
+    stored_at_nanos: i128,
+}
+
+fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvChange>, Position)> {
     let info = message.info().map_err(|e| {
         Error::new(
             ErrorKind::Transport,
@@ -585,9 +623,12 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
         )
     })?;
     let revision = info.stream_sequence;
-    let pending = info.pending;
+    let position = Position {
+        pending: info.pending,
+        stored_at_nanos: info.published.unix_timestamp_nanos(),
+    };
     let Some(key) = message.subject.strip_prefix(prefix).map(str::to_string) else {
-        return Ok((None, pending));
+        return Ok((None, position));
     };
     let header = |wanted: &'static str| {
         message
@@ -623,7 +664,7 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
             revision,
         },
     };
-    Ok((Some(change), pending))
+    Ok((Some(change), position))
 }
 
 /// Changes per streamed snapshot part.

@@ -143,6 +143,9 @@ impl ViewTask {
                 }
                 break;
             }
+            self.stats
+                .view_backlog
+                .store(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
             // Readers see the new state before anyone hears about it.
             let started = Instant::now();
             index.flush(&self.registry);

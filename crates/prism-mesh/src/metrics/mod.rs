@@ -1,6 +1,11 @@
 //! Counters an operator needs to trust a peer: what it applied, dropped and noticed.
 
+mod endpoint;
+pub(crate) mod exposition;
+
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use endpoint::MetricsEndpoint;
 
 /// Live counters of one mesh handle.
 #[derive(Debug, Default)]
@@ -14,6 +19,12 @@ pub(crate) struct MeshStats {
     pub(crate) reasserts: AtomicU64,
     pub(crate) heartbeat_failures: AtomicU64,
     pub(crate) event_publish_failures: AtomicU64,
+    pub(crate) deregistrations: AtomicU64,
+    pub(crate) discoveries: AtomicU64,
+    pub(crate) health_checks_passed: AtomicU64,
+    pub(crate) health_checks_failed: AtomicU64,
+    /// Items waiting between the backend's watch and the view task.
+    pub(crate) view_backlog: AtomicU64,
 }
 
 impl MeshStats {
@@ -33,6 +44,11 @@ impl MeshStats {
             reasserts: get(&self.reasserts),
             heartbeat_failures: get(&self.heartbeat_failures),
             event_publish_failures: get(&self.event_publish_failures),
+            deregistrations: get(&self.deregistrations),
+            discoveries: get(&self.discoveries),
+            health_checks_passed: get(&self.health_checks_passed),
+            health_checks_failed: get(&self.health_checks_failed),
+            view_backlog: get(&self.view_backlog),
             instances_active: instances_active as u64,
         }
     }
@@ -61,6 +77,29 @@ pub struct StatsSnapshot {
     pub heartbeat_failures: u64,
     /// Lifecycle events that could not be published after retries.
     pub event_publish_failures: u64,
+    /// Instances deregistered by this handle.
+    pub deregistrations: u64,
+    /// Lookups of a service by name (`discover`, by-name picks, waits).
+    pub discoveries: u64,
+    /// Health checks run by this peer that passed.
+    pub health_checks_passed: u64,
+    /// Health checks run by this peer that failed.
+    pub health_checks_failed: u64,
+    /// Changes received from the backend and not yet applied to the view.
+    pub view_backlog: u64,
     /// Instances in the view now.
     pub instances_active: u64,
+}
+
+/// What the Prometheus exposition reads at each scrape.
+pub(crate) struct MetricsSource {
+    pub(crate) stats: StatsSnapshot,
+    pub(crate) reconnects: u64,
+    pub(crate) owned: u64,
+    /// Instances per (service, status).
+    pub(crate) instances: Vec<(String, &'static str, u64)>,
+    /// Delay of the last change the backend delivered (server write to receipt).
+    pub(crate) view_lag: std::time::Duration,
+    /// Messages the server still holds for this peer's watch.
+    pub(crate) server_pending: u64,
 }
