@@ -401,6 +401,16 @@ impl PeerProcess {
         }
     }
 
+    /// Sends a signal by name (`TERM`, `INT`, `STOP`, `CONT`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.child.id());
+    }
+
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

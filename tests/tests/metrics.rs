@@ -11,8 +11,13 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// The value of the sample named exactly `sample` (name plus labels) in `text`.
 fn sample(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|line| {
+        line.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
@@ -34,7 +39,9 @@ async fn metrics_follow_registrations_lookups_malformed_input_and_reconnects() {
     let peer = fast_mesh(&server.url()).connect().await.unwrap();
     let mut registrations = Vec::new();
     for port in [7001, 7002] {
-        let instance = ServiceInstance::builder("metered", "127.0.0.1", port).build().unwrap();
+        let instance = ServiceInstance::builder("metered", "127.0.0.1", port)
+            .build()
+            .unwrap();
         registrations.push(owner.register(instance).await.unwrap());
     }
     wait_view(&peer, "metered", WAIT, "2 instances", |v| v.len() == 2).await;
@@ -45,31 +52,69 @@ async fn metrics_follow_registrations_lookups_malformed_input_and_reconnects() {
     }
 
     let text = owner.render_metrics();
-    assert_eq!(sample(&text, "service_discovery_registrations_total"), Some(2.0), "{text}");
-    assert_eq!(sample(&text, "service_discovery_deregistrations_total"), Some(1.0));
-    assert_eq!(sample(&text, "service_discovery_owned_instances"), Some(1.0));
+    assert_eq!(
+        sample(&text, "service_discovery_registrations_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "service_discovery_deregistrations_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "service_discovery_owned_instances"),
+        Some(1.0)
+    );
 
     let endpoint = peer.serve_metrics("127.0.0.1:0").await.unwrap();
     let (head, body) = http_get(endpoint.local_addr(), "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("application/openmetrics-text"), "{head}");
-    assert!(body.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
-    assert_eq!(sample(&body, "service_discovery_instances_active"), Some(1.0), "{body}");
+    assert!(
+        body.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
     assert_eq!(
-        sample(&body, "service_discovery_instances{service=\"metered\",status=\"starting\"}"),
+        sample(&body, "service_discovery_instances_active"),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "service_discovery_instances{service=\"metered\",status=\"starting\"}"
+        ),
         Some(1.0),
         "{body}"
     );
     assert!(sample(&body, "service_discovery_discoveries_total").unwrap() >= 3.0);
-    assert_eq!(sample(&body, "service_discovery_registrations_total"), Some(0.0));
-    assert_eq!(sample(&body, "service_discovery_health_checks_total{result=\"passing\"}"), Some(0.0));
+    assert_eq!(
+        sample(&body, "service_discovery_registrations_total"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "service_discovery_health_checks_total{result=\"passing\"}"
+        ),
+        Some(0.0)
+    );
     assert!(sample(&body, "service_discovery_changes_applied_total").unwrap() >= 3.0);
     assert!(sample(&body, "service_discovery_events_emitted_total").unwrap() >= 2.0);
     let lag = sample(&body, "service_discovery_view_lag_seconds").unwrap();
     assert!((0.0..5.0).contains(&lag), "view lag {lag}");
     assert!(sample(&body, "service_discovery_view_pending_messages").is_some());
-    for name in ["malformed_messages", "expiries", "resyncs", "reconnects", "reasserts"] {
-        assert!(body.contains(&format!("# TYPE service_discovery_{name} counter")), "{name}");
+    for name in [
+        "malformed_messages",
+        "expiries",
+        "resyncs",
+        "reconnects",
+        "reasserts",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE service_discovery_{name} counter")),
+            "{name}"
+        );
     }
 
     // Garbage on the bucket is counted.
@@ -78,8 +123,15 @@ async fn metrics_follow_registrations_lookups_malformed_input_and_reconnects() {
     client.publish(key, "not msgpack".into()).await.unwrap();
     client.flush().await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while sample(&peer.render_metrics(), "service_discovery_malformed_messages_total") != Some(1.0) {
-        assert!(tokio::time::Instant::now() < deadline, "malformed message never counted");
+    while sample(
+        &peer.render_metrics(),
+        "service_discovery_malformed_messages_total",
+    ) != Some(1.0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "malformed message never counted"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -87,7 +139,10 @@ async fn metrics_follow_registrations_lookups_malformed_input_and_reconnects() {
     server.restart();
     let deadline = tokio::time::Instant::now() + WAIT;
     while sample(&peer.render_metrics(), "service_discovery_reconnects_total") < Some(1.0) {
-        assert!(tokio::time::Instant::now() < deadline, "reconnect never counted");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reconnect never counted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

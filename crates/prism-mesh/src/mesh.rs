@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::balance::{Balancer, BalancerBuilder, RequestGuard, Selection, Strategy};
 use crate::config::{BackendConfig, NatsOptions, Timing};
 use crate::error::{Error, ErrorKind, Result};
-use crate::instance::{validate_service_name, ServiceInstance};
+use crate::instance::{validate_service_name, InstanceStatus, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
 use crate::owner::{Owner, Registration};
 use crate::store::{MemoryStore, NatsStore, Store};
@@ -602,7 +602,77 @@ impl Mesh {
         self.inner.store.close().await;
     }
 
+    /// Leaves the mesh without dropping a request: every instance this handle owns goes to
+    /// `Maintenance` first (peers stop picking it at once), then after `drain` (time for
+    /// requests in flight to finish) it is deregistered, then the mesh closes.
+    pub async fn shutdown_gracefully(&self, drain: Duration) {
+        let owned = self.registrations();
+        for registration in &owned {
+            let maintenance = registration
+                .set_status(InstanceStatus::Maintenance, Some("shutting down"))
+                .await;
+            if let Err(e) = maintenance {
+                if e.kind() != ErrorKind::NotRegistered {
+                    warn!(error = %e, id = %registration.id(), "could not announce maintenance");
+                }
+            }
+        }
+        if !owned.is_empty() {
+            info!(instances = owned.len(), drain = %humantime::format_duration(drain), "draining before deregistration");
+            tokio::time::sleep(drain).await;
+        }
+        self.shutdown().await;
+    }
+
+    /// Waits for SIGTERM or Ctrl-C (SIGINT), then [`shutdown_gracefully`](Mesh::shutdown_gracefully)
+    /// with `drain`. Returns the signal's name once the mesh is closed.
+    ///
+    /// ```no_run
+    /// # async fn run(mesh: prism_mesh::Mesh) -> prism_mesh::Result<()> {
+    /// let signal = mesh.shutdown_on_signal(std::time::Duration::from_secs(5)).await?;
+    /// tracing::info!(signal, "left the mesh");
+    /// # Ok(()) }
+    /// ```
+    pub async fn shutdown_on_signal(&self, drain: Duration) -> Result<&'static str> {
+        let signal = wait_for_termination().await?;
+        info!(signal, "termination signal; leaving the mesh");
+        self.shutdown_gracefully(drain).await;
+        Ok(signal)
+    }
+
     pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
         self.inner.owned.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The first of SIGTERM and SIGINT (Ctrl-C).
+#[cfg(unix)]
+async fn wait_for_termination() -> Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|e| {
+            Error::with_source(
+                ErrorKind::Transport,
+                "cannot listen for termination signals",
+                e,
+            )
+        })
+    };
+    let (mut term, mut int) = (
+        listen(SignalKind::terminate())?,
+        listen(SignalKind::interrupt())?,
+    );
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Ctrl-C where there are no Unix signals.
+#[cfg(not(unix))]
+async fn wait_for_termination() -> Result<&'static str> {
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| Error::with_source(ErrorKind::Transport, "cannot listen for Ctrl-C", e))?;
+    Ok("Ctrl-C")
 }

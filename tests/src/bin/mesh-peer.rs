@@ -24,6 +24,9 @@ struct Args {
     ttl: Duration,
     #[arg(long, default_value = "500ms", value_parser = humantime_duration)]
     heartbeat: Duration,
+    /// On SIGTERM or Ctrl-C: maintenance, drain this long, deregister, exit 0.
+    #[arg(long, value_parser = humantime_duration)]
+    graceful_drain: Option<Duration>,
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -105,6 +108,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "view": view,
     }));
 
+    if let Some(drain) = args.graceful_drain {
+        let mesh = mesh.clone();
+        tokio::spawn(async move {
+            let signal = mesh.shutdown_on_signal(drain).await;
+            print(json!({"done": "signal", "signal": signal.ok()}));
+            std::process::exit(0);
+        });
+    }
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
