@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod balance;
+mod client;
 mod config;
 mod error;
 mod instance;
@@ -38,6 +39,10 @@ mod util;
 mod view;
 
 pub use balance::{Balancer, BalancerBuilder, RequestGuard, Selection, Strategy};
+pub use client::{
+    configure_default, default_client, discover_service, get_service_url, register_service,
+    ClientOptions, DiscoveryClient,
+};
 pub use config::{BackendConfig, NatsOptions, StorageKind, Timing, SECRET_SAFE_LOG_DIRECTIVE};
 pub use error::{Error, ErrorKind, Result};
 pub use instance::{

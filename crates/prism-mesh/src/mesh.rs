@@ -640,6 +640,14 @@ impl Mesh {
         Ok(signal)
     }
 
+    /// Stops heartbeats and closes without deregistering: owned instances expire at the
+    /// TTL, exactly as if the process had died.
+    pub async fn close_without_deregistering(&self) {
+        self.lock_owned().clear();
+        self.inner.closing.send_replace(true);
+        self.inner.store.close().await;
+    }
+
     pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
         self.inner.owned.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -1,0 +1,210 @@
+//! The Python-shaped client API (`DiscoveryClient` and the process-wide functions)
+//! against a real nats-server.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prism_mesh::{
+    ClientOptions, DiscoveryClient, ErrorKind, InstanceStatus, Metadata, Selection, ServiceInstance,
+};
+use prism_tests::{fast_mesh, wait_view, NatsServer};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn metadata(pairs: &[(&str, serde_json::Value)]) -> Metadata {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_myself_discover_balance_update_and_deregister_like_the_python_client() {
+    let server = NatsServer::start();
+    let me = DiscoveryClient::connect(fast_mesh(&server.url()))
+        .await
+        .unwrap();
+    let other = DiscoveryClient::connect(fast_mesh(&server.url()))
+        .await
+        .unwrap();
+
+    let (tx, mut seen) = mpsc::unbounded_channel::<String>();
+    let sink = tx.clone();
+    other.on_service_registered(move |i| {
+        let sink = sink.clone();
+        async move {
+            let _ = sink.send(format!("registered {}", i.port));
+        }
+    });
+    let sink = tx.clone();
+    other.on_service_status_changed(move |service, old, new| {
+        let sink = sink.clone();
+        async move {
+            let _ = sink.send(format!("status {service} {old}->{new}"));
+        }
+    });
+    let sink = tx.clone();
+    other.on_service_deregistered(move |i, reason| {
+        let sink = sink.clone();
+        async move {
+            let _ = sink.send(format!("deregistered {} {reason:?}", i.port));
+        }
+    });
+
+    let instance = me
+        .register_myself(
+            "quotes",
+            "10.1.2.3",
+            8081,
+            metadata(&[("weight", 300.into()), ("region", "eu".into())]),
+            vec!["internal".into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(instance.weight, 300, "weight taken from metadata");
+    assert_eq!(instance.base_url(), "http://10.1.2.3:8081");
+    let again = me
+        .register_myself("quotes", "10.1.2.3", 8082, Metadata::new(), vec![])
+        .await
+        .unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::InvalidInput, "{again}");
+
+    // A second instance through the lower-level call, for balancing.
+    let helper = other
+        .register_instance(
+            ServiceInstance::builder("quotes", "10.1.2.4", 8081)
+                .status(InstanceStatus::Healthy)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    me.update_my_status(InstanceStatus::Healthy).await.unwrap();
+    other.wait_for_service("quotes", WAIT).await.unwrap();
+    wait_view(other.mesh(), "quotes", WAIT, "both healthy", |v| {
+        v.len() == 2 && v.iter().all(|i| i.status == InstanceStatus::Healthy)
+    })
+    .await;
+    assert_eq!(other.list_all_services(), vec!["quotes".to_string()]);
+    assert_eq!(other.discover("quotes").len(), 2);
+
+    // Weighted round robin by default: 300 vs 100.
+    let mine = (0..400)
+        .filter(|_| other.get_service("quotes").unwrap().host == "10.1.2.3")
+        .count();
+    assert_eq!(mine, 300);
+    assert!(other
+        .get_service_url("quotes")
+        .unwrap()
+        .starts_with("http://10.1.2."));
+
+    // Tag and metadata filters keep internal instances apart.
+    let internal = other.discover_matching("quotes", &Selection::new().with_all_tags(["internal"]));
+    assert_eq!(internal.len(), 1);
+    assert_eq!(internal[0].host, "10.1.2.3");
+    let eu = other.discover_matching("quotes", &Selection::new().with_metadata("region", "eu"));
+    assert_eq!(eu.len(), 1);
+
+    me.deregister_myself().await.unwrap();
+    wait_view(other.mesh(), "quotes", WAIT, "one left", |v| v.len() == 1).await;
+    let err = me
+        .update_my_status(InstanceStatus::Healthy)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotRegistered);
+
+    let mut lines = Vec::new();
+    while lines.len() < 4 {
+        match tokio::time::timeout(WAIT, seen.recv()).await {
+            Ok(Some(line)) => lines.push(line),
+            _ => panic!("handlers saw only {lines:?}"),
+        }
+    }
+    assert!(lines.contains(&"registered 8081".to_string()), "{lines:?}");
+    assert!(
+        lines.contains(&"status quotes starting->healthy".to_string()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"deregistered 8081 Some(\"deregistered by its owner\")".to_string()),
+        "{lines:?}"
+    );
+    helper.deregister(None).await.unwrap();
+    me.shutdown().await;
+    other.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_without_auto_deregister_leaves_the_instance_to_expire() {
+    let server = NatsServer::start();
+    let watcher = fast_mesh(&server.url()).connect().await.unwrap();
+    let mut events = watcher.subscribe();
+    let options = ClientOptions {
+        auto_deregister: false,
+        ..ClientOptions::default()
+    };
+    let client = DiscoveryClient::connect_with(fast_mesh(&server.url()), options)
+        .await
+        .unwrap();
+    let me = client
+        .register_myself("lingering", "127.0.0.1", 9100, Metadata::new(), vec![])
+        .await
+        .unwrap();
+    client.shutdown().await;
+    let event = prism_tests::wait_event(&mut events, WAIT, "expiry", |e| {
+        e.instance().id == me.id && e.kind() != prism_mesh::EventKind::Registered
+    })
+    .await;
+    assert_eq!(event.kind(), prism_mesh::EventKind::Expired, "{event:?}");
+    watcher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_wide_functions_use_the_default_client_once_configured() {
+    let err = prism_mesh::discover_service("anything").unwrap_err();
+    assert!(err.to_string().contains("configure_default"), "{err}");
+    let server = NatsServer::start();
+    prism_mesh::configure_default(fast_mesh(&server.url()), ClientOptions::default())
+        .await
+        .unwrap();
+    let again =
+        prism_mesh::configure_default(fast_mesh(&server.url()), ClientOptions::default()).await;
+    assert!(again.is_err(), "configured twice");
+
+    let instance: Arc<ServiceInstance> =
+        prism_mesh::register_service("collector", "127.0.0.1", 9200, Metadata::new(), vec![])
+            .await
+            .unwrap();
+    let client = prism_mesh::default_client().unwrap();
+    client
+        .update_my_status(InstanceStatus::Healthy)
+        .await
+        .unwrap();
+    wait_view(client.mesh(), "collector", WAIT, "healthy", |v| {
+        v.iter().any(|i| i.status == InstanceStatus::Healthy)
+    })
+    .await;
+    assert_eq!(
+        prism_mesh::discover_service("collector").unwrap()[0].id,
+        instance.id
+    );
+    assert_eq!(
+        prism_mesh::get_service_url("collector").unwrap(),
+        "http://127.0.0.1:9200"
+    );
+    client.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_the_client_to_an_unreachable_server_names_the_url_within_bounded_time() {
+    let url = format!("nats://127.0.0.1:{}", prism_tests::free_port());
+    let started = std::time::Instant::now();
+    let err = DiscoveryClient::connect(fast_mesh(&url)).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains(&url), "{err}");
+}
