@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check and test of prism-mesh (fmt, clippy -D warnings, nextest, doctests)
+# Runs every check and test of prism-mesh (fmt, clippy -D warnings, nextest, doctests,
+# the examples)
 # against real nats-server processes, installing a pinned nats-server first when the one
 # on PATH is missing or too old. .ci/run calls exactly this.
 #   PRISM_CHURN=100000 tests/run.sh   # the full-size churn test (default 2000)
@@ -10,12 +11,13 @@ NATS_SERVER_BIN="$(nats/install-nats-server.sh)"
 export NATS_SERVER_BIN
 
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo build --workspace --all-targets
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+cargo build --workspace --all-targets --all-features
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast
+  cargo nextest run --workspace --all-features --no-fail-fast
 else
   echo "cargo-nextest not found; using cargo test" >&2
-  cargo test --workspace --lib --bins --tests
+  cargo test --workspace --all-features --lib --bins --tests
 fi
-cargo test --workspace --doc
+cargo test --workspace --all-features --doc
+tests/run-examples.sh

@@ -16,10 +16,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+#[path = "common/mod.rs"]
+mod common;
+
 use prism_mesh::balance::ServiceDiscover;
 use prism_mesh::{InstanceStatus, MemoryStore, Mesh, NatsOptions, Selection, ServiceInstance};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tower::balance::p2c::Balance;
 use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
 use tower::{BoxError, Service, ServiceExt};
@@ -40,42 +41,8 @@ impl Service<&'static str> for HttpGet {
     }
 
     fn call(&mut self, path: &'static str) -> Self::Future {
-        let address = self.address.clone();
-        Box::pin(async move {
-            let mut stream = TcpStream::connect(&address).await?;
-            let request =
-                format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).await?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await?;
-            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-            if !head.starts_with("HTTP/1.1 200") {
-                return Err(std::io::Error::other(format!("{address}: {head}")));
-            }
-            Ok(body.to_string())
-        })
-    }
-}
-
-/// A minimal HTTP server answering every request with its own name.
-async fn serve(listener: TcpListener, name: String) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        let name = name.clone();
-        tokio::spawn(async move {
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => request.extend_from_slice(&buf[..n]),
-                }
-            }
-            let response = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{name}",
-                name.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
+        let base_url = format!("http://{}", self.address);
+        Box::pin(async move { common::http_request(&base_url, "GET", path, "").await })
     }
 }
 
@@ -119,9 +86,7 @@ async fn main() -> Result<(), BoxError> {
 
     let mut registrations = Vec::new();
     for n in 0..3 {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        tokio::spawn(serve(listener, format!("backend-{n}")));
+        let port = common::serve_http(move |_, _, _| async move { format!("backend-{n}") }).await?;
         let instance = ServiceInstance::builder("hello-http", "127.0.0.1", port)
             .status(InstanceStatus::Healthy)
             .build()?;
