@@ -29,6 +29,7 @@ pub mod balance;
 mod client;
 mod config;
 mod error;
+pub mod health;
 mod instance;
 mod mesh;
 mod metrics;
@@ -38,13 +39,14 @@ mod store;
 mod util;
 mod view;
 
-pub use balance::{Balancer, BalancerBuilder, RequestGuard, Selection, Strategy};
+pub use balance::{Balancer, BalancerBuilder, OutlierDetection, RequestGuard, Selection, Strategy};
 pub use client::{
     configure_default, default_client, discover_service, get_service_url, register_service,
     ClientOptions, DiscoveryClient,
 };
 pub use config::{BackendConfig, NatsOptions, StorageKind, Timing, SECRET_SAFE_LOG_DIRECTIVE};
 pub use error::{Error, ErrorKind, Result};
+pub use health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 pub use instance::{
     validate_service_name, InstanceStatus, Metadata, ServiceInstance, ServiceInstanceBuilder,
     DEFAULT_WEIGHT, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::balance::{Balancer, BalancerBuilder, RequestGuard, Selection, Strategy};
 use crate::config::{BackendConfig, NatsOptions, Timing};
 use crate::error::{Error, ErrorKind, Result};
+use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 use crate::instance::{validate_service_name, InstanceStatus, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
 use crate::owner::{Owner, Registration};
@@ -475,6 +476,53 @@ impl Mesh {
             view_lag,
             server_pending,
         }
+    }
+
+    /// Checks `registration` (an instance this mesh owns) with `check` under `policy`,
+    /// turning results into `Healthy`/`Unhealthy` status changes that every peer sees,
+    /// with the check's output as the reason.
+    pub fn monitor_health(
+        &self,
+        registration: &Registration,
+        check: HealthCheck,
+        policy: HealthPolicy,
+    ) -> Result<HealthMonitor> {
+        HealthMonitor::start(
+            registration.clone(),
+            check,
+            policy,
+            self.inner.stats.clone(),
+        )
+    }
+
+    /// Runs the health check of instance `id` of `service` now, from this peer: HTTP GET
+    /// of its health URL (or a TCP connect when its metadata says `health_check: tcp`).
+    pub async fn health_check_service(
+        &self,
+        service: &str,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<CheckResult> {
+        let instance = self
+            .discover(service)
+            .into_iter()
+            .find(|i| i.id == id)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unavailable,
+                    format!("no instance {id} of {service} in the view"),
+                )
+            })?;
+        let result =
+            crate::health::run_check(&HealthCheck::for_instance(&instance), &instance, timeout)
+                .await;
+        let counter = if result.passing {
+            &self.inner.stats.health_checks_passed
+        } else {
+            &self.inner.stats.health_checks_failed
+        };
+        MeshStats::incr(counter);
+        Ok(result)
     }
 
     /// Names of services with at least one instance, sorted.

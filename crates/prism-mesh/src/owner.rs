@@ -66,6 +66,11 @@ impl Registration {
         &self.service
     }
 
+    /// True while the registration lives (not deregistered, mesh not shut down).
+    pub fn is_live(&self) -> bool {
+        !self.commands.is_closed()
+    }
+
     /// The instance as last written.
     pub fn instance(&self) -> Arc<ServiceInstance> {
         self.current.borrow().clone()

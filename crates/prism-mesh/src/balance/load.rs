@@ -1,7 +1,7 @@
 //! Per-instance load as seen by this peer's callers, fed by [`RequestGuard`]s.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::instance::ServiceInstance;
@@ -16,6 +16,19 @@ pub struct InstanceLoad {
     consecutive_failures: AtomicU32,
     /// EWMA of latency in microseconds (0 until the first request ends).
     ewma_micros: AtomicU64,
+    /// Ejected from picks until this instant (see [`clock`]); 0 when not ejected.
+    ejected_until: AtomicU64,
+    /// How many times outlier detection ejected it (the backoff grows with it).
+    ejections: AtomicU32,
+}
+
+/// Nanoseconds on a process-wide monotonic clock.
+fn clock() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 impl InstanceLoad {
@@ -42,6 +55,26 @@ impl InstanceLoad {
     /// Moving average of request latency (zero before the first request ends).
     pub fn latency(&self) -> Duration {
         Duration::from_micros(self.ewma_micros.load(Ordering::Relaxed))
+    }
+
+    /// True while outlier detection keeps the instance out of this balancer's picks.
+    pub fn is_ejected(&self) -> bool {
+        clock() < self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// How many times outlier detection ejected the instance.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Ejects for `base * 2^(previous ejections)`, capped at `max`; returns the duration.
+    pub(crate) fn eject(&self, base: Duration, max: Duration) -> Duration {
+        let previous = self.ejections.fetch_add(1, Ordering::Relaxed).min(20);
+        let duration = base.saturating_mul(1 << previous).min(max);
+        let until = clock().saturating_add(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        self.ejected_until.store(until, Ordering::Relaxed);
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        duration
     }
 
     fn finish(&self, success: bool, latency: Duration) {
@@ -78,16 +111,23 @@ pub struct RequestGuard {
     load: Arc<InstanceLoad>,
     started: Instant,
     success: bool,
+    /// The balancer, when it does outlier detection.
+    balancer: Option<Arc<super::Inner>>,
 }
 
 impl RequestGuard {
-    pub(crate) fn start(instance: Arc<ServiceInstance>, load: Arc<InstanceLoad>) -> Self {
+    pub(super) fn start(
+        instance: Arc<ServiceInstance>,
+        load: Arc<InstanceLoad>,
+        balancer: Option<Arc<super::Inner>>,
+    ) -> Self {
         load.outstanding.fetch_add(1, Ordering::Relaxed);
         RequestGuard {
             instance,
             load,
             started: Instant::now(),
             success: true,
+            balancer,
         }
     }
 
@@ -118,5 +158,8 @@ impl std::ops::Deref for RequestGuard {
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         self.load.finish(self.success, self.started.elapsed());
+        if let (false, Some(balancer)) = (self.success, &self.balancer) {
+            super::consider_ejection(balancer, &self.load);
+        }
     }
 }

@@ -16,6 +16,9 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tracing::{debug, info};
 
 use arc_swap::{ArcSwap, Guard};
 use uuid::Uuid;
@@ -100,6 +103,33 @@ impl FromStr for Strategy {
     }
 }
 
+/// Passive outlier detection: callers report outcomes through [`RequestGuard`]s, and an
+/// instance with too many consecutive failures leaves this balancer's picks for a while.
+/// It never changes the instance's status for anyone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Consecutive failed requests that eject an instance (default 5).
+    pub consecutive_failures: u32,
+    /// First ejection length; each later one doubles (default 30 s).
+    pub base_ejection: Duration,
+    /// Longest ejection (default 5 min).
+    pub max_ejection: Duration,
+    /// Most of a service's eligible instances ejected at once, in percent (default 50;
+    /// at least one instance may always be ejected when there are two or more).
+    pub max_ejected_percent: u8,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
 /// Builds a [`Balancer`]; start with [`Mesh::balancer`](crate::Mesh::balancer).
 #[derive(Debug)]
 pub struct BalancerBuilder {
@@ -107,6 +137,7 @@ pub struct BalancerBuilder {
     slot: Arc<ServiceSlot>,
     strategy: Strategy,
     selection: Selection,
+    outliers: Option<OutlierDetection>,
 }
 
 impl BalancerBuilder {
@@ -116,7 +147,15 @@ impl BalancerBuilder {
             slot,
             strategy: Strategy::default(),
             selection: Selection::default(),
+            outliers: None,
         }
+    }
+
+    /// Ejects instances whose requests keep failing from this balancer's picks
+    /// (off by default).
+    pub fn outlier_detection(mut self, policy: OutlierDetection) -> Self {
+        self.outliers = Some(policy);
+        self
     }
 
     /// The strategy (default: smooth weighted round robin).
@@ -147,6 +186,7 @@ impl BalancerBuilder {
             slot: self.slot,
             strategy: self.strategy,
             selection: self.selection,
+            outliers: self.outliers,
         };
         Balancer {
             inner: Arc::new(inner),
@@ -188,6 +228,7 @@ struct Inner {
     slot: Arc<ServiceSlot>,
     strategy: Strategy,
     selection: Selection,
+    outliers: Option<OutlierDetection>,
     counter: AtomicUsize,
     /// Bumped when this peer's own exclusions change, to rebuild the table.
     epoch: AtomicU64,
@@ -241,9 +282,11 @@ impl Balancer {
     pub fn pick_guarded(&self) -> Result<RequestGuard> {
         let table = self.table();
         let index = self.index(&table, self.inner.strategy)?;
+        let outliers = self.inner.outliers.is_some().then(|| self.inner.clone());
         Ok(RequestGuard::start(
             table.candidates[index].clone(),
             table.loads[index].clone(),
+            outliers,
         ))
     }
 
@@ -254,7 +297,7 @@ impl Balancer {
 
     /// This peer's load figures for instance `id`, once it has been picked or listed.
     pub fn load(&self, id: Uuid) -> Option<Arc<InstanceLoad>> {
-        self.lock_loads().get(&id).cloned()
+        lock_loads(&self.inner).get(&id).cloned()
     }
 
     fn index(&self, table: &PickTable, strategy: Strategy) -> Result<usize> {
@@ -306,16 +349,20 @@ impl Balancer {
     }
 
     fn build_table(&self, snapshot: Arc<ServiceSnapshot>, epoch: u64) -> PickTable {
-        let candidates = self.inner.selection.candidates(snapshot.instances());
-        let loads = {
-            let mut loads = self.lock_loads();
+        let eligible = self.inner.selection.candidates(snapshot.instances());
+        let (mut candidates, mut loads) = (Vec::new(), Vec::new());
+        {
+            let mut known = lock_loads(&self.inner);
             // Forget instances that left the service; guards still hold their own Arc.
-            loads.retain(|id, _| snapshot.instances().iter().any(|i| i.id == *id));
-            candidates
-                .iter()
-                .map(|i| loads.entry(i.id).or_default().clone())
-                .collect()
-        };
+            known.retain(|id, _| snapshot.instances().iter().any(|i| i.id == *id));
+            for instance in eligible {
+                let load = known.entry(instance.id).or_default().clone();
+                if !load.is_ejected() {
+                    candidates.push(instance);
+                    loads.push(load);
+                }
+            }
+        }
         PickTable::new(snapshot, epoch, candidates, loads)
     }
 
@@ -324,9 +371,50 @@ impl Balancer {
             .selection
             .unavailable(&self.inner.service, table.source.instances())
     }
+}
 
-    fn lock_loads(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<InstanceLoad>>> {
-        self.inner.loads.lock().unwrap_or_else(|p| p.into_inner())
+fn lock_loads(inner: &Inner) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<InstanceLoad>>> {
+    inner.loads.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// After a failed request: ejects the instance when it failed often enough and the
+/// service can spare it, and schedules the table rebuild that brings it back.
+fn consider_ejection(inner: &Arc<Inner>, load: &Arc<InstanceLoad>) {
+    let Some(policy) = inner.outliers else { return };
+    if load.consecutive_failures() < policy.consecutive_failures || load.is_ejected() {
+        return;
+    }
+    let (eligible, ejected) = {
+        let table = inner.table.load();
+        let known = lock_loads(inner);
+        let eligible = inner.selection.candidates(table.source.instances());
+        let ejected = eligible
+            .iter()
+            .filter(|i| known.get(&i.id).is_some_and(|l| l.is_ejected()))
+            .count();
+        (eligible.len(), ejected)
+    };
+    let allowed = if eligible < 2 {
+        0
+    } else {
+        (eligible * usize::from(policy.max_ejected_percent) / 100).max(1)
+    };
+    if ejected >= allowed {
+        debug!(service = %inner.service, ejected, allowed, "not ejecting: too many instances already out");
+        return;
+    }
+    let duration = load.eject(policy.base_ejection, policy.max_ejection);
+    info!(service = %inner.service, ejection = load.ejections(), for_ms = duration.as_millis() as u64, "outlier ejected from picks");
+    inner.epoch.fetch_add(1, Ordering::Release);
+    // Bring it back when the ejection ends (the next pick rebuilds the table).
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let inner = Arc::downgrade(inner);
+        runtime.spawn(async move {
+            tokio::time::sleep(duration).await;
+            if let Some(inner) = inner.upgrade() {
+                inner.epoch.fetch_add(1, Ordering::Release);
+            }
+        });
     }
 }
 
