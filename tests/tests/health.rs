@@ -65,9 +65,8 @@ async fn http_verdicts_reach_a_peer_in_another_process_with_the_checks_output() 
         .monitor_health(&me, HealthCheck::http(), fast_policy())
         .unwrap();
 
-    let healthy = observer.expect_line(WAIT, "healthy", |v| {
-        v["event"] == "status" && v["id"] == id
-    });
+    let healthy =
+        observer.expect_line(WAIT, "healthy", |v| v["event"] == "status" && v["id"] == id);
     assert_eq!(
         (healthy["previous"].as_str(), healthy["current"].as_str()),
         (Some("starting"), Some("healthy"))

@@ -23,7 +23,14 @@ const EXAMPLES: &str = "Examples:
   prism ls --url nats://127.0.0.1:4222
   prism get orders --json
   prism watch orders
-  prism history --since 10m";
+  prism replay --since 1h --until 10m orders
+  prism at 2026-11-25T10:00:00Z
+  prism diff \"2h ago\" \"1h ago\"
+  prism register --service api --port 8080 --check-http /health -- ./api-server
+  prism health orders
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 cannot reach the server, 4 not found,
+5 a health check failed; `register` exits with its command's code (128 + signal).";
 
 #[derive(Subcommand)]
 enum Command {
@@ -46,11 +53,49 @@ enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Print the audit trail from the event stream.
-    History {
-        /// Start time: RFC 3339, or a humantime age such as `10m` (ago).
+    /// Print the audit trail from the event stream: who registered, changed status,
+    /// deregistered or expired, when and why.
+    #[command(alias = "history")]
+    Replay {
+        /// Start: RFC 3339, or an age such as `10m` or `"1h ago"` (default: the oldest kept).
         #[arg(long)]
         since: Option<String>,
+        /// End (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this service.
+        service: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// The registry as it was at a past moment, rebuilt from the event stream.
+    At {
+        /// RFC 3339, or an age such as `"1h ago"`.
+        time: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// What changed in the registry between two moments.
+    Diff {
+        /// From (RFC 3339 or an age).
+        from: String,
+        /// To (RFC 3339 or an age).
+        to: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Run a command as an instance of a service: register, heartbeat, report its health,
+    /// pass SIGTERM/SIGINT on, deregister when it exits, exit with its code.
+    Register(commands::sidecar::RegisterArgs),
+    /// Run the health checks of a service's instances now, from here.
+    Health {
+        /// Service name.
+        service: String,
+        /// Only this instance id.
+        instance: Option<String>,
+        /// Timeout per check.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -127,9 +172,29 @@ async fn main() -> ExitCode {
         Command::Watch { service, connect } => {
             commands::inspect::watch(service.as_deref(), &connect).await
         }
-        Command::History { since, connect } => {
-            commands::inspect::history(since.as_deref(), &connect).await
+        Command::Replay {
+            since,
+            until,
+            service,
+            connect,
+        } => {
+            commands::audit::replay(
+                since.as_deref(),
+                until.as_deref(),
+                service.as_deref(),
+                &connect,
+            )
+            .await
         }
+        Command::At { time, connect } => commands::audit::at(&time, &connect).await,
+        Command::Diff { from, to, connect } => commands::audit::diff(&from, &to, &connect).await,
+        Command::Register(args) => commands::sidecar::run(args).await,
+        Command::Health {
+            service,
+            instance,
+            timeout,
+            connect,
+        } => commands::health::run(&service, instance.as_deref(), timeout, &connect).await,
         Command::Announce(args) => commands::announce::run(args).await,
     };
     match result {

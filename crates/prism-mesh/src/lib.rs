@@ -55,4 +55,7 @@ pub use mesh::{Mesh, MeshBuilder};
 pub use metrics::{MetricsEndpoint, StatsSnapshot};
 pub use owner::Registration;
 pub use store::MemoryStore;
-pub use view::{EventFilter, EventKind, EventStream, MeshEvent, ServiceSlot, ServiceSnapshot};
+pub use view::{
+    diff_registries, registry_at, EventFilter, EventKind, EventStream, MeshEvent, RegistryDiff,
+    ServiceSlot, ServiceSnapshot,
+};

@@ -611,10 +611,20 @@ impl Mesh {
         &self,
         since: Option<std::time::SystemTime>,
     ) -> Result<Vec<crate::protocol::EventRecord>> {
+        self.event_history_with_progress(since, |_, _| {}).await
+    }
+
+    /// [`event_history`](Mesh::event_history), calling `progress(done, total)` every
+    /// 10,000 messages on long replays.
+    pub async fn event_history_with_progress(
+        &self,
+        since: Option<std::time::SystemTime>,
+        progress: impl Fn(u64, u64) + Send + Sync,
+    ) -> Result<Vec<crate::protocol::EventRecord>> {
         let (records, malformed) = self
             .inner
             .store
-            .event_history(&self.inner.event_stream, since)
+            .event_history(&self.inner.event_stream, since, &progress)
             .await?;
         if malformed > 0 {
             warn!(
@@ -623,6 +633,16 @@ impl Mesh {
             );
         }
         Ok(records)
+    }
+
+    /// The registry as it was at `at`, rebuilt from the audit trail (see
+    /// [`registry_at`](crate::registry_at)); as complete as the event stream's retention.
+    pub async fn registry_at(
+        &self,
+        at: std::time::SystemTime,
+    ) -> Result<std::collections::BTreeMap<Uuid, ServiceInstance>> {
+        let records = self.event_history(None).await?;
+        Ok(crate::view::registry_at(&records, at))
     }
 
     /// Counters of this peer.

@@ -1,4 +1,4 @@
-//! Read-only commands: `ls`, `get`, `watch`, `history`.
+//! Read-only commands: `ls`, `get`, `watch`.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use futures::StreamExt;
 use prism_mesh::EventFilter;
 use serde_json::json;
 
-use crate::output::{event_line, instance_row, record_line, INSTANCE_HEADER};
+use crate::output::{event_line, instance_row, INSTANCE_HEADER};
 use crate::{CliError, ConnectArgs};
 
 pub async fn ls(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
@@ -89,17 +89,6 @@ pub async fn watch(service: Option<&str>, connect: &ConnectArgs) -> Result<ExitC
             },
             _ = tokio::signal::ctrl_c() => break,
         }
-    }
-    mesh.shutdown().await;
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn history(since: Option<&str>, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
-    let since = since.map(parse_time).transpose()?;
-    let mesh = connect.connect().await?;
-    let records = mesh.event_history(since).await?;
-    for record in &records {
-        println!("{}", record_line(record, connect.json));
     }
     mesh.shutdown().await;
     Ok(ExitCode::SUCCESS)

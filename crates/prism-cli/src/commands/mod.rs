@@ -1,5 +1,8 @@
-//! One module per command family.
+//! One module per group of subcommands.
 
 pub mod announce;
+pub mod audit;
 pub mod demo;
+pub mod health;
 pub mod inspect;
+pub mod sidecar;

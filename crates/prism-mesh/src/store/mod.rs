@@ -142,6 +142,7 @@ impl Store {
         &self,
         event_stream: &str,
         since: Option<std::time::SystemTime>,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(Vec<EventRecord>, u64)> {
         match self {
             Store::Memory(store) => Ok((
@@ -152,7 +153,7 @@ impl Store {
                     .collect(),
                 0,
             )),
-            Store::Nats(store) => store.event_history(event_stream, since).await,
+            Store::Nats(store) => store.event_history(event_stream, since, progress).await,
         }
     }
 

@@ -345,6 +345,7 @@ impl NatsStore {
         &self,
         event_stream: &str,
         since: Option<SystemTime>,
+        progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(Vec<EventRecord>, u64)> {
         let stream = self.inner.js.get_stream(event_stream).await.map_err(|e| {
             Error::with_source(
@@ -369,6 +370,7 @@ impl NatsStore {
                 Error::with_source(ErrorKind::Transport, "cannot create replay consumer", e)
             })?;
         let mut pending = consumer.cached_info().num_pending;
+        let total = pending;
         let mut records = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
         let mut malformed = 0;
         if pending > 0 {
@@ -383,6 +385,10 @@ impl NatsStore {
                     Error::with_source(ErrorKind::Transport, "replay consumer failed", e)
                 })?;
                 pending = message.info().map(|i| i.pending).unwrap_or(0);
+                let done = total.saturating_sub(pending);
+                if done % PROGRESS_EVERY == 0 || pending == 0 {
+                    progress(done, total);
+                }
                 match EventRecord::decode(&message.payload) {
                     Ok(record) => records.push(record),
                     Err(e) => {
@@ -608,6 +614,9 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
 }
 
 /// Reads one raw bucket message; `None` for a subject outside the bucket.
+/// Replays report progress every this many messages.
+const PROGRESS_EVERY: u64 = 10_000;
+
 /// Where a watch message sits: how many the server still holds for us, and when it was
 /// stored (unix nanoseconds).
 struct Position {

@@ -6,6 +6,7 @@
 //! resulting events to subscribers. Readers never wait for it.
 
 mod events;
+mod history;
 mod registry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,6 +20,7 @@ use uuid::Uuid;
 
 pub(crate) use events::EventBus;
 pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
+pub use history::{diff_registries, registry_at, RegistryDiff};
 pub(crate) use registry::RegistryView;
 pub use registry::{ServiceSlot, ServiceSnapshot};
 

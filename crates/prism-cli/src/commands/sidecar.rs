@@ -1,0 +1,177 @@
+//! `prism register -- <command>`: a sidecar that puts any process in the mesh. It
+//! registers the instance, runs the command, reports its health, passes SIGTERM and
+//! SIGINT on to it, and deregisters when it exits, exiting with the child's code.
+
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::Args;
+use prism_mesh::{HealthCheck, HealthPolicy, InstanceStatus, Mesh, ServiceInstance};
+use tracing::warn;
+
+use crate::{CliError, ConnectArgs};
+
+#[derive(Args)]
+pub struct RegisterArgs {
+    /// Service name.
+    #[arg(long)]
+    pub service: String,
+    /// Port the process listens on.
+    #[arg(long)]
+    pub port: u16,
+    /// Host peers should use.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// HTTP path to check (e.g. /health): the instance is Healthy while it answers 2xx.
+    /// Without it the instance is Healthy as soon as the process runs.
+    #[arg(long)]
+    pub check_http: Option<String>,
+    /// Time between health checks.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub check_interval: Duration,
+    /// Tags (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Load-balancing weight.
+    #[arg(long, default_value_t = prism_mesh::DEFAULT_WEIGHT)]
+    pub weight: u32,
+    /// Instance TTL.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ttl: Duration,
+    /// Heartbeat interval.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub heartbeat: Duration,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
+    let mut builder =
+        ServiceInstance::builder(&args.service, &args.host, args.port).weight(args.weight);
+    for tag in &args.tags {
+        builder = builder.tag(tag);
+    }
+    if let Some(path) = &args.check_http {
+        builder = builder.metadata(prism_mesh::health::HEALTH_ENDPOINT_KEY, path.as_str());
+    }
+    let instance = builder.build()?;
+    let mesh = Mesh::builder()
+        .nats(args.connect.options())
+        .instance_ttl(args.ttl)
+        .heartbeat_interval(args.heartbeat)
+        .connect()
+        .await?;
+
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| CliError::Usage("no command given after --".into()))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(rest)
+        .stdin(Stdio::inherit())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| CliError::Other(format!("cannot start {program:?}: {e}")))?;
+    let me = mesh.register(instance).await?;
+    let _monitor = match &args.check_http {
+        Some(_) => Some(mesh.monitor_health(
+            &me,
+            HealthCheck::http(),
+            HealthPolicy {
+                interval: args.check_interval,
+                rise: 1,
+                fall: 2,
+                ..HealthPolicy::default()
+            },
+        )?),
+        None => {
+            me.set_status(InstanceStatus::Healthy, Some("process started"))
+                .await?;
+            None
+        }
+    };
+    eprintln!(
+        "prism: {} registered as {}/{}",
+        program,
+        args.service,
+        me.id()
+    );
+
+    let status = wait_passing_signals(&mut child).await?;
+    let reason = match (status.code(), signal_of(&status)) {
+        (Some(code), _) => format!("process exited with code {code}"),
+        (None, Some(signal)) => format!("process killed by signal {signal}"),
+        _ => "process exited".to_string(),
+    };
+    if let Err(e) = me.set_status(InstanceStatus::Stopping, Some(&reason)).await {
+        warn!(error = %e, "could not announce stopping");
+    }
+    me.deregister(Some(&reason)).await?;
+    mesh.shutdown().await;
+    // Like a shell: the child's code, or 128 + the signal that ended it.
+    let code = status
+        .code()
+        .or_else(|| signal_of(&status).map(|s| 128 + s))
+        .unwrap_or(1);
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+#[cfg(unix)]
+fn signal_of(status: &std::process::ExitStatus) -> Option<i32> {
+    std::os::unix::process::ExitStatusExt::signal(status)
+}
+
+#[cfg(not(unix))]
+fn signal_of(_: &std::process::ExitStatus) -> Option<i32> {
+    None
+}
+
+/// Waits for the child, passing SIGTERM and SIGINT on to it.
+#[cfg(unix)]
+async fn wait_passing_signals(
+    child: &mut tokio::process::Child,
+) -> Result<std::process::ExitStatus, CliError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen =
+        |kind| signal(kind).map_err(|e| CliError::Other(format!("cannot listen for signals: {e}")));
+    let (mut term, mut int) = (
+        listen(SignalKind::terminate())?,
+        listen(SignalKind::interrupt())?,
+    );
+    let pid = child.id();
+    loop {
+        tokio::select! {
+            status = child.wait() => return status.map_err(|e| CliError::Other(format!("waiting for the process: {e}"))),
+            _ = term.recv() => forward(pid, "TERM"),
+            _ = int.recv() => forward(pid, "INT"),
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_passing_signals(
+    child: &mut tokio::process::Child,
+) -> Result<std::process::ExitStatus, CliError> {
+    child
+        .wait()
+        .await
+        .map_err(|e| CliError::Other(format!("waiting for the process: {e}")))
+}
+
+/// Sends a signal to the child with kill(1): no unsafe code, no extra dependency.
+#[cfg(unix)]
+fn forward(pid: Option<u32>, signal: &str) {
+    if let Some(pid) = pid {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status();
+        if !sent.is_ok_and(|s| s.success()) {
+            warn!(pid, signal, "could not pass the signal on");
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! Every `prism` command against a real nats-server: output, --json, exit codes, errors,
+//! the audit trail and the sidecar.
+
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use prism_mesh::{EventKind, InstanceStatus, Mesh, MeshEvent, ServiceInstance};
+use prism_tests::{
+    fast_mesh, free_port, wait_event, wait_view, NatsServer, PeerProcess, TestHttpServer,
+};
+use serde_json::Value;
+
+const PRISM: &str = env!("CARGO_BIN_EXE_prism");
+const WAIT: Duration = Duration::from_secs(10);
+
+fn prism(args: &[&str]) -> Output {
+    Command::new(PRISM)
+        .args(args)
+        .env_remove("NATS_URL")
+        .output()
+        .expect("run prism")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_clean_error(output: &Output, code: i32, needle: &str) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "{stderr:?} lacks {needle:?}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+async fn owner_with(
+    server: &NatsServer,
+    service: &str,
+    ports: &[u16],
+) -> (Mesh, Vec<prism_mesh::Registration>) {
+    let mesh = fast_mesh(&server.url()).connect().await.unwrap();
+    let mut registrations = Vec::new();
+    for port in ports {
+        let instance = ServiceInstance::builder(service, "127.0.0.1", *port)
+            .tag("cli")
+            .build()
+            .unwrap();
+        registrations.push(mesh.register(instance).await.unwrap());
+    }
+    wait_view(&mesh, service, WAIT, "registered", |v| {
+        v.len() == ports.len()
+    })
+    .await;
+    (mesh, registrations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_and_get_show_the_view_as_tables_and_json_with_meaningful_exit_codes() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (mesh, registrations) = owner_with(&server, "catalog", &[8101, 8102]).await;
+    registrations[0]
+        .set_status(InstanceStatus::Healthy, None)
+        .await
+        .unwrap();
+    wait_view(&mesh, "catalog", WAIT, "healthy", |v| {
+        v.iter().any(|i| i.status == InstanceStatus::Healthy)
+    })
+    .await;
+
+    let ls = prism(&["ls", "--url", &url]);
+    assert!(ls.status.success());
+    let out = text(&ls.stdout);
+    assert!(
+        out.contains("catalog") && out.contains("healthy=1") && out.contains("starting=1"),
+        "{out}"
+    );
+    let ls = prism(&["ls", "--url", &url, "--json"]);
+    let value: Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(value[0]["service"], "catalog");
+    assert_eq!(value[0]["instances"], 2);
+
+    let get = prism(&["get", "catalog", "--url", &url]);
+    let out = text(&get.stdout);
+    assert!(
+        out.contains("http://127.0.0.1:8101") && out.contains("cli") && out.contains("STATUS"),
+        "{out}"
+    );
+    let get = prism(&["get", "catalog", "--url", &url, "--json"]);
+    let value: Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(value.as_array().unwrap().len(), 2);
+
+    assert_clean_error(
+        &prism(&["get", "nobody", "--url", &url]),
+        4,
+        "no live instance of service \"nobody\"",
+    );
+    assert_clean_error(&prism(&["get", "bad.name", "--url", &url]), 1, "'.'");
+    let dead = format!("nats://127.0.0.1:{}", free_port());
+    assert_clean_error(&prism(&["ls", "--url", &dead]), 3, &dead);
+    assert_clean_error(
+        &prism(&["replay", "--since", "the day before", "--url", &url]),
+        2,
+        "cannot read time",
+    );
+    let help = prism(&["--help"]);
+    assert!(help.status.success() && text(&help.stdout).contains("Examples:"));
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_live_events_one_json_object_a_line() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (mesh, _registrations) = owner_with(&server, "watched", &[8201]).await;
+    let mut watch = PeerProcess::spawn(PRISM, &["watch", "watched", "--url", &url, "--json"]);
+    watch.expect_line(WAIT, "current instance", |v| {
+        v["event"] == "registered" && v["url"] == "http://127.0.0.1:8201"
+    });
+    let late = mesh
+        .register(
+            ServiceInstance::builder("watched", "127.0.0.1", 8202)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    late.set_status(InstanceStatus::Healthy, Some("ready"))
+        .await
+        .unwrap();
+    watch.expect_line(WAIT, "new instance", |v| {
+        v["event"] == "registered" && v["url"] == "http://127.0.0.1:8202"
+    });
+    let status = watch.expect_line(WAIT, "status change", |v| v["event"] == "status");
+    assert_eq!(status["detail"], "starting -> healthy");
+    assert_eq!(status["reason"], "ready");
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_at_and_diff_rebuild_the_past_from_the_event_stream() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let live = fast_mesh(&server.url()).connect().await.unwrap();
+    let (owner, registrations) = owner_with(&server, "audited", &[8301, 8302, 8303]).await;
+    registrations[0]
+        .set_status(InstanceStatus::Healthy, Some("warm"))
+        .await
+        .unwrap();
+    registrations[1]
+        .deregister(Some("scaled in"))
+        .await
+        .unwrap();
+    wait_view(&live, "audited", WAIT, "settled", |v| {
+        v.len() == 2 && v.iter().any(|i| i.status == InstanceStatus::Healthy)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let moment = SystemTime::now();
+    let seen_then: Vec<(String, String)> = {
+        let mut v: Vec<_> = live
+            .discover("audited")
+            .iter()
+            .map(|i| (i.id.to_string(), i.status.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Later changes must not show at `moment`.
+    registrations[2]
+        .set_status(InstanceStatus::Unhealthy, Some("disk full"))
+        .await
+        .unwrap();
+    let added = owner
+        .register(
+            ServiceInstance::builder("audited", "127.0.0.1", 8304)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    registrations[0].deregister(Some("rolled")).await.unwrap();
+    wait_view(&live, "audited", WAIT, "later state", |v| {
+        v.len() == 2 && v.iter().any(|i| i.id == added.id())
+    })
+    .await;
+
+    let stamp = humantime::format_rfc3339_micros(moment).to_string();
+    let at = prism(&["at", &stamp, "--url", &url, "--json"]);
+    assert!(at.status.success(), "{}", text(&at.stderr));
+    let value: Value = serde_json::from_slice(&at.stdout).unwrap();
+    let mut rebuilt: Vec<(String, String)> = value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_string(),
+                i["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    rebuilt.sort();
+    assert_eq!(
+        rebuilt, seen_then,
+        "prism at differs from what a live peer held at that moment"
+    );
+
+    let diff = prism(&["diff", &stamp, "0s ago", "--url", &url]);
+    let out = text(&diff.stdout);
+    assert!(out.contains(&format!("+ audited/{}", added.id())), "{out}");
+    assert!(
+        out.contains(&format!("- audited/{}", registrations[0].id())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("~ audited/{}", registrations[2].id()))
+            && out.contains("starting -> unhealthy"),
+        "{out}"
+    );
+
+    let replay = prism(&["replay", "audited", "--until", &stamp, "--url", &url]);
+    let out = text(&replay.stdout);
+    assert!(
+        out.contains("deregistered") && out.contains("(scaled in)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("disk full"),
+        "--until cut the later events: {out}"
+    );
+    let replay = prism(&["replay", "--since", &stamp, "--url", &url, "--json"]);
+    let events: Vec<Value> = text(&replay.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "status" && e["reason"] == "disk full"));
+    assert!(
+        events.iter().all(|e| e["reason"] != "scaled in"),
+        "--since cut the earlier events"
+    );
+    owner.shutdown().await;
+    live.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_registers_a_process_reports_health_and_passes_on_exit_codes_and_sigterm() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let watcher = fast_mesh(&server.url()).connect().await.unwrap();
+    let mut events = watcher.subscribe_filtered(prism_mesh::EventFilter::service("sidecar"));
+
+    // Exit code passes through; peers see the registration, then the deregistration.
+    let run = Command::new(PRISM)
+        .args([
+            "register",
+            "--service",
+            "sidecar",
+            "--port",
+            "8401",
+            "--url",
+            &url,
+            "--ttl",
+            "2s",
+            "--heartbeat",
+            "500ms",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.5; exit 7",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(7), "{}", text(&run.stderr));
+    wait_event(&mut events, WAIT, "registered", |e| {
+        e.kind() == EventKind::Registered
+    })
+    .await;
+    match wait_event(&mut events, WAIT, "deregistered", |e| {
+        e.kind() == EventKind::Deregistered
+    })
+    .await
+    {
+        MeshEvent::Deregistered { reason, .. } => {
+            assert_eq!(reason.as_deref(), Some("process exited with code 7"))
+        }
+        _ => unreachable!(),
+    }
+
+    // With an HTTP check; SIGTERM goes to the child, and its death by signal is our code.
+    let http = TestHttpServer::start().await;
+    let port = http.port().to_string();
+    let sidecar = std::process::Command::new(PRISM)
+        .args([
+            "register",
+            "--service",
+            "sidecar",
+            "--port",
+            &port,
+            "--check-http",
+            "/health",
+            "--check-interval",
+            "200ms",
+            "--url",
+            &url,
+            "--ttl",
+            "2s",
+            "--heartbeat",
+            "500ms",
+            "--",
+            "sleep",
+            "30",
+        ])
+        .spawn()
+        .unwrap();
+    match wait_event(&mut events, WAIT, "healthy", |e| {
+        e.kind() == EventKind::StatusChanged
+    })
+    .await
+    {
+        MeshEvent::StatusChanged {
+            current, reason, ..
+        } => {
+            assert_eq!(current, InstanceStatus::Healthy);
+            assert!(reason.unwrap().contains("HTTP 200"));
+        }
+        _ => unreachable!(),
+    }
+    let pid = sidecar.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let output = sidecar.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(128 + 15),
+        "SIGTERM reached the child and its end is our exit code"
+    );
+    match wait_event(&mut events, WAIT, "deregistered", |e| {
+        e.kind() == EventKind::Deregistered
+    })
+    .await
+    {
+        MeshEvent::Deregistered { reason, .. } => {
+            assert_eq!(reason.as_deref(), Some("process killed by signal 15"))
+        }
+        _ => unreachable!(),
+    }
+    watcher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_runs_checks_on_demand_and_exits_5_when_one_fails() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let http = TestHttpServer::start().await;
+    let (mesh, _up) = owner_with(&server, "probed", &[http.port()]).await;
+    let ok = prism(&["health", "probed", "--url", &url]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).contains("passing") && text(&ok.stdout).contains("HTTP 200"));
+
+    let closed = free_port();
+    let down = mesh
+        .register(
+            ServiceInstance::builder("probed", "127.0.0.1", closed)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    wait_view(&mesh, "probed", WAIT, "two", |v| v.len() == 2).await;
+    let bad = prism(&[
+        "health",
+        "probed",
+        "--url",
+        &url,
+        "--json",
+        "--timeout",
+        "2s",
+    ]);
+    assert_eq!(bad.status.code(), Some(5));
+    let lines: Vec<Value> = text(&bad.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines
+        .iter()
+        .any(|l| l["passing"] == false && l["id"] == down.id().to_string()));
+    let one = prism(&["health", "probed", &down.id().to_string(), "--url", &url]);
+    assert_eq!(one.status.code(), Some(5));
+    assert_clean_error(
+        &prism(&["health", "probed", "not-a-uuid", "--url", &url]),
+        2,
+        "not an instance id",
+    );
+    mesh.shutdown().await;
+}
