@@ -33,6 +33,7 @@ mod mesh;
 mod metrics;
 mod owner;
 pub mod protocol;
+pub mod settings;
 mod store;
 mod util;
 mod view;
@@ -47,5 +48,6 @@ pub use instance::{
 pub use mesh::{Mesh, MeshBuilder};
 pub use metrics::StatsSnapshot;
 pub use owner::Registration;
+pub use settings::DiscoverySettings;
 pub use store::MemoryStore;
 pub use view::{EventFilter, EventKind, EventStream, MeshEvent, ServiceSlot, ServiceSnapshot};
