@@ -41,7 +41,10 @@ fn rejected(yaml: &str, vars: &[(&str, &str)]) -> String {
 
 fn assert_mentions(message: &str, parts: &[&str]) {
     for part in parts {
-        assert!(message.contains(part), "{message:?} should mention {part:?}");
+        assert!(
+            message.contains(part),
+            "{message:?} should mention {part:?}"
+        );
     }
 }
 
@@ -57,7 +60,10 @@ fn shipped_dev_file_loads_with_memory_backend_and_no_environment() {
     let settings = DiscoverySettings::from_file_with(&path, &env(&[])).unwrap();
     assert_eq!(settings.backend, BackendKind::Memory);
     assert_eq!(settings.nats.urls, ["nats://127.0.0.1:4222"]);
-    assert_eq!(settings.nats.token, None, "`${{NATS_TOKEN:-}}` unset means no token");
+    assert_eq!(
+        settings.nats.token, None,
+        "`${{NATS_TOKEN:-}}` unset means no token"
+    );
     assert_eq!(settings.nats.storage, StorageKind::Memory);
     assert_eq!(settings.nats.client_name.as_deref(), Some("prism-dev"));
     assert_eq!(settings.instance_ttl, Duration::from_secs(10));
@@ -160,7 +166,10 @@ fn shipped_production_file_loads_cluster_tls_and_creds_from_required_variables()
         settings.load_balancing.services.get("sessions"),
         Some(&Strategy::ConsistentHash)
     );
-    assert_eq!(settings.metrics.listen, Some("0.0.0.0:9464".parse().unwrap()));
+    assert_eq!(
+        settings.metrics.listen,
+        Some("0.0.0.0:9464".parse().unwrap())
+    );
     settings.mesh_builder().unwrap();
 
     // Defaults of the optional variables.
@@ -169,7 +178,10 @@ fn shipped_production_file_loads_cluster_tls_and_creds_from_required_variables()
         &env(&[("NATS_CREDS_FILE", "/run/secrets/orders.creds")]),
     )
     .unwrap();
-    assert_eq!(settings.nats.tls_ca, Some(PathBuf::from("/etc/nats/tls/ca.pem")));
+    assert_eq!(
+        settings.nats.tls_ca,
+        Some(PathBuf::from("/etc/nats/tls/ca.pem"))
+    );
     assert_eq!(settings.nats.client_name.as_deref(), Some("prism-service"));
 }
 
@@ -363,10 +375,7 @@ service_discovery:
     assert_eq!(settings.instance_ttl, Duration::from_secs(20));
     assert_eq!(settings.heartbeat_interval, Duration::from_secs(4));
     assert_eq!(settings.health_check_interval, Duration::from_secs(60));
-    assert_eq!(
-        settings.load_balancing.strategy,
-        Strategy::LeastOutstanding
-    );
+    assert_eq!(settings.load_balancing.strategy, Strategy::LeastOutstanding);
 
     let users = parse(
         yaml,
@@ -416,7 +425,8 @@ fn nats_url_is_used_only_when_no_url_is_configured_anywhere() {
     assert_eq!(settings.nats.urls, ["nats://from-nats-url:4222"]);
     let settings = parse(bare, &[]).unwrap();
     assert_eq!(settings.nats.urls, ["nats://127.0.0.1:4222"]);
-    let configured = "service_discovery:\n  backend_config:\n    nats:\n      url: nats://file:4222\n";
+    let configured =
+        "service_discovery:\n  backend_config:\n    nats:\n      url: nats://file:4222\n";
     let settings = parse(configured, &[("NATS_URL", "nats://from-nats-url:4222")]).unwrap();
     assert_eq!(settings.nats.urls, ["nats://file:4222"]);
     let from_env = DiscoverySettings::from_env_with(&env(&[
@@ -429,9 +439,7 @@ fn nats_url_is_used_only_when_no_url_is_configured_anywhere() {
 
 #[test]
 fn secrets_never_appear_in_error_messages_or_debug_output() {
-    let nats = |body: &str| {
-        format!("service_discovery:\n  backend_config:\n    nats:\n{body}")
-    };
+    let nats = |body: &str| format!("service_discovery:\n  backend_config:\n    nats:\n{body}");
     let failing = [
         // A secret in a type error.
         nats(&format!("      token: [{SECRET_TOKEN}]\n")),
@@ -447,17 +455,16 @@ fn secrets_never_appear_in_error_messages_or_debug_output() {
         nats(&format!(
             "      user: u\n      password: {SECRET_PASSWORD}${{UNSET}}\n"
         )),
-        nats(&format!("      user: u\n      password: {SECRET_PASSWORD}${{\n")),
+        nats(&format!(
+            "      user: u\n      password: {SECRET_PASSWORD}${{\n"
+        )),
         // A misspelled key holding a secret.
         nats(&format!("      passwd: {SECRET_PASSWORD}\n")),
     ];
     for yaml in &failing {
         let message = rejected(yaml, &[("SEED", SECRET_SEED)]);
         assert_no_secret(&message);
-        assert_no_secret(&format!(
-            "{:?}",
-            parse(yaml, &[]).expect_err("rejected")
-        ));
+        assert_no_secret(&format!("{:?}", parse(yaml, &[]).expect_err("rejected")));
     }
     let message = rejected(
         "service_discovery: {}\n",
@@ -471,12 +478,20 @@ fn secrets_never_appear_in_error_messages_or_debug_output() {
     // Loaded settings: Debug of the settings and of the builder shows where a secret is,
     // never what it is.
     let loaded = [
-        (nats(&format!("      token: {SECRET_TOKEN}\n")), "token: Some(\"<redacted>\")"),
         (
-            nats(&format!("      user: app\n      password: {SECRET_PASSWORD}\n")),
+            nats(&format!("      token: {SECRET_TOKEN}\n")),
+            "token: Some(\"<redacted>\")",
+        ),
+        (
+            nats(&format!(
+                "      user: app\n      password: {SECRET_PASSWORD}\n"
+            )),
             "user: Some(\"app\")",
         ),
-        (nats("      nkey_seed: ${SEED}\n"), "nkey_seed: Some(\"<redacted>\")"),
+        (
+            nats("      nkey_seed: ${SEED}\n"),
+            "nkey_seed: Some(\"<redacted>\")",
+        ),
         (
             nats(&format!("      url: nats://app:{SECRET_PASSWORD}@h:4222\n")),
             "nats://<redacted>@h:4222",

@@ -332,8 +332,8 @@ impl DiscoverySettings {
         }
         let mut path = vec![SECTION.to_string()];
         expand_tree(&mut section, &mut path, origin, env)?;
-        let raw: RawSection = serde_path_to_error::deserialize(section)
-            .map_err(|e| structure_error(origin, &e))?;
+        let raw: RawSection =
+            serde_path_to_error::deserialize(section).map_err(|e| structure_error(origin, &e))?;
         Loader::new(origin, env).load(raw)
     }
 
@@ -345,7 +345,9 @@ impl DiscoverySettings {
 
     /// Like [`from_env`](Self::from_env) with the environment given by `env`.
     pub fn from_env_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
-        Loader::new("environment", env).load(RawSection::default())
+        let mut loader = Loader::new("environment", env);
+        loader.from_file = false;
+        loader.load(RawSection::default())
     }
 
     /// The mesh timing of these settings.
@@ -366,10 +368,9 @@ impl DiscoverySettings {
         timing
             .validate()
             .map_err(|e| config_error(format!("{source}: {SECTION}: {}", bare(&e))))?;
-        let selection = self
-            .load_balancing
-            .selection()
-            .map_err(|e| config_error(format!("{source}: {SECTION}.load_balancing: {}", bare(&e))))?;
+        let selection = self.load_balancing.selection().map_err(|e| {
+            config_error(format!("{source}: {SECTION}.load_balancing: {}", bare(&e)))
+        })?;
         let mut builder = Mesh::builder().timing(timing);
         builder = match self.backend {
             BackendKind::Memory => builder.memory(),
@@ -694,7 +695,10 @@ impl<'de> Deserialize<'de> for UrlList {
     }
 }
 
-fn structure_error(origin: &str, error: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> Error {
+fn structure_error(
+    origin: &str,
+    error: &serde_path_to_error::Error<serde_yaml_ng::Error>,
+) -> Error {
     let mut path = error.path().to_string();
     let mut message = error.inner().to_string();
     // Name the unknown field in the path (when the path does not end with it already).
@@ -706,12 +710,12 @@ fn structure_error(origin: &str, error: &serde_path_to_error::Error<serde_yaml_n
             } else if path.rsplit('.').next() != Some(field) {
                 path = format!("{path}.{field}");
             }
-            message = format!("unknown key `{field}`{}", &rest[end + 1..]);
-            message = message.replace(", expected one of", " (expected one of") + ")";
-            message = message.replace(", expected `", " (expected `");
-            if !message.contains("(expected") {
-                message.pop();
-            }
+            // serde says "unknown field `x`, expected one of `a`, `b`" (or "expected `a`",
+            // or "there are no fields").
+            message = match rest[end + 1..].strip_prefix(", ") {
+                Some(hint) => format!("unknown key `{field}` ({hint})"),
+                None => format!("unknown key `{field}`"),
+            };
         }
     }
     let full = if path == "." {
@@ -740,6 +744,8 @@ struct Loader<'a> {
     env: &'a dyn Fn(&str) -> Option<String>,
     /// Keys (below the section) whose value came from an environment variable.
     overridden: BTreeMap<&'static str, &'static str>,
+    /// False for [`DiscoverySettings::from_env`]: there is no file to name.
+    from_file: bool,
 }
 
 impl<'a> Loader<'a> {
@@ -748,6 +754,7 @@ impl<'a> Loader<'a> {
             origin,
             env,
             overridden: BTreeMap::new(),
+            from_file: true,
         }
     }
 
@@ -760,9 +767,12 @@ impl<'a> Loader<'a> {
     fn fail(&self, place: &Place<'_>, message: impl fmt::Display) -> Error {
         match place {
             Place::Key(key) => match self.overridden.get(key) {
-                Some(var) => config_error(format!(
+                Some(var) if self.from_file => config_error(format!(
                     "environment variable {var} (overriding {SECTION}.{key} of {}): {message}",
                     self.origin
+                )),
+                Some(var) => config_error(format!(
+                    "environment variable {var} ({SECTION}.{key}): {message}"
                 )),
                 None => config_error(format!("{}: {SECTION}.{key}: {message}", self.origin)),
             },
@@ -806,13 +816,11 @@ impl<'a> Loader<'a> {
             ..DiscoverySettings::default()
         };
 
-        if let Some(backend) =
-            self.layered("backend", raw.backend, Some("PRISM_BACKEND"), |s| {
-                non_empty(s)
-                    .map(|t| t.parse::<BackendKind>().map_err(|e| bare(&e)))
-                    .transpose()
-            })?
-        {
+        if let Some(backend) = self.layered("backend", raw.backend, Some("PRISM_BACKEND"), |s| {
+            non_empty(s)
+                .map(|t| t.parse::<BackendKind>().map_err(|e| bare(&e)))
+                .transpose()
+        })? {
             settings.backend = backend;
         }
 
@@ -930,7 +938,9 @@ impl<'a> Loader<'a> {
                 settings.metrics.listen = Some(text.parse::<SocketAddr>().map_err(|_| {
                     self.at(
                         "metrics.listen",
-                        format!("invalid address {text:?} (expected ip:port, such as 127.0.0.1:9464)"),
+                        format!(
+                            "invalid address {text:?} (expected ip:port, such as 127.0.0.1:9464)"
+                        ),
                     )
                 })?);
             }
@@ -987,7 +997,8 @@ impl<'a> Loader<'a> {
         }
         if urls.is_none() {
             if let Some(text) = self.var("NATS_URL") {
-                self.overridden.insert("backend_config.nats.url", "NATS_URL");
+                self.overridden
+                    .insert("backend_config.nats.url", "NATS_URL");
                 urls = Some(("backend_config.nats.url", split_urls(&text)));
             }
         }
@@ -1142,9 +1153,12 @@ impl<'a> Loader<'a> {
             }
             (None, None) => {}
         }
-        if let Some(required) =
-            self.layered("backend_config.nats.tls.required", tls.required, None, parse_bool)?
-        {
+        if let Some(required) = self.layered(
+            "backend_config.nats.tls.required",
+            tls.required,
+            None,
+            parse_bool,
+        )? {
             nats.tls_required = required;
         }
 
@@ -1175,9 +1189,12 @@ impl<'a> Loader<'a> {
                 .map_err(|e| self.at("backend_config.nats.subject_prefix", bare(&e)))?;
             nats.subject_prefix = prefix;
         }
-        if let Some(replicas) =
-            self.layered("backend_config.nats.replicas", raw.replicas, None, parse_count)?
-        {
+        if let Some(replicas) = self.layered(
+            "backend_config.nats.replicas",
+            raw.replicas,
+            None,
+            parse_count,
+        )? {
             if !(1..=5).contains(&replicas) {
                 return Err(self.at(
                     "backend_config.nats.replicas",
@@ -1360,11 +1377,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        move |name| {
-            vars.iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        }
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
     fn load(yaml: &str, vars: &[(&str, &str)]) -> Result<DiscoverySettings> {
@@ -1389,9 +1402,13 @@ mod tests {
         assert_eq!(expand_str("${B:-a:b/c}", &env).unwrap(), "a:b/c");
         assert_eq!(expand_str("$${A}", &env).unwrap(), "${A}");
         assert_eq!(expand_str("pa$word$", &env).unwrap(), "pa$word$");
-        assert!(expand_str("${A", &env).unwrap_err().contains("unterminated"));
+        assert!(expand_str("${A", &env)
+            .unwrap_err()
+            .contains("unterminated"));
         assert!(expand_str("${}", &env).unwrap_err().contains("invalid"));
-        assert!(expand_str("${B}", &env).unwrap_err().contains("B is not set"));
+        assert!(expand_str("${B}", &env)
+            .unwrap_err()
+            .contains("B is not set"));
     }
 
     #[test]
@@ -1401,7 +1418,10 @@ mod tests {
         assert_eq!(settings.backend, BackendKind::Memory);
         assert_eq!(settings.timing(), Timing::default());
         assert_eq!(settings.nats.urls, [DEFAULT_NATS_URL]);
-        assert_eq!(settings.health_check_interval, defaults.health_check_interval);
+        assert_eq!(
+            settings.health_check_interval,
+            defaults.health_check_interval
+        );
         assert_eq!(settings.load_balancing, LoadBalancingSettings::default());
         assert_eq!(settings.metrics.listen, None);
         assert_eq!(settings.source, "test.yaml");
@@ -1412,7 +1432,10 @@ mod tests {
     fn missing_section_and_unknown_top_level_key_are_errors() {
         assert!(error("other: 1\n", &[]).contains("no `service_discovery` section"));
         let shown = error("service_discovery: {}\nlogging: {}\n", &[]);
-        assert!(shown.contains("`logging`") && shown.contains("test.yaml"), "{shown}");
+        assert!(
+            shown.contains("`logging`") && shown.contains("test.yaml"),
+            "{shown}"
+        );
         assert!(error("", &[]).contains("empty"));
         assert!(error("service_discovery: [\n", &[]).contains("not valid YAML"));
     }
@@ -1424,12 +1447,26 @@ mod tests {
             &[],
         );
         assert!(
-            shown.contains("test.yaml: service_discovery.backend_config.nats.passwrd: unknown key `passwrd`"),
+            shown.contains(
+                "test.yaml: service_discovery.backend_config.nats.passwrd: unknown key `passwrd`"
+            ),
             "{shown}"
         );
-        let shown = error("service_discovery:\n  backend_config:\n    memory: {size: 1}\n", &[]);
+        let shown = error(
+            "service_discovery:\n  backend_config:\n    memory: {size: 1}\n",
+            &[],
+        );
         assert!(
             shown.contains("service_discovery.backend_config.memory.size"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("unknown key `size` (there are no fields)"),
+            "{shown}"
+        );
+        let shown = error("service_discovery:\n  metrics:\n    port: 1\n", &[]);
+        assert!(
+            shown.contains("metrics.port: unknown key `port` (expected `listen`)"),
             "{shown}"
         );
         let shown = error("service_discovery:\n  instance_tll: 5\n", &[]);
@@ -1459,11 +1496,26 @@ mod tests {
     #[test]
     fn zero_negative_and_malformed_durations_name_the_key() {
         for (yaml, key) in [
-            ("heartbeat_interval: 0", "heartbeat_interval: must be above zero"),
-            ("cleanup_interval: -1", "cleanup_interval: must not be negative"),
-            ("health_check_interval: -0.5", "health_check_interval: must not be negative"),
-            ("instance_ttl: soon", "instance_ttl: invalid duration \"soon\""),
-            ("instance_ttl: true", "instance_ttl: invalid duration a boolean"),
+            (
+                "heartbeat_interval: 0",
+                "heartbeat_interval: must be above zero",
+            ),
+            (
+                "cleanup_interval: -1",
+                "cleanup_interval: must not be negative",
+            ),
+            (
+                "health_check_interval: -0.5",
+                "health_check_interval: must not be negative",
+            ),
+            (
+                "instance_ttl: soon",
+                "instance_ttl: invalid duration \"soon\"",
+            ),
+            (
+                "instance_ttl: true",
+                "instance_ttl: invalid duration a boolean",
+            ),
             ("instance_ttl: [1]", "instance_ttl: invalid type: sequence"),
         ] {
             let shown = error(&format!("service_discovery:\n  {yaml}\n"), &[]);
@@ -1524,7 +1576,10 @@ service_discovery:
             Some((PathBuf::from("/c.pem"), PathBuf::from("/k.pem")))
         );
         assert!(nats.tls_required);
-        assert_eq!((nats.bucket.as_str(), nats.event_stream.as_str()), ("b-1", "EV"));
+        assert_eq!(
+            (nats.bucket.as_str(), nats.event_stream.as_str()),
+            ("b-1", "EV")
+        );
         assert_eq!(nats.subject_prefix, "disc");
         assert_eq!(nats.replicas, 3);
         assert_eq!(nats.storage, StorageKind::Memory);
@@ -1537,19 +1592,37 @@ service_discovery:
     #[test]
     fn invalid_nats_values_name_the_key() {
         for (nats, key) in [
-            ("url: http://x:1", "nats.url: unsupported url scheme \"http\""),
-            ("url: nats://a:1\n      urls: [nats://b:1]", "nats.urls: give either"),
+            (
+                "url: http://x:1",
+                "nats.url: unsupported url scheme \"http\"",
+            ),
+            (
+                "url: nats://a:1\n      urls: [nats://b:1]",
+                "nats.urls: give either",
+            ),
             ("user: app", "nats.user: a user needs a password"),
-            ("password: hunter2", "nats.password: a password needs a user"),
-            ("token: t\n      creds_file: /c", "nats: more than one authentication method"),
-            ("nkey_seed: S\n      nkey_seed_file: /s", "nats.nkey_seed_file: give either"),
+            (
+                "password: hunter2",
+                "nats.password: a password needs a user",
+            ),
+            (
+                "token: t\n      creds_file: /c",
+                "nats: more than one authentication method",
+            ),
+            (
+                "nkey_seed: S\n      nkey_seed_file: /s",
+                "nats.nkey_seed_file: give either",
+            ),
             ("tls: {cert_file: /c}", "nats.tls.cert_file"),
             ("replicas: 7", "nats.replicas: must be 1 to 5, got 7"),
             ("replicas: -1", "nats.replicas: expected a whole number"),
             ("storage: disk", "nats.storage: unknown storage \"disk\""),
             ("bucket: a.b", "nats.bucket"),
             ("subject_prefix: a.b", "nats.subject_prefix"),
-            ("connect_timeout: 0s", "nats.connect_timeout: must be above zero"),
+            (
+                "connect_timeout: 0s",
+                "nats.connect_timeout: must be above zero",
+            ),
         ] {
             let yaml = format!("service_discovery:\n  backend_config:\n    nats:\n      {nats}\n");
             let shown = error(&yaml, &[]);
@@ -1565,7 +1638,10 @@ service_discovery:
             "service_discovery:\n  backend_config:\n    nats:\n      url: http://bob:hunter2@h:1\n",
             &[],
         );
-        assert!(!shown.contains("hunter2") && shown.contains("<redacted>"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -1611,8 +1687,14 @@ service_discovery:
             Some(("app".to_string(), "new".to_string()))
         );
 
-        let shown = error(yaml, &[("PRISM_NATS_TOKEN", "t"), ("PRISM_NATS_CREDS", "/c")]);
-        assert!(shown.contains("PRISM_NATS_TOKEN, PRISM_NATS_CREDS"), "{shown}");
+        let shown = error(
+            yaml,
+            &[("PRISM_NATS_TOKEN", "t"), ("PRISM_NATS_CREDS", "/c")],
+        );
+        assert!(
+            shown.contains("PRISM_NATS_TOKEN, PRISM_NATS_CREDS"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -1632,25 +1714,55 @@ service_discovery:
             Some(&Strategy::ConsistentHash)
         );
         for (lb, key) in [
-            ("strategy: fastest", "load_balancing.strategy: unknown load-balancing strategy \"fastest\""),
-            ("statuses: [healthy, sick]", "load_balancing.statuses[1]: unknown status \"sick\""),
-            ("statuses: [maintenance]", "load_balancing.statuses: status maintenance cannot be eligible"),
-            ("statuses: []", "load_balancing.statuses: the status fallback order is empty"),
-            ("services: {orders: fastest}", "load_balancing.services.orders: unknown load-balancing strategy"),
-            ("services: {'bad name': random}", "load_balancing.services.bad name"),
+            (
+                "strategy: fastest",
+                "load_balancing.strategy: unknown load-balancing strategy \"fastest\"",
+            ),
+            (
+                "statuses: [healthy, sick]",
+                "load_balancing.statuses[1]: unknown status \"sick\"",
+            ),
+            (
+                "statuses: [maintenance]",
+                "load_balancing.statuses: status maintenance cannot be eligible",
+            ),
+            (
+                "statuses: []",
+                "load_balancing.statuses: the status fallback order is empty",
+            ),
+            (
+                "services: {orders: fastest}",
+                "load_balancing.services.orders: unknown load-balancing strategy",
+            ),
+            (
+                "services: {'bad name': random}",
+                "load_balancing.services.bad name",
+            ),
         ] {
-            let shown = error(&format!("service_discovery:\n  load_balancing:\n    {lb}\n"), &[]);
+            let shown = error(
+                &format!("service_discovery:\n  load_balancing:\n    {lb}\n"),
+                &[],
+            );
             assert!(shown.contains(key), "{lb}: {shown}");
         }
     }
 
     #[test]
     fn metrics_listen_is_parsed() {
-        let settings =
-            load("service_discovery:\n  metrics:\n    listen: 127.0.0.1:9464\n", &[]).unwrap();
-        assert_eq!(settings.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let settings = load(
+            "service_discovery:\n  metrics:\n    listen: 127.0.0.1:9464\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            settings.metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
         let shown = error("service_discovery:\n  metrics:\n    listen: nowhere\n", &[]);
-        assert!(shown.contains("service_discovery.metrics.listen"), "{shown}");
+        assert!(
+            shown.contains("service_discovery.metrics.listen"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -1678,7 +1790,17 @@ service_discovery:
         let err = DiscoverySettings::from_env_with(&env_of(&[("PRISM_BACKEND", "consul")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("environment variable PRISM_BACKEND: unknown backend"), "{err}");
+        assert!(
+            err.contains("environment variable PRISM_BACKEND: unknown backend"),
+            "{err}"
+        );
+        let err = DiscoverySettings::from_env_with(&env_of(&[("PRISM_HEARTBEAT_INTERVAL", "20")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("environment variable PRISM_HEARTBEAT_INTERVAL (service_discovery.heartbeat_interval): 20s must be below instance_ttl (10s)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1689,6 +1811,9 @@ service_discovery:
             ..DiscoverySettings::default()
         };
         let shown = settings.mesh_builder().unwrap_err().to_string();
-        assert!(shown.contains("nkey_seed_file: cannot read /nonexistent/prism-seed"), "{shown}");
+        assert!(
+            shown.contains("nkey_seed_file: cannot read /nonexistent/prism-seed"),
+            "{shown}"
+        );
     }
 }
