@@ -35,6 +35,7 @@ mod mesh;
 mod metrics;
 mod owner;
 pub mod protocol;
+pub mod settings;
 mod store;
 mod util;
 mod view;
@@ -54,6 +55,7 @@ pub use instance::{
 pub use mesh::{Mesh, MeshBuilder};
 pub use metrics::{MetricsEndpoint, StatsSnapshot};
 pub use owner::Registration;
+pub use settings::DiscoverySettings;
 pub use store::MemoryStore;
 pub use view::{
     diff_registries, registry_at, EventFilter, EventKind, EventStream, MeshEvent, RegistryDiff,
