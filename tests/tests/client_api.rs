@@ -208,3 +208,53 @@ async fn connecting_the_client_to_an_unreachable_server_names_the_url_within_bou
     );
     assert!(err.to_string().contains(&url), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_from_a_yaml_file_checks_itself_and_serves_metrics() {
+    let server = NatsServer::start();
+    let http = prism_tests::TestHttpServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("service_discovery.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      url: {}\n  instance_ttl: 2s\n  heartbeat_interval: 500ms\n  health_check_interval: 100ms\n  drain_period: 0\n  metrics:\n    listen: 127.0.0.1:0\n",
+            server.url()
+        ),
+    )
+    .unwrap();
+    let settings = prism_mesh::DiscoverySettings::from_file(&path).unwrap();
+    let client = DiscoveryClient::from_settings(&settings).await.unwrap();
+    let me = client
+        .register_myself(
+            "self-checked",
+            "127.0.0.1",
+            http.port(),
+            Metadata::new(),
+            vec![],
+        )
+        .await
+        .unwrap();
+    // The self check (HTTP /health every 100 ms, rise 2) makes it healthy by itself.
+    wait_view(client.mesh(), "self-checked", WAIT, "healthy", |v| {
+        v.iter()
+            .any(|i| i.id == me.id && i.status == InstanceStatus::Healthy)
+    })
+    .await;
+    let addr = client
+        .metrics_addr()
+        .expect("metrics endpoint from the file");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    assert!(
+        body.contains("service_discovery_registrations_total 1"),
+        "{body}"
+    );
+    client.shutdown().await;
+}

@@ -29,7 +29,7 @@ const EXAMPLES: &str = "Examples:
   prism register --service api --port 8080 --check-http /health -- ./api-server
   prism health orders
 
-Exit codes: 0 ok, 1 error, 2 usage, 3 cannot reach the server, 4 not found,
+Exit codes: 0 ok, 1 error, 2 usage or configuration, 3 cannot reach the server, 4 not found,
 5 a health check failed; `register` exits with its command's code (128 + signal).";
 
 #[derive(Subcommand)]
@@ -103,12 +103,16 @@ enum Command {
     Announce(commands::announce::AnnounceArgs),
 }
 
-/// How to reach the mesh.
+/// How to reach the mesh: flags, environment, or a `service_discovery` YAML file
+/// (flags and environment win over the file).
 #[derive(Args, Clone)]
 pub struct ConnectArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub url: String,
+    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
+    #[arg(long, env = "NATS_URL")]
+    pub url: Option<String>,
+    /// A service_discovery YAML file to take the connection from.
+    #[arg(long, env = "PRISM_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
     /// Authentication token.
     #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -124,8 +128,24 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    pub fn options(&self) -> NatsOptions {
-        let mut options = NatsOptions::new(&self.url).client_name("prism-cli");
+    pub fn options(&self) -> Result<NatsOptions, CliError> {
+        let mut options = match &self.config {
+            Some(path) => {
+                let settings = prism_mesh::DiscoverySettings::from_file(path)?;
+                if settings.backend != prism_mesh::settings::BackendKind::Nats {
+                    return Err(CliError::Usage(format!(
+                        "{}: the prism command needs backend: nats (it joins a mesh from outside)",
+                        path.display()
+                    )));
+                }
+                settings.nats
+            }
+            None => NatsOptions::new(self.url.as_deref().unwrap_or(DEFAULT_URL)),
+        };
+        if let (Some(_), Some(url)) = (&self.config, &self.url) {
+            options.urls = url.split(',').map(|u| u.trim().to_string()).collect();
+        }
+        options = options.client_name("prism-cli");
         if let Some(token) = &self.token {
             options = options.token(token);
         }
@@ -135,17 +155,21 @@ impl ConnectArgs {
         if let Some(ca) = &self.tls_ca {
             options = options.tls_ca(ca);
         }
-        options
+        Ok(options)
     }
 
-    pub async fn connect(&self) -> prism_mesh::Result<Mesh> {
+    pub async fn connect(&self) -> Result<Mesh, CliError> {
         Mesh::builder()
-            .nats(self.options().connect_timeout(Duration::from_secs(3)))
+            .nats(self.options()?.connect_timeout(Duration::from_secs(3)))
             .publish_expired_events(false)
             .connect()
             .await
+            .map_err(CliError::from)
     }
 }
+
+/// Where `prism` looks for NATS when nothing says otherwise.
+const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
 /// Caps async-nats' connection logging below the level where it prints credentials.
 fn secret_safe_directive() -> tracing_subscriber::filter::Directive {
@@ -224,6 +248,7 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::Mesh(e) if e.kind() == prism_mesh::ErrorKind::InvalidConfig => 2,
             CliError::Mesh(e)
                 if matches!(
                     e.kind(),

@@ -403,3 +403,35 @@ async fn health_runs_checks_on_demand_and_exits_5_when_one_fails() {
     );
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_can_come_from_a_service_discovery_yaml_file() {
+    let server = NatsServer::start();
+    let (mesh, _r) = owner_with(&server, "configured", &[8501]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      url: ${TEST_NATS_URL}\n",
+    )
+    .unwrap();
+    let ls = Command::new(PRISM)
+        .args(["ls", "--config", good.to_str().unwrap()])
+        .env_remove("NATS_URL")
+        .env("TEST_NATS_URL", server.url())
+        .output()
+        .unwrap();
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    assert!(text(&ls.stdout).contains("configured"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "service_discovery:\n  backend: nats\n  instance_tll: 10s\n",
+    )
+    .unwrap();
+    let out = prism(&["ls", "--config", bad.to_str().unwrap()]);
+    assert_clean_error(&out, 2, "instance_tll");
+    assert!(text(&out.stderr).contains("bad.yaml"));
+    mesh.shutdown().await;
+}

@@ -10,9 +10,12 @@ use tokio::task::JoinHandle;
 
 use crate::balance::Selection;
 use crate::error::{Error, ErrorKind, Result};
+use crate::health::{HealthCheck, HealthMonitor, HealthPolicy};
 use crate::instance::{InstanceStatus, Metadata, ServiceInstance};
 use crate::mesh::{Mesh, MeshBuilder};
+use crate::metrics::MetricsEndpoint;
 use crate::owner::Registration;
+use crate::settings::DiscoverySettings;
 use crate::view::{EventKind, EventStream, MeshEvent};
 
 /// How the client behaves around its own registration.
@@ -23,6 +26,10 @@ pub struct ClientOptions {
     pub auto_deregister: bool,
     /// Time between announcing `Maintenance` and deregistering at shutdown (default 0).
     pub drain_period: Duration,
+    /// When set, "myself" is health-checked over HTTP at its health URL (metadata
+    /// `health_endpoint`, default `/health`) with this policy, and its status follows the
+    /// verdicts (default: none; the owner sets its status itself).
+    pub self_check: Option<HealthPolicy>,
 }
 
 impl Default for ClientOptions {
@@ -30,6 +37,7 @@ impl Default for ClientOptions {
         ClientOptions {
             auto_deregister: true,
             drain_period: Duration::ZERO,
+            self_check: None,
         }
     }
 }
@@ -55,6 +63,8 @@ pub struct DiscoveryClient {
     mesh: Mesh,
     options: ClientOptions,
     myself: Mutex<Option<Registration>>,
+    monitor: Mutex<Option<HealthMonitor>>,
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl DiscoveryClient {
@@ -81,7 +91,31 @@ impl DiscoveryClient {
             mesh,
             options,
             myself: Mutex::new(None),
+            monitor: Mutex::new(None),
+            metrics: None,
         }
+    }
+
+    /// Connects as `settings` say (a `service_discovery` YAML file, see
+    /// [`DiscoverySettings`]): backend, timing, load balancing, `auto_deregister`,
+    /// `drain_period`, `health_check_interval` for "myself", and the metrics endpoint
+    /// when `metrics.listen` is set.
+    pub async fn from_settings(settings: &DiscoverySettings) -> Result<DiscoveryClient> {
+        let options = ClientOptions {
+            auto_deregister: settings.auto_deregister,
+            drain_period: settings.drain_period,
+            self_check: Some(HealthPolicy::every(settings.health_check_interval)),
+        };
+        let mut client = Self::connect_with(settings.mesh_builder()?, options).await?;
+        if let Some(listen) = settings.metrics.listen {
+            client.metrics = Some(client.mesh.serve_metrics(listen).await?);
+        }
+        Ok(client)
+    }
+
+    /// Where the metrics endpoint listens, when the settings asked for one.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     /// The mesh underneath, for everything else.
@@ -121,6 +155,12 @@ impl DiscoveryClient {
         }
         let registration = self.mesh.register(instance).await?;
         let instance = registration.instance();
+        if let Some(policy) = self.options.self_check {
+            let monitor = self
+                .mesh
+                .monitor_health(&registration, HealthCheck::http(), policy)?;
+            *self.monitor.lock().unwrap_or_else(|p| p.into_inner()) = Some(monitor);
+        }
         *self.lock_myself() = Some(registration);
         Ok(instance)
     }
@@ -311,6 +351,26 @@ pub async fn configure_default(
         ));
     }
     let client = DiscoveryClient::connect_with(builder, options).await?;
+    if DEFAULT.set(client).is_err() {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            "the default discovery client is already configured",
+        ));
+    }
+    default_client()
+}
+
+/// [`configure_default`] from settings (a `service_discovery` YAML file).
+pub async fn configure_default_from_settings(
+    settings: &DiscoverySettings,
+) -> Result<&'static DiscoveryClient> {
+    if DEFAULT.get().is_some() {
+        return Err(Error::new(
+            ErrorKind::InvalidConfig,
+            "the default discovery client is already configured",
+        ));
+    }
+    let client = DiscoveryClient::from_settings(settings).await?;
     if DEFAULT.set(client).is_err() {
         return Err(Error::new(
             ErrorKind::InvalidConfig,

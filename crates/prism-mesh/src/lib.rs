@@ -42,8 +42,8 @@ mod view;
 
 pub use balance::{Balancer, BalancerBuilder, OutlierDetection, RequestGuard, Selection, Strategy};
 pub use client::{
-    configure_default, default_client, discover_service, get_service_url, register_service,
-    ClientOptions, DiscoveryClient,
+    configure_default, configure_default_from_settings, default_client, discover_service,
+    get_service_url, register_service, ClientOptions, DiscoveryClient,
 };
 pub use config::{BackendConfig, NatsOptions, StorageKind, Timing, SECRET_SAFE_LOG_DIRECTIVE};
 pub use error::{Error, ErrorKind, Result};

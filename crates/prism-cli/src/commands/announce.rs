@@ -46,7 +46,7 @@ pub async fn run(args: AnnounceArgs) -> Result<ExitCode, CliError> {
     }
     let instance = builder.build()?;
     let mesh = Mesh::builder()
-        .nats(args.connect.options())
+        .nats(args.connect.options()?)
         .instance_ttl(args.ttl)
         .heartbeat_interval(args.heartbeat)
         .connect()
