@@ -182,6 +182,9 @@ impl Drop for NatsServer {
     }
 }
 
+/// The loopback cluster node configuration shipped in `nats/cluster/`.
+const LOOPBACK_CLUSTER_CONFIG: &str = include_str!("../../nats/cluster/loopback.conf");
+
 /// Three JetStream servers on loopback forming one cluster.
 pub struct NatsCluster {
     /// The nodes, in start order.
@@ -203,12 +206,15 @@ impl NatsCluster {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let client_port = free_port();
                 let config = dir.path().join("server.conf");
-                let text = format!(
-                    "listen: 127.0.0.1:{client_port}\nserver_name: n{port}\n\
-                     jetstream {{ store_dir: {:?} }}\n\
-                     cluster {{ name: prism-test, listen: 127.0.0.1:{port}, routes: [{routes}] }}\n",
-                    dir.path().join("js")
-                );
+                let text = LOOPBACK_CLUSTER_CONFIG
+                    .replace("{{NAME}}", &format!("n{port}"))
+                    .replace("{{CLIENT_PORT}}", &client_port.to_string())
+                    .replace("{{CLUSTER_PORT}}", &port.to_string())
+                    .replace(
+                        "{{STORE_DIR}}",
+                        &dir.path().join("js").display().to_string(),
+                    )
+                    .replace("{{ROUTES}}", &routes);
                 std::fs::write(&config, text).expect("write cluster config");
                 let mut node = NatsServer {
                     child: None,
