@@ -59,5 +59,5 @@ pub use settings::DiscoverySettings;
 pub use store::MemoryStore;
 pub use view::{
     diff_registries, registry_at, EventFilter, EventKind, EventStream, MeshEvent, RegistryDiff,
-    ServiceSlot, ServiceSnapshot,
+    SelfPreservation, ServiceSlot, ServiceSnapshot,
 };

@@ -21,7 +21,8 @@ use crate::metrics::{MeshStats, StatsSnapshot};
 use crate::owner::{Owner, Registration};
 use crate::store::{MemoryStore, NatsStore, Store};
 use crate::view::{
-    EventBus, EventFilter, EventStream, MeshEvent, RegistryView, ServiceSlot, ViewTask,
+    EventBus, EventFilter, EventStream, MeshEvent, RegistryView, SelfPreservation, ServiceSlot,
+    ViewTask,
 };
 
 /// How long [`MeshBuilder::connect`] waits for the first full view by default.
@@ -49,6 +50,7 @@ pub struct MeshBuilder {
     publish_expired_events: bool,
     ready_timeout: Duration,
     balancing: Balancing,
+    self_preservation: SelfPreservation,
 }
 
 /// How [`Mesh::pick`] balances each service.
@@ -67,6 +69,7 @@ impl Default for MeshBuilder {
             publish_expired_events: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             balancing: Balancing::default(),
+            self_preservation: SelfPreservation::default(),
         }
     }
 }
@@ -143,6 +146,13 @@ impl MeshBuilder {
     /// Which instances [`Mesh::pick`] may choose (default: healthy ones).
     pub fn selection(mut self, selection: Selection) -> Self {
         self.balancing.selection = selection;
+        self
+    }
+
+    /// How this peer treats many instances expiring at once (see [`SelfPreservation`];
+    /// on by default).
+    pub fn self_preservation(mut self, rule: SelfPreservation) -> Self {
+        self.self_preservation = rule;
         self
     }
 
@@ -245,6 +255,7 @@ impl Mesh {
             ready: ready_tx,
             peer_id: peer_id.clone(),
             publish_expired: builder.publish_expired_events,
+            self_preservation: builder.self_preservation,
         };
         let span = tracing::info_span!("view", peer = %peer_id);
         tokio::spawn(task.run(store.watch()).instrument(span));

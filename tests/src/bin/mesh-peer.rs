@@ -20,6 +20,9 @@ struct Args {
     service: Option<String>,
     #[arg(long, default_value_t = 8080)]
     port: u16,
+    /// Register this many instances (ports port, port+1, ...); commands act on the first.
+    #[arg(long, default_value_t = 1)]
+    count: u16,
     #[arg(long, default_value = "2s", value_parser = humantime_duration)]
     ttl: Duration,
     #[arg(long, default_value = "500ms", value_parser = humantime_duration)]
@@ -88,13 +91,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .connect()
         .await?;
     let mut events = mesh.subscribe();
-    let registration = match &args.service {
-        Some(service) => Some(
-            mesh.register(ServiceInstance::builder(service, "127.0.0.1", args.port).build()?)
-                .await?,
-        ),
-        None => None,
-    };
+    let mut registrations = Vec::new();
+    if let Some(service) = &args.service {
+        for n in 0..args.count {
+            let instance = ServiceInstance::builder(service, "127.0.0.1", args.port + n).build()?;
+            registrations.push(mesh.register(instance).await?);
+        }
+    }
+    let registration = registrations.first().cloned();
     let view: Vec<serde_json::Value> = mesh
         .services()
         .iter()
@@ -105,6 +109,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ready": true,
         "pid": std::process::id(),
         "id": registration.as_ref().map(|r| r.id().to_string()),
+        "ids": registrations.iter().map(|r| r.id().to_string()).collect::<Vec<_>>(),
         "view": view,
     }));
 

@@ -160,6 +160,18 @@ where
             "Lifecycle events not published after retries",
             s.event_publish_failures,
         )?;
+        counter(
+            e,
+            "service_discovery_self_preservation_activations",
+            "Mass expiries held back by self-preservation",
+            s.preservation_activations,
+        )?;
+        gauge(
+            e,
+            "service_discovery_preserved_instances",
+            "Instances kept in the view by self-preservation while their owners re-assert",
+            s.preserved as f64,
+        )?;
         gauge(
             e,
             "service_discovery_view_lag_seconds",

@@ -25,6 +25,10 @@ pub(crate) struct MeshStats {
     pub(crate) health_checks_failed: AtomicU64,
     /// Items waiting between the backend's watch and the view task.
     pub(crate) view_backlog: AtomicU64,
+    /// Mass expiries that self-preservation held back.
+    pub(crate) preservation_activations: AtomicU64,
+    /// Instances held by self-preservation now.
+    pub(crate) preserved: AtomicU64,
 }
 
 impl MeshStats {
@@ -49,6 +53,8 @@ impl MeshStats {
             health_checks_passed: get(&self.health_checks_passed),
             health_checks_failed: get(&self.health_checks_failed),
             view_backlog: get(&self.view_backlog),
+            preservation_activations: get(&self.preservation_activations),
+            preserved: get(&self.preserved),
             instances_active: instances_active as u64,
         }
     }
@@ -87,6 +93,10 @@ pub struct StatsSnapshot {
     pub health_checks_failed: u64,
     /// Changes received from the backend and not yet applied to the view.
     pub view_backlog: u64,
+    /// Mass expiries that self-preservation held back.
+    pub preservation_activations: u64,
+    /// Instances kept in the view by self-preservation now.
+    pub preserved: u64,
     /// Instances in the view now.
     pub instances_active: u64,
 }

@@ -403,8 +403,13 @@ impl NatsStore {
 
     pub(crate) async fn close(&self) {
         self.inner.closed.send_replace(true);
-        if let Err(e) = self.inner.client.flush().await {
-            debug!(error = %e, urls = %self.inner.urls, "flush on close failed");
+        // Bounded: with the server unreachable a flush would wait for a reconnect forever.
+        match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.inner.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, urls = %self.inner.urls, "flush on close failed"),
+            Err(_) => {
+                debug!(urls = %self.inner.urls, "flush on close timed out (server unreachable)")
+            }
         }
     }
 }
@@ -614,6 +619,9 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
 }
 
 /// Reads one raw bucket message; `None` for a subject outside the bucket.
+/// Longest wait for outgoing messages to leave when a mesh closes.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Replays report progress every this many messages.
 const PROGRESS_EVERY: u64 = 10_000;
 

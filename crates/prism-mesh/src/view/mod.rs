@@ -7,6 +7,7 @@
 
 mod events;
 mod history;
+mod preservation;
 mod registry;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -21,6 +22,8 @@ use uuid::Uuid;
 pub(crate) use events::EventBus;
 pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
 pub use history::{diff_registries, registry_at, RegistryDiff};
+use preservation::Preservation;
+pub use preservation::SelfPreservation;
 pub(crate) use registry::RegistryView;
 pub use registry::{ServiceSlot, ServiceSnapshot};
 
@@ -80,6 +83,7 @@ pub(crate) struct ViewTask {
     pub(crate) ready: watch::Sender<bool>,
     pub(crate) peer_id: String,
     pub(crate) publish_expired: bool,
+    pub(crate) self_preservation: SelfPreservation,
 }
 
 impl ViewTask {
@@ -95,9 +99,24 @@ impl ViewTask {
         let mut synced = false;
         // When the last flush finished and what it cost: see `FLUSH_COST_FACTOR`.
         let mut last_flush = (Instant::now(), Duration::ZERO);
-        'items: while let Some(first) = items.recv().await {
+        let mut preservation = Preservation::new(self.self_preservation);
+        'items: loop {
+            // Wake for the next item, or when a waiting expiry must be decided.
+            let first = match preservation.next_deadline() {
+                Some(deadline) => tokio::select! {
+                    item = items.recv() => match item {
+                        Some(item) => Some(item),
+                        None => break 'items,
+                    },
+                    () = tokio::time::sleep_until(deadline) => None,
+                },
+                None => match items.recv().await {
+                    Some(item) => Some(item),
+                    None => break 'items,
+                },
+            };
             let mut batch = 1;
-            let mut next = Some(first);
+            let mut next = first;
             loop {
                 while let Some(item) = next.take() {
                     match item {
@@ -114,12 +133,24 @@ impl ViewTask {
                         }
                         WatchItem::SnapshotEnd => {
                             let state = resync.take().unwrap_or_default();
-                            self.finish_snapshot(&mut index, state, &mut events, &mut expiries);
+                            self.finish_snapshot(
+                                &mut index,
+                                state,
+                                &mut preservation,
+                                &mut events,
+                                &mut expiries,
+                            );
                             synced = true;
                         }
                         WatchItem::Change(change) => {
                             MeshStats::incr(&self.stats.changes_applied);
-                            self.apply_change(&mut index, change, &mut events, &mut expiries);
+                            self.apply_change(
+                                &mut index,
+                                change,
+                                &mut preservation,
+                                &mut events,
+                                &mut expiries,
+                            );
                         }
                     }
                     if batch < MAX_BATCH {
@@ -145,6 +176,7 @@ impl ViewTask {
                 }
                 break;
             }
+            self.settle_expiries(&mut index, &mut preservation, &mut events, &mut expiries);
             self.stats
                 .view_backlog
                 .store(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -171,10 +203,55 @@ impl ViewTask {
         self.bus.close();
     }
 
+    /// Applies the expiries self-preservation let through, and counts what it holds.
+    fn settle_expiries(
+        &self,
+        index: &mut Index,
+        preservation: &mut Preservation,
+        events: &mut Vec<MeshEvent>,
+        expiries: &mut Vec<ExpiryToPublish>,
+    ) {
+        if !preservation.enabled() {
+            return;
+        }
+        let (apply, held) = preservation.due(index.entries.len());
+        if held > 0 {
+            MeshStats::incr(&self.stats.preservation_activations);
+            warn!(
+                held,
+                view = index.entries.len(),
+                "mass expiry: keeping these instances while their owners re-assert"
+            );
+        }
+        for (key, revision) in apply {
+            // Written again since (its revision moved past the expiry's): it lives.
+            if index
+                .entries
+                .get(&key)
+                .is_some_and(|e| e.revision > revision)
+            {
+                continue;
+            }
+            if let Some(entry) = index.remove(&key) {
+                events.push(self.removal_event(
+                    entry.instance,
+                    RemovalCause::Expired,
+                    revision,
+                    expiries,
+                ));
+            }
+        }
+        self.stats.preserved.store(
+            preservation.held() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     fn apply_change(
         &self,
         index: &mut Index,
         change: KvChange,
+        preservation: &mut Preservation,
         events: &mut Vec<MeshEvent>,
         expiries: &mut Vec<ExpiryToPublish>,
     ) {
@@ -186,6 +263,8 @@ impl ViewTask {
                 ..
             } => {
                 if let Some((instance, reason)) = self.decode(&key, &value, revision) {
+                    // Written again: an expiry waiting on it is void.
+                    preservation.forget(&key);
                     index.upsert(key, instance, revision, reason, events);
                 }
             }
@@ -194,6 +273,14 @@ impl ViewTask {
                 cause,
                 revision,
             } => {
+                if cause == RemovalCause::Expired
+                    && preservation.enabled()
+                    && index.entries.contains_key(&key)
+                {
+                    preservation.expire_later(key, revision);
+                    return;
+                }
+                preservation.forget(&key);
                 // A removal of a key we do not hold (a tombstone or marker expiring, a
                 // duplicate) changes nothing.
                 let Some(entry) = index.remove(&key) else {
@@ -242,6 +329,7 @@ impl ViewTask {
         &self,
         index: &mut Index,
         state: Resync,
+        preservation: &mut Preservation,
         events: &mut Vec<MeshEvent>,
         expiries: &mut Vec<ExpiryToPublish>,
     ) {
@@ -253,11 +341,18 @@ impl ViewTask {
             .cloned()
             .collect();
         for key in gone {
+            // Absent without a trace: its marker expired too while we were away.
+            let cause = removals.remove(&key).unwrap_or(RemovalCause::Expired);
+            if cause == RemovalCause::Expired && preservation.enabled() {
+                // Revision 0 is unknown; the entry's own revision names the expiry.
+                let revision = index.entries.get(&key).map_or(0, |e| e.revision);
+                preservation.expire_later(key, revision);
+                continue;
+            }
+            preservation.forget(&key);
             let Some(entry) = index.remove(&key) else {
                 continue;
             };
-            // Absent without a trace: its marker expired too while we were away.
-            let cause = removals.remove(&key).unwrap_or(RemovalCause::Expired);
             // Expiries that happened while we were away belong in the audit trail too.
             events.push(self.removal_event(entry.instance, cause, entry.revision, expiries));
         }
