@@ -61,7 +61,7 @@ async fn a_mass_expiry_keeps_owners_that_come_back_and_drops_the_dead_after_the_
     .await
     .unwrap();
     let mut expiries = peer.subscribe_filtered(EventKind::Expired.into());
-    let (mut frozen, frozen_ids) = owner(&url, "preserved", "9000", "10");
+    let (frozen, frozen_ids) = owner(&url, "preserved", "9000", "10");
     let (mut dead, dead_ids) = owner(&url, "preserved", "9100", "10");
     wait_view(&peer, "preserved", WAIT, "20 instances", |v| v.len() == 20).await;
 
@@ -121,7 +121,7 @@ async fn without_the_rule_the_same_freeze_expires_everything_at_once() {
         .await
         .unwrap();
     let mut expiries = peer.subscribe_filtered(EventKind::Expired.into());
-    let (mut frozen, _) = owner(&url, "unprotected", "9200", "10");
+    let (frozen, _) = owner(&url, "unprotected", "9200", "10");
     wait_view(&peer, "unprotected", WAIT, "10 instances", |v| {
         v.len() == 10
     })
@@ -144,7 +144,7 @@ async fn a_single_frozen_owner_expires_everywhere_and_reregisters_within_a_heart
         .await
         .unwrap();
     let mut events = peer.subscribe();
-    let (mut frozen, ids) = owner(&url, "frozen", "9300", "1");
+    let (frozen, ids) = owner(&url, "frozen", "9300", "1");
     let id = ids.into_iter().next().unwrap();
     prism_tests::wait_event(&mut events, WAIT, "registered", |e| {
         e.kind() == EventKind::Registered
