@@ -330,14 +330,16 @@ async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut
 }
 
 /// Last write to Expired at a peer with a 2 s TTL; raw: put with Nats-TTL 2s to the marker.
-async fn expiry(url: &str, js: &jetstream::Context, rows: &mut Vec<Row>) {
+/// Last write to Expired at a peer with TTL `ttl_secs` (1 s is the shortest NATS accepts,
+/// 10 s the default); raw: put with that Nats-TTL until the watch sees the marker.
+async fn expiry(url: &str, js: &jetstream::Context, ttl_secs: u64, rows: &mut Vec<Row>) {
     let store = raw_bucket(js).await;
-    let mut watch = store.watch("exp.>").await.expect("watch");
+    let mut watch = store.watch(format!("exp{ttl_secs}.>")).await.expect("watch");
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-TTL", "2s");
+    headers.insert("Nats-TTL", format!("{ttl_secs}s"));
     let started = Instant::now();
     js.publish_with_headers(
-        format!("$KV.{RAW_BUCKET}.exp.one"),
+        format!("$KV.{RAW_BUCKET}.exp{ttl_secs}.one"),
         headers,
         Bytes::from_static(b"x"),
     )
@@ -359,12 +361,12 @@ async fn expiry(url: &str, js: &jetstream::Context, rows: &mut Vec<Row>) {
     let mut expired = peer.subscribe_filtered(EventKind::Expired.into());
     let owner = Mesh::builder()
         .nats(options(url))
-        .instance_ttl(Duration::from_secs(2))
-        .heartbeat_interval(Duration::from_secs(1))
+        .instance_ttl(Duration::from_secs(ttl_secs))
+        .heartbeat_interval(Duration::from_millis(ttl_secs * 1000 / 2))
         .connect()
         .await
         .expect("owner");
-    let instance = ServiceInstance::builder("expiry", "10.2.0.1", 1)
+    let instance = ServiceInstance::builder(format!("expiry{ttl_secs}"), "10.2.0.1", 1)
         .build()
         .expect("instance");
     let started = Instant::now();
@@ -374,7 +376,7 @@ async fn expiry(url: &str, js: &jetstream::Context, rows: &mut Vec<Row>) {
     let ours = started.elapsed();
     peer.shutdown().await;
     rows.push(Row {
-        figure: "last write -> Expired seen, TTL 2 s".into(),
+        figure: format!("last write -> Expired seen, TTL {ttl_secs} s"),
         mesh: ms(ours),
         raw: ms(raw),
         ratio: ours.as_secs_f64() / raw.as_secs_f64(),
@@ -417,7 +419,9 @@ async fn main() {
     }
     if run("expiry") {
         eprintln!("expiry...");
-        expiry(&url, &js, &mut rows).await;
+        for ttl_secs in [1, 2, 10] {
+            expiry(&url, &js, ttl_secs, &mut rows).await;
+        }
     }
     if run("cold") {
         eprintln!("cold start ({cold} instances)...");
