@@ -182,9 +182,8 @@ fn damage() -> impl Strategy<Value = Vec<Damage>> {
             prop_oneof![
                 any::<u8>(),
                 prop::sample::select(vec![
-                    0x00, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xc3,
-                    0xc4, 0xc6, 0xca, 0xcb, 0xcf, 0xd3, 0xd9, 0xdb, 0xdc, 0xdd, 0xde, 0xdf,
-                    0xe0, 0xff,
+                    0x00, 0x7f, 0x80, 0x8f, 0x90, 0x9f, 0xa0, 0xbf, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4,
+                    0xc6, 0xca, 0xcb, 0xcf, 0xd3, 0xd9, 0xdb, 0xdc, 0xdd, 0xde, 0xdf, 0xe0, 0xff,
                 ]),
             ]
         )
@@ -252,7 +251,12 @@ fn wrong_shape() -> impl Strategy<Value = Vec<u8>> {
         json_value(),
         uuid().prop_map(|id| Value::from(id.to_string())),
         prop::sample::select(vec![
-            "healthy", "starting", "registered", "expired", "bogus", "",
+            "healthy",
+            "starting",
+            "registered",
+            "expired",
+            "bogus",
+            "",
         ])
         .prop_map(Value::from),
         prop::sample::select(vec![0i64, 1, -1, 65_535, 65_536, i64::MAX, i64::MIN])
@@ -457,7 +461,12 @@ fn nested(depth: usize, map: bool, position: u8, record: &InstanceRecord) -> Vec
         .windows(needle.len())
         .rposition(|w| w == needle)
         .expect("placeholder encoded");
-    [&bytes[..at + value_at], &inner[..], &bytes[at + needle.len()..]].concat()
+    [
+        &bytes[..at + value_at],
+        &inner[..],
+        &bytes[at + needle.len()..],
+    ]
+    .concat()
 }
 
 proptest! {
@@ -575,8 +584,8 @@ fn header_value() -> impl Strategy<Value = Option<String>> {
     prop::option::of(prop_oneof![
         any::<String>(),
         prop::sample::select(vec![
-            "MaxAge", "maxage", "MaxAge ", "Purge", "Remove", "DEL", "del", "PURGE", "DEL ",
-            "", "PUT",
+            "MaxAge", "maxage", "MaxAge ", "Purge", "Remove", "DEL", "del", "PURGE", "DEL ", "",
+            "PUT",
         ])
         .prop_map(str::to_string),
     ])
@@ -690,7 +699,8 @@ fn hostile_corpus_is_decoded_as_expected_by_every_decoder() {
         }
         // Every prefix and a sample of bit flips of every corpus file are no threat either.
         for cut in (0..bytes.len()).step_by((bytes.len() / 64).max(1)) {
-            let _ = InstanceRecord::decode(&bytes[..cut]).map(|r| r.instance.validate_received(cut));
+            let _ =
+                InstanceRecord::decode(&bytes[..cut]).map(|r| r.instance.validate_received(cut));
             let _ = EventRecord::decode(&bytes[..cut]);
         }
         for at in (0..bytes.len()).step_by((bytes.len() / 64).max(1)) {
@@ -701,5 +711,9 @@ fn hostile_corpus_is_decoded_as_expected_by_every_decoder() {
             let _ = EventRecord::decode(&flipped);
         }
     }
-    assert!(wrong.is_empty(), "corpus verdicts differ:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "corpus verdicts differ:\n{}",
+        wrong.join("\n")
+    );
 }
