@@ -11,8 +11,8 @@ use uuid::Uuid;
 
 pub use status::InstanceStatus;
 pub use validate::{
-    validate_service_name, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_SERVICE_NAME_LEN, MAX_TAGS,
-    MAX_TAG_LEN,
+    validate_service_name, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_METADATA_DEPTH,
+    MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
 };
 
 use crate::error::Result;

@@ -13,6 +13,12 @@ pub const MAX_METADATA_BYTES: usize = 16 * 1024;
 pub const MAX_TAGS: usize = 64;
 /// Longest accepted tag, in bytes.
 pub const MAX_TAG_LEN: usize = 256;
+/// Deepest accepted nesting of arrays and objects inside one metadata value (`1` and
+/// `"x"` have depth 0, `[1]` depth 1, `{"a": [1]}` depth 2). Readers refuse payloads nested
+/// deeper than records with this limit can be (see `protocol::MAX_PAYLOAD_DEPTH`): decoding
+/// recurses once per level, and a hostile payload nested a hundred thousand levels deep
+/// would otherwise overflow the stack and abort the process.
+pub const MAX_METADATA_DEPTH: usize = 32;
 
 /// Checks that `name` is usable as one NATS subject token and KV key part:
 /// ASCII letters, digits, `-` and `_`, 1 to 128 bytes.
@@ -102,6 +108,16 @@ pub(super) fn validate_instance(
             )));
         }
     }
+    if let Some((key, depth)) = instance
+        .metadata
+        .iter()
+        .map(|(key, value)| (key, nesting_depth(value)))
+        .find(|(_, depth)| *depth > MAX_METADATA_DEPTH)
+    {
+        return Err(Error::invalid(format!(
+            "metadata value {key:?} is nested {depth} levels deep; the limit is {MAX_METADATA_DEPTH}"
+        )));
+    }
     if !check_metadata_size {
         return Ok(());
     }
@@ -121,6 +137,23 @@ pub(super) fn validate_instance(
         )));
     }
     Ok(())
+}
+
+/// Nesting depth of arrays and objects in `value`, without recursion (a value built in
+/// memory can be nested arbitrarily deep).
+fn nesting_depth(value: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match value {
+            serde_json::Value::Array(items) => Box::new(items.iter()),
+            serde_json::Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(depth + 1);
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    deepest
 }
 
 #[cfg(test)]
@@ -152,6 +185,37 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("limit is 16384"), "{err}");
+    }
+
+    #[test]
+    fn metadata_nested_too_deep_is_rejected_with_its_depth() {
+        let nested = |levels: usize| {
+            let mut value = serde_json::json!(1);
+            for _ in 0..levels {
+                value = serde_json::Value::Array(vec![value]);
+            }
+            value
+        };
+        assert_eq!(nesting_depth(&serde_json::json!({"a": [1]})), 2);
+        assert_eq!(nesting_depth(&serde_json::json!("x")), 0);
+        assert!(ServiceInstance::builder("svc", "h", 1)
+            .metadata("deep", nested(MAX_METADATA_DEPTH))
+            .build()
+            .is_ok());
+        let err = ServiceInstance::builder("svc", "h", 1)
+            .metadata("deep", nested(MAX_METADATA_DEPTH + 1))
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("nested 33 levels deep"), "{err}");
+        // Far deeper than any stack would take recursively.
+        let mut instance = ServiceInstance::builder("svc", "h", 1).build().unwrap();
+        instance.metadata.insert("deep".into(), nested(200_000));
+        assert!(instance.validate().is_err());
+        // Dropping it must not recurse 200,000 levels either.
+        let mut value = instance.metadata.remove("deep").unwrap();
+        while let serde_json::Value::Array(mut items) = value {
+            value = items.pop().unwrap_or_default();
+        }
     }
 
     #[test]

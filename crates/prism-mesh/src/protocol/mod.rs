@@ -1,9 +1,11 @@
 //! The wire protocol: subjects, keys, headers and payloads. `docs/protocol.md` is the
 //! language-neutral specification of what this module implements.
 
+#[cfg(test)]
+mod proptests;
 mod record;
 
-pub use record::{EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
+pub use record::{EventName, EventRecord, InstanceRecord, MAX_PAYLOAD_DEPTH, PROTOCOL_VERSION};
 
 use uuid::Uuid;
 
@@ -71,7 +73,8 @@ pub fn event_subject(prefix: &str, service: &str, id: &Uuid, event: EventName) -
 pub fn ttl_header_value(ttl: std::time::Duration) -> String {
     let mut secs = ttl.as_secs();
     if ttl.subsec_nanos() > 0 {
-        secs += 1;
+        // Saturating: `Duration::MAX` must not wrap around to a 1 s TTL.
+        secs = secs.saturating_add(1);
     }
     format!("{}s", secs.max(1))
 }

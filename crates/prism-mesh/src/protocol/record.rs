@@ -6,10 +6,17 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::instance::{unix_millis, InstanceStatus, ServiceInstance};
+use crate::instance::{unix_millis, InstanceStatus, ServiceInstance, MAX_METADATA_DEPTH};
 
 /// Protocol version written in every payload (`v`).
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Deepest nesting of MessagePack arrays and maps a reader accepts in a payload: the
+/// record, the instance and the metadata map, plus [`MAX_METADATA_DEPTH`] levels inside a
+/// metadata value, plus slack for fields of newer versions. Decoding recurses once per
+/// level, so this bounds the stack a hostile payload can make a reader use (rmp-serde's own
+/// default of 1024 levels overflows a 2 MiB thread stack in debug builds).
+pub const MAX_PAYLOAD_DEPTH: usize = MAX_METADATA_DEPTH + 8;
 
 /// The value of an instance's KV key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,7 +118,10 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
-    rmp_serde::from_slice(bytes).map_err(|e| {
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    // rmp-serde stops when its counter, decremented per array or map, reaches zero.
+    deserializer.set_max_depth(MAX_PAYLOAD_DEPTH + 1);
+    T::deserialize(&mut deserializer).map_err(|e| {
         Error::with_source(
             ErrorKind::Decode,
             format!("cannot decode {}-byte MessagePack payload", bytes.len()),

@@ -14,6 +14,8 @@ use tokio::sync::{mpsc, watch};
 
 pub use memory::MemoryStore;
 pub(crate) use nats::NatsStore;
+#[cfg(test)]
+pub(crate) use nats::{header_safe, removal_cause};
 
 use crate::error::Result;
 use crate::protocol::{EventRecord, InstanceRecord};

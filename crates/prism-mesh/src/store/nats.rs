@@ -508,7 +508,7 @@ fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError)
 }
 
 /// Header values cannot hold line breaks.
-fn header_safe(text: &str) -> String {
+pub(crate) fn header_safe(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(1024)
@@ -654,21 +654,11 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
             .and_then(|headers| headers.get(name(wanted)))
             .map(|value| value.as_str().to_string())
     };
-    let cause = if let Some(reason) = header(h::NATS_MARKER_REASON) {
-        Some(if reason == "MaxAge" {
-            RemovalCause::Expired
-        } else {
-            RemovalCause::Purged
-        })
-    } else {
-        match header(h::KV_OPERATION).as_deref() {
-            Some("DEL") => Some(RemovalCause::Deregistered {
-                reason: header(h::REASON),
-            }),
-            Some("PURGE") => Some(RemovalCause::Purged),
-            _ => None,
-        }
-    };
+    let cause = removal_cause(
+        header(h::NATS_MARKER_REASON).as_deref(),
+        header(h::KV_OPERATION).as_deref(),
+        || header(h::REASON),
+    );
     let change = match cause {
         Some(cause) => KvChange::Removed {
             key,
@@ -682,6 +672,29 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
         },
     };
     Ok((Some(change), position))
+}
+
+/// What a bucket message's headers say it is: `None` for a put, else why the key stopped
+/// holding a value. Any `Nats-Marker-Reason` is a server marker (`MaxAge` an expiry, anything
+/// else a purge or removal); otherwise `KV-Operation: DEL`/`PURGE` (exact, case-sensitive)
+/// are removals and every other value is a put. Nothing here can fail on hostile values.
+pub(crate) fn removal_cause(
+    marker_reason: Option<&str>,
+    kv_operation: Option<&str>,
+    reason: impl FnOnce() -> Option<String>,
+) -> Option<RemovalCause> {
+    if let Some(marker) = marker_reason {
+        return Some(if marker == "MaxAge" {
+            RemovalCause::Expired
+        } else {
+            RemovalCause::Purged
+        });
+    }
+    match kv_operation {
+        Some("DEL") => Some(RemovalCause::Deregistered { reason: reason() }),
+        Some("PURGE") => Some(RemovalCause::Purged),
+        _ => None,
+    }
 }
 
 /// Changes per streamed snapshot part.
