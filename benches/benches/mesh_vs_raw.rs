@@ -334,7 +334,10 @@ async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut
 /// 10 s the default); raw: put with that Nats-TTL until the watch sees the marker.
 async fn expiry(url: &str, js: &jetstream::Context, ttl_secs: u64, rows: &mut Vec<Row>) {
     let store = raw_bucket(js).await;
-    let mut watch = store.watch(format!("exp{ttl_secs}.>")).await.expect("watch");
+    let mut watch = store
+        .watch(format!("exp{ttl_secs}.>"))
+        .await
+        .expect("watch");
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-TTL", format!("{ttl_secs}s"));
     let started = Instant::now();

@@ -362,6 +362,16 @@ impl Timing {
                 ),
             ));
         }
+        if self.instance_ttl > crate::protocol::MAX_INSTANCE_TTL {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "instance_ttl must be at most {} (peers refuse longer-lived records), got {}",
+                    show(crate::protocol::MAX_INSTANCE_TTL),
+                    show(self.instance_ttl)
+                ),
+            ));
+        }
         if self.tombstone_ttl < Duration::from_secs(1) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,

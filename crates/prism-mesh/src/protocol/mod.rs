@@ -69,6 +69,21 @@ pub fn event_subject(prefix: &str, service: &str, id: &Uuid, event: EventName) -
     format!("{prefix}.{service}.{}.{}", id.hyphenated(), event.as_str())
 }
 
+/// The longest per-key TTL peers accept. A record without a `Nats-TTL`, with `never`, or
+/// with a longer one is refused (it could never expire: a rogue writer's immortal key).
+pub const MAX_INSTANCE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Reads a `Nats-TTL` header value (`30s`, `1m30s`, or whole seconds); `None` for `never`,
+/// zero or anything unreadable.
+pub fn parse_ttl_header(value: &str) -> Option<std::time::Duration> {
+    let value = value.trim();
+    let ttl = match value.parse::<u64>() {
+        Ok(secs) => std::time::Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(value).ok()?,
+    };
+    (!ttl.is_zero()).then_some(ttl)
+}
+
 /// Formats a TTL for the `Nats-TTL` header: whole seconds, rounded up, at least 1 s.
 pub fn ttl_header_value(ttl: std::time::Duration) -> String {
     let mut secs = ttl.as_secs();

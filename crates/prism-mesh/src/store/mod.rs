@@ -55,6 +55,13 @@ pub(crate) enum KvChange {
         revision: u64,
         cause: RemovalCause,
     },
+    /// A write peers must not trust (for example a record that could never expire);
+    /// handled like a malformed record.
+    Refused {
+        key: String,
+        revision: u64,
+        why: String,
+    },
 }
 
 /// What a watch delivers: a full state first (and again after every resynchronisation),

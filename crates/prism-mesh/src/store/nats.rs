@@ -11,15 +11,15 @@ use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use super::{KvChange, RemovalCause, WatchItem, WriteCondition};
 use crate::config::{NatsOptions, StorageKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{
-    event_subject, headers as h, ttl_header_value, EventName, EventRecord, InstanceRecord,
-    PROTOCOL_VERSION,
+    event_subject, headers as h, parse_ttl_header, ttl_header_value, EventName, EventRecord,
+    InstanceRecord, MAX_INSTANCE_TTL, PROTOCOL_VERSION,
 };
 
 /// A connected NATS backend. Cheap to clone.
@@ -40,6 +40,8 @@ struct Inner {
     closed: watch::Sender<bool>,
     urls: String,
     lag: WatchLag,
+    /// Permission violations the server reported on this connection.
+    violations: broadcast::Sender<String>,
 }
 
 /// How far behind the server the live watch is, as of its last message.
@@ -81,6 +83,8 @@ impl NatsStore {
             .collect::<Result<Vec<_>>>()?;
 
         let (reconnect_tx, reconnects) = watch::channel(0u64);
+        let (violations, _) = broadcast::channel::<String>(64);
+        let violation_tx = violations.clone();
         let was_disconnected = Arc::new(AtomicBool::new(false));
         let mut connect = ConnectOptions::new()
             .connection_timeout(options.connect_timeout)
@@ -88,8 +92,17 @@ impl NatsStore {
             .event_callback(move |event| {
                 let reconnect_tx = reconnect_tx.clone();
                 let was_disconnected = was_disconnected.clone();
+                let violation_tx = violation_tx.clone();
                 async move {
                     match event {
+                        // The server reports a denied publish on the connection, not on
+                        // the publish: hand it to the publish waiting for its ack.
+                        async_nats::Event::ServerError(async_nats::ServerError::Other(text))
+                            if text.to_lowercase().contains("permissions violation") =>
+                        {
+                            warn!(%text, "NATS permission denied");
+                            let _ = violation_tx.send(text);
+                        }
                         async_nats::Event::Disconnected => {
                             was_disconnected.store(true, Ordering::SeqCst);
                             warn!("disconnected from NATS");
@@ -181,6 +194,7 @@ impl NatsStore {
                 closed: watch::channel(false).0,
                 urls,
                 lag: WatchLag::default(),
+                violations,
             }),
         })
     }
@@ -307,15 +321,29 @@ impl NatsStore {
     }
 
     async fn publish(&self, subject: &str, headers: HeaderMap, payload: Bytes) -> Result<u64> {
+        let mut violations = self.inner.violations.subscribe();
         let ack = self
             .inner
             .js
             .publish_with_headers(subject.to_string(), headers, payload)
             .await
-            .map_err(|e| publish_error(subject, e))?
-            .await
             .map_err(|e| publish_error(subject, e))?;
-        Ok(ack.sequence)
+        let denied = async {
+            loop {
+                match violations.recv().await {
+                    Ok(text) if text.contains(subject) => return text,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
+        tokio::select! {
+            ack = std::future::IntoFuture::into_future(ack) => Ok(ack.map_err(|e| publish_error(subject, e))?.sequence),
+            text = denied => Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!("the server refused the write to {subject}: {text}"),
+            )),
+        }
     }
 
     pub(crate) fn watch(&self) -> mpsc::UnboundedReceiver<WatchItem> {
@@ -665,10 +693,25 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
             revision,
             cause,
         },
-        None => KvChange::Put {
-            key,
-            value: message.payload.clone(),
-            revision,
+        None => match header(h::NATS_TTL).as_deref().map(parse_ttl_header) {
+            Some(Some(ttl)) if ttl <= MAX_INSTANCE_TTL => KvChange::Put {
+                key,
+                value: message.payload.clone(),
+                revision,
+            },
+            ttl => KvChange::Refused {
+                key,
+                revision,
+                why: match ttl {
+                    None => "record without Nats-TTL (it would never expire)".to_string(),
+                    Some(None) => "record with Nats-TTL never or unreadable".to_string(),
+                    Some(Some(ttl)) => format!(
+                        "record with Nats-TTL {} above the {} peers accept",
+                        humantime::format_duration(ttl),
+                        humantime::format_duration(MAX_INSTANCE_TTL)
+                    ),
+                },
+            },
         },
     };
     Ok((Some(change), position))

@@ -268,6 +268,7 @@ impl ViewTask {
                     index.upsert(key, instance, revision, reason, events);
                 }
             }
+            KvChange::Refused { key, revision, why } => self.refuse(&key, revision, &why),
             KvChange::Removed {
                 key,
                 cause,
@@ -319,8 +320,18 @@ impl ViewTask {
                 KvChange::Removed { key, cause, .. } => {
                     removals.insert(key, cause);
                 }
+                KvChange::Refused { key, revision, why } => {
+                    live.insert(key.clone());
+                    self.refuse(&key, revision, &why);
+                }
             }
         }
+    }
+
+    /// Counts and logs a write the view will not trust; what it held stays.
+    fn refuse(&self, key: &str, revision: u64, why: &str) {
+        MeshStats::incr(&self.stats.malformed_dropped);
+        warn!(key, revision, "ignoring untrusted instance record: {why}");
     }
 
     /// Ends a snapshot: what we held and it did not name went away while we were not
