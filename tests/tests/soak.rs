@@ -151,6 +151,15 @@ async fn a_thousand_heartbeating_instances_with_churn_stay_flat() {
         max(second, |s| s.backlog) < population as u64,
         "the view fell behind: {samples:#?}"
     );
+    // The population is steady, and so is the view (within one churn step).
+    for sample in &samples {
+        assert!(
+            sample.view.abs_diff(population) <= 20,
+            "view of {} at {:?}",
+            sample.view,
+            sample.at
+        );
+    }
     // The view matches what is live.
     wait_view(
         &peer,
