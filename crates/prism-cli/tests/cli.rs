@@ -435,3 +435,33 @@ async fn the_connection_can_come_from_a_service_discovery_yaml_file() {
     assert!(text(&out.stderr).contains("bad.yaml"));
     mesh.shutdown().await;
 }
+
+#[test]
+fn the_demo_runs_end_to_end_with_its_own_server() {
+    // Starts its own nats-server (NATS_SERVER_BIN or PATH), as the README's command does.
+    let output = Command::new(PRISM)
+        .args(["demo", "--ttl", "1s"])
+        .env_remove("NATS_URL")
+        .env("NATS_SERVER_BIN", prism_tests::nats_server_bin())
+        .output()
+        .unwrap();
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    for part in [
+        "started a local nats-server",
+        "the live view",
+        "expiry seen",
+        "the audit trail",
+        "expired",
+        "deregistered",
+    ] {
+        assert!(
+            stdout.contains(part),
+            "demo output lacks {part:?}:\n{stdout}"
+        );
+    }
+}
