@@ -344,39 +344,35 @@ pub async fn configure_default(
     builder: MeshBuilder,
     options: ClientOptions,
 ) -> Result<&'static DiscoveryClient> {
-    if DEFAULT.get().is_some() {
-        return Err(Error::new(
-            ErrorKind::InvalidConfig,
-            "the default discovery client is already configured",
-        ));
-    }
-    let client = DiscoveryClient::connect_with(builder, options).await?;
-    if DEFAULT.set(client).is_err() {
-        return Err(Error::new(
-            ErrorKind::InvalidConfig,
-            "the default discovery client is already configured",
-        ));
-    }
-    default_client()
+    ensure_unconfigured()?;
+    install_default(DiscoveryClient::connect_with(builder, options).await?)
 }
 
 /// [`configure_default`] from settings (a `service_discovery` YAML file).
 pub async fn configure_default_from_settings(
     settings: &DiscoverySettings,
 ) -> Result<&'static DiscoveryClient> {
-    if DEFAULT.get().is_some() {
-        return Err(Error::new(
-            ErrorKind::InvalidConfig,
-            "the default discovery client is already configured",
-        ));
+    ensure_unconfigured()?;
+    install_default(DiscoveryClient::from_settings(settings).await?)
+}
+
+fn already_configured() -> Error {
+    Error::new(
+        ErrorKind::InvalidConfig,
+        "the default discovery client is already configured",
+    )
+}
+
+// Checked before connecting, so a second call does not open a connection for nothing.
+fn ensure_unconfigured() -> Result<()> {
+    match DEFAULT.get() {
+        Some(_) => Err(already_configured()),
+        None => Ok(()),
     }
-    let client = DiscoveryClient::from_settings(settings).await?;
-    if DEFAULT.set(client).is_err() {
-        return Err(Error::new(
-            ErrorKind::InvalidConfig,
-            "the default discovery client is already configured",
-        ));
-    }
+}
+
+fn install_default(client: DiscoveryClient) -> Result<&'static DiscoveryClient> {
+    DEFAULT.set(client).map_err(|_| already_configured())?;
     default_client()
 }
 
