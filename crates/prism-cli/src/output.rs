@@ -83,16 +83,19 @@ pub fn record_line(record: &EventRecord, json_output: bool) -> String {
     )
 }
 
-/// A table row for an instance.
-pub fn instance_row(instance: &ServiceInstance) -> String {
-    let age = SystemTime::now()
-        .duration_since(instance.registered_at)
-        .map(|d| {
-            humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
-        })
-        .unwrap_or_else(|_| "-".to_string());
+/// A table row for an instance; `last_heartbeat` is when this peer last saw its key
+/// written (none for rebuilt, historical views).
+pub fn instance_row(instance: &ServiceInstance, last_heartbeat: Option<SystemTime>) -> String {
+    let ago = |time: SystemTime| {
+        SystemTime::now()
+            .duration_since(time)
+            .map(|d| {
+                humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+            })
+            .unwrap_or_else(|_| "0s".to_string())
+    };
     format!(
-        "{:<36}  {:<24}  {:<11}  {:>6}  {:<8}  {:<16}  {}",
+        "{:<36}  {:<24}  {:<11}  {:>6}  {:<8}  {:<16}  {:<10}  {}",
         instance.id,
         instance.base_url(),
         instance.status.as_str(),
@@ -103,13 +106,16 @@ pub fn instance_row(instance: &ServiceInstance) -> String {
         } else {
             instance.tags.join(",")
         },
-        age
+        ago(instance.registered_at),
+        last_heartbeat
+            .map(|t| format!("{} ago", ago(t)))
+            .unwrap_or_else(|| "-".to_string()),
     )
 }
 
 /// The header of [`instance_row`] tables.
 pub const INSTANCE_HEADER: &str =
-    "ID                                    URL                       STATUS       WEIGHT  ZONE      TAGS              AGE";
+    "ID                                    URL                       STATUS       WEIGHT  ZONE      TAGS              AGE         LAST HEARTBEAT";
 
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)

@@ -88,9 +88,18 @@ async fn ls_and_get_show_the_view_as_tables_and_json_with_meaningful_exit_codes(
         out.contains("http://127.0.0.1:8101") && out.contains("cli") && out.contains("STATUS"),
         "{out}"
     );
+    assert!(
+        out.contains("LAST HEARTBEAT") && out.contains(" ago"),
+        "{out}"
+    );
     let get = prism(&["get", "catalog", "--url", &url, "--json"]);
     let value: Value = serde_json::from_slice(&get.stdout).unwrap();
     assert_eq!(value.as_array().unwrap().len(), 2);
+    // The server's time of the last write: within a heartbeat (500 ms) of now.
+    let last: SystemTime =
+        humantime::parse_rfc3339(value[0]["last_heartbeat"].as_str().unwrap()).unwrap();
+    let age = SystemTime::now().duration_since(last).unwrap_or_default();
+    assert!(age < Duration::from_secs(2), "last heartbeat {age:?} ago");
 
     assert_clean_error(
         &prism(&["get", "nobody", "--url", &url]),

@@ -347,6 +347,12 @@ impl Mesh {
             .unwrap_or_default()
     }
 
+    /// When instance `id`'s key was last written (its registration, last heartbeat or
+    /// change), as the backend stored it. `None` when it is not in the view.
+    pub fn last_heartbeat(&self, id: Uuid) -> Option<std::time::SystemTime> {
+        self.inner.registry.last_write(id)
+    }
+
     /// A live handle on `service`'s snapshot, for callers that read it often.
     pub fn service(&self, service: &str) -> Arc<ServiceSlot> {
         self.inner.registry.slot_or_insert(service)

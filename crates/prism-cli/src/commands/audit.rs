@@ -88,7 +88,7 @@ pub async fn at(time: &str, connect: &ConnectArgs) -> Result<ExitCode, CliError>
     let mut rows: Vec<&ServiceInstance> = registry.values().collect();
     rows.sort_by(|a, b| (&a.service, a.id).cmp(&(&b.service, b.id)));
     for instance in rows {
-        println!("{:<32}  {}", instance.service, instance_row(instance));
+        println!("{:<32}  {}", instance.service, instance_row(instance, None));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -119,7 +119,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
     println!("{INSTANCE_HEADER}");
     for service in peer.services() {
         for instance in peer.discover(&service) {
-            println!("{}", instance_row(&instance));
+            println!(
+                "{}",
+                instance_row(&instance, peer.last_heartbeat(instance.id))
+            );
         }
     }
 

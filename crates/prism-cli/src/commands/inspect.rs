@@ -49,15 +49,23 @@ pub async fn get(service: &str, connect: &ConnectArgs) -> Result<ExitCode, CliEr
         return Ok(ExitCode::from(4));
     }
     if connect.json {
-        println!(
-            "{}",
-            serde_json::to_string(&instances.iter().map(|i| i.as_ref()).collect::<Vec<_>>())
-                .map_err(|e| CliError::Other(e.to_string()))?
-        );
+        let mut rows = Vec::with_capacity(instances.len());
+        for instance in &instances {
+            let mut row = serde_json::to_value(instance.as_ref())
+                .map_err(|e| CliError::Other(e.to_string()))?;
+            row["last_heartbeat"] = json!(mesh
+                .last_heartbeat(instance.id)
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()));
+            rows.push(row);
+        }
+        println!("{}", serde_json::Value::Array(rows));
     } else {
         println!("{INSTANCE_HEADER}");
         for instance in &instances {
-            println!("{}", instance_row(instance));
+            println!(
+                "{}",
+                instance_row(instance, mesh.last_heartbeat(instance.id))
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -64,6 +64,7 @@ struct Slot {
     value: Option<Bytes>,
     revision: u64,
     cause: Option<RemovalCause>,
+    written_at: std::time::SystemTime,
 }
 
 impl Default for MemoryStore {
@@ -134,12 +135,14 @@ impl MemoryStore {
         }
         state.revision += 1;
         let revision = state.revision;
+        let written_at = std::time::SystemTime::now();
         state.keys.insert(
             key.to_string(),
             Slot {
                 value: Some(value.clone()),
                 revision,
                 cause: None,
+                written_at,
             },
         );
         state
@@ -149,6 +152,7 @@ impl MemoryStore {
             key: key.to_string(),
             value,
             revision,
+            written_at,
         });
         Ok(revision)
     }
@@ -167,6 +171,7 @@ impl MemoryStore {
                 value: None,
                 revision,
                 cause: Some(cause.clone()),
+                written_at: std::time::SystemTime::now(),
             },
         );
         state.deadlines.push(Reverse((
@@ -285,6 +290,7 @@ impl Slot {
                 key: key.to_string(),
                 value: value.clone(),
                 revision: self.revision,
+                written_at: self.written_at,
             },
             (None, cause) => KvChange::Removed {
                 key: key.to_string(),

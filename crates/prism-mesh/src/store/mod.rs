@@ -49,6 +49,8 @@ pub(crate) enum KvChange {
         key: String,
         value: Bytes,
         revision: u64,
+        /// When the backend stored the write.
+        written_at: std::time::SystemTime,
     },
     Removed {
         key: String,

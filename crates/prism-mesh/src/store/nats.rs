@@ -698,6 +698,8 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
                 key,
                 value: message.payload.clone(),
                 revision,
+                written_at: UNIX_EPOCH
+                    + Duration::from_nanos(u64::try_from(position.stored_at_nanos).unwrap_or(0)),
             },
             ttl => KvChange::Refused {
                 key,

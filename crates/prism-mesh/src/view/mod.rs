@@ -233,6 +233,7 @@ impl ViewTask {
                 continue;
             }
             if let Some(entry) = index.remove(&key) {
+                self.registry.forget_write(entry.instance.id);
                 events.push(self.removal_event(
                     entry.instance,
                     RemovalCause::Expired,
@@ -260,11 +261,12 @@ impl ViewTask {
                 key,
                 value,
                 revision,
-                ..
+                written_at,
             } => {
                 if let Some((instance, reason)) = self.decode(&key, &value, revision) {
                     // Written again: an expiry waiting on it is void.
                     preservation.forget(&key);
+                    self.registry.record_write(instance.id, written_at);
                     index.upsert(key, instance, revision, reason, events);
                 }
             }
@@ -287,6 +289,7 @@ impl ViewTask {
                 let Some(entry) = index.remove(&key) else {
                     return;
                 };
+                self.registry.forget_write(entry.instance.id);
                 // The marker's revision is the same at every peer: one stored event.
                 events.push(self.removal_event(entry.instance, cause, revision, expiries));
             }
@@ -309,11 +312,12 @@ impl ViewTask {
                     key,
                     value,
                     revision,
-                    ..
+                    written_at,
                 } => {
                     // A malformed put keeps what we held, exactly as it does live.
                     live.insert(key.clone());
                     if let Some((instance, reason)) = self.decode(&key, &value, revision) {
+                        self.registry.record_write(instance.id, written_at);
                         index.upsert(key, instance, revision, reason, events);
                     }
                 }
@@ -364,6 +368,7 @@ impl ViewTask {
             let Some(entry) = index.remove(&key) else {
                 continue;
             };
+            self.registry.forget_write(entry.instance.id);
             // Expiries that happened while we were away belong in the audit trail too.
             events.push(self.removal_event(entry.instance, cause, entry.revision, expiries));
         }

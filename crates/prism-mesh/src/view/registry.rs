@@ -70,9 +70,28 @@ impl ServiceSlot {
 #[derive(Debug, Default)]
 pub(crate) struct RegistryView {
     slots: ArcSwap<HashMap<String, Arc<ServiceSlot>>>,
+    /// When each instance's key was last written (registration, heartbeat, change), as
+    /// the backend stored it. Written by the view task only; read by tools, not by picks.
+    last_writes: std::sync::Mutex<HashMap<uuid::Uuid, std::time::SystemTime>>,
 }
 
 impl RegistryView {
+    pub(crate) fn record_write(&self, id: uuid::Uuid, at: std::time::SystemTime) {
+        self.lock_writes().insert(id, at);
+    }
+
+    pub(crate) fn forget_write(&self, id: uuid::Uuid) {
+        self.lock_writes().remove(&id);
+    }
+
+    pub(crate) fn last_write(&self, id: uuid::Uuid) -> Option<std::time::SystemTime> {
+        self.lock_writes().get(&id).copied()
+    }
+
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, HashMap<uuid::Uuid, std::time::SystemTime>> {
+        self.last_writes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn slot(&self, service: &str) -> Option<Arc<ServiceSlot>> {
         self.slots.load().get(service).cloned()
     }
