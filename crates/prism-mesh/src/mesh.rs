@@ -218,6 +218,8 @@ struct Inner {
     event_stream: String,
     closing: watch::Sender<bool>,
     balancing: Balancing,
+    /// The highest revision this peer's view shows (read-your-writes for owners).
+    applied: watch::Receiver<u64>,
     /// The balancers behind by-name picks, one per service, created on first pick.
     balancers: ArcSwap<HashMap<String, Balancer>>,
 }
@@ -247,6 +249,7 @@ impl Mesh {
         let bus = Arc::new(EventBus::default());
         let stats = Arc::new(MeshStats::default());
         let (ready_tx, mut ready) = watch::channel(false);
+        let (applied_tx, applied) = watch::channel(0u64);
         let task = ViewTask {
             store: store.clone(),
             registry: registry.clone(),
@@ -256,6 +259,7 @@ impl Mesh {
             peer_id: peer_id.clone(),
             publish_expired: builder.publish_expired_events,
             self_preservation: builder.self_preservation,
+            applied: applied_tx,
         };
         let span = tracing::info_span!("view", peer = %peer_id);
         tokio::spawn(task.run(store.watch()).instrument(span));
@@ -295,6 +299,7 @@ impl Mesh {
                 },
                 closing: watch::channel(false).0,
                 balancing: builder.balancing,
+                applied,
                 balancers: ArcSwap::default(),
             }),
         })
@@ -325,6 +330,7 @@ impl Mesh {
             instance,
             self.inner.closing.subscribe(),
             Arc::downgrade(&self.inner.owned),
+            self.inner.applied.clone(),
         )
         .await?;
         self.lock_owned()

@@ -18,6 +18,9 @@ use crate::metrics::MeshStats;
 use crate::protocol::{EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
 use crate::store::{Store, WriteCondition};
 
+/// Longest wait for this mesh's own view to show a write before the call returns.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How often a lifecycle event publish is tried before the call reports failure.
 const EVENT_PUBLISH_ATTEMPTS: u32 = 3;
 
@@ -147,6 +150,8 @@ pub(crate) struct Owner {
     key: String,
     revision: u64,
     current: watch::Sender<Arc<ServiceInstance>>,
+    /// The highest revision this mesh's own view shows.
+    applied: watch::Receiver<u64>,
 }
 
 impl Owner {
@@ -159,6 +164,7 @@ impl Owner {
         instance: ServiceInstance,
         closing: watch::Receiver<bool>,
         owned: Weak<Mutex<HashMap<Uuid, Registration>>>,
+        applied: watch::Receiver<u64>,
     ) -> Result<Registration> {
         instance.validate()?;
         let key = instance.key();
@@ -187,6 +193,7 @@ impl Owner {
             key,
             revision,
             current,
+            applied,
         };
         if let Err(e) = owner
             .publish(EventName::Registered, None, None, revision)
@@ -207,6 +214,7 @@ impl Owner {
             return Err(e);
         }
         MeshStats::incr(&owner.stats.registrations);
+        owner.until_visible(revision).await;
         let (commands, inbox) = mpsc::channel(64);
         let registration = Registration {
             id: owner.instance.id,
@@ -253,10 +261,17 @@ impl Owner {
                 }
                 command = inbox.recv() => match command {
                     Some(Command::Update { edit, reason, reply }) => {
-                        let _ = reply.send(self.update(edit, reason).await);
+                        let result = self.update(edit, reason).await;
+                        if result.is_ok() {
+                            self.until_visible(self.revision).await;
+                        }
+                        let _ = reply.send(result);
                     }
                     Some(Command::Deregister { reason, reply }) => {
                         let (deleted, result) = self.deregister(reason).await;
+                        if deleted {
+                            self.until_visible(self.revision).await;
+                        }
                         let _ = reply.send(result);
                         // Once the tombstone is written the owner is done, even if the
                         // event could not be recorded: heartbeating would resurrect the key.
@@ -398,6 +413,7 @@ impl Owner {
             Ok(revision) => revision,
             Err(e) => return (false, Err(e)),
         };
+        self.revision = revision;
         MeshStats::incr(&self.stats.deregistrations);
         (
             true,
@@ -407,6 +423,15 @@ impl Owner {
     }
 
     /// Appends a lifecycle event, retrying with the same id (the stream stores it once).
+    /// Read-your-writes: waits (bounded) until this mesh's own view shows `revision`, so
+    /// `discover` right after `register`, `set_status` or `deregister` sees the change.
+    async fn until_visible(&mut self, revision: u64) {
+        let shown = self.applied.wait_for(|applied| *applied >= revision);
+        if tokio::time::timeout(READ_YOUR_WRITES_TIMEOUT, shown).await.is_err() {
+            debug!(revision, "own view did not show the write in time; returning anyway");
+        }
+    }
+
     async fn publish(
         &mut self,
         event: EventName,

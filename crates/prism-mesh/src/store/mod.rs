@@ -66,6 +66,17 @@ pub(crate) enum KvChange {
     },
 }
 
+impl KvChange {
+    /// The revision (log position) of the change.
+    pub(crate) fn revision(&self) -> u64 {
+        match self {
+            KvChange::Put { revision, .. }
+            | KvChange::Removed { revision, .. }
+            | KvChange::Refused { revision, .. } => *revision,
+        }
+    }
+}
+
 /// What a watch delivers: a full state first (and again after every resynchronisation),
 /// then changes.
 #[derive(Debug)]

@@ -84,6 +84,8 @@ pub(crate) struct ViewTask {
     pub(crate) peer_id: String,
     pub(crate) publish_expired: bool,
     pub(crate) self_preservation: SelfPreservation,
+    /// The highest revision readers can see, so writers can wait for their own writes.
+    pub(crate) applied: watch::Sender<u64>,
 }
 
 impl ViewTask {
@@ -100,6 +102,8 @@ impl ViewTask {
         // When the last flush finished and what it cost: see `FLUSH_COST_FACTOR`.
         let mut last_flush = (Instant::now(), Duration::ZERO);
         let mut preservation = Preservation::new(self.self_preservation);
+        // The highest revision applied so far (published after each flush).
+        let mut high = 0u64;
         'items: loop {
             // Wake for the next item, or when a waiting expiry must be decided.
             let first = match preservation.next_deadline() {
@@ -121,6 +125,8 @@ impl ViewTask {
                 while let Some(item) = next.take() {
                     match item {
                         WatchItem::SnapshotPart(changes) => {
+                            let top = changes.iter().map(KvChange::revision).max();
+                            high = high.max(top.unwrap_or(0));
                             let state = resync.get_or_insert_with(|| {
                                 MeshStats::incr(&self.stats.resyncs);
                                 Resync::default()
@@ -143,6 +149,7 @@ impl ViewTask {
                             synced = true;
                         }
                         WatchItem::Change(change) => {
+                            high = high.max(change.revision());
                             MeshStats::incr(&self.stats.changes_applied);
                             self.apply_change(
                                 &mut index,
@@ -184,6 +191,11 @@ impl ViewTask {
             let started = Instant::now();
             index.flush(&self.registry);
             last_flush = (Instant::now(), started.elapsed());
+            self.applied.send_if_modified(|applied| {
+                let newer = high > *applied;
+                *applied = (*applied).max(high);
+                newer
+            });
             self.stats
                 .events_emitted
                 .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
