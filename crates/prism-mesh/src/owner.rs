@@ -427,8 +427,14 @@ impl Owner {
     /// `discover` right after `register`, `set_status` or `deregister` sees the change.
     async fn until_visible(&mut self, revision: u64) {
         let shown = self.applied.wait_for(|applied| *applied >= revision);
-        if tokio::time::timeout(READ_YOUR_WRITES_TIMEOUT, shown).await.is_err() {
-            debug!(revision, "own view did not show the write in time; returning anyway");
+        if tokio::time::timeout(READ_YOUR_WRITES_TIMEOUT, shown)
+            .await
+            .is_err()
+        {
+            debug!(
+                revision,
+                "own view did not show the write in time; returning anyway"
+            );
         }
     }
 
