@@ -18,7 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 use crate::instance::{validate_service_name, InstanceStatus, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
-use crate::owner::{Owner, Registration};
+use crate::owner::{Owner, OwnerContext, Registration};
 use crate::store::{MemoryStore, NatsStore, Store};
 use crate::view::{
     EventBus, EventFilter, EventStream, MeshEvent, RegistryView, SelfPreservation, ServiceSlot,
@@ -322,17 +322,16 @@ impl Mesh {
         if *self.inner.closing.borrow() {
             return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
         }
-        let registration = Owner::register(
-            self.inner.store.clone(),
-            self.inner.timing,
-            self.inner.stats.clone(),
-            self.inner.peer_id.clone(),
-            instance,
-            self.inner.closing.subscribe(),
-            Arc::downgrade(&self.inner.owned),
-            self.inner.applied.clone(),
-        )
-        .await?;
+        let context = OwnerContext {
+            store: self.inner.store.clone(),
+            timing: self.inner.timing,
+            stats: self.inner.stats.clone(),
+            peer_id: self.inner.peer_id.clone(),
+            closing: self.inner.closing.subscribe(),
+            owned: Arc::downgrade(&self.inner.owned),
+            applied: self.inner.applied.clone(),
+        };
+        let registration = Owner::register(context, instance).await?;
         self.lock_owned()
             .insert(registration.id(), registration.clone());
         Ok(registration)

@@ -154,18 +154,34 @@ pub(crate) struct Owner {
     applied: watch::Receiver<u64>,
 }
 
+/// What every owner of one mesh shares.
+pub(crate) struct OwnerContext {
+    pub(crate) store: Store,
+    pub(crate) timing: Timing,
+    pub(crate) stats: Arc<MeshStats>,
+    pub(crate) peer_id: String,
+    pub(crate) closing: watch::Receiver<bool>,
+    /// The mesh's registrations, which an owner leaves when it ends.
+    pub(crate) owned: Weak<Mutex<HashMap<Uuid, Registration>>>,
+    /// The highest revision the mesh's own view shows.
+    pub(crate) applied: watch::Receiver<u64>,
+}
+
 impl Owner {
     /// Writes the key and the `registered` event, then starts the owner task.
     pub(crate) async fn register(
-        store: Store,
-        timing: Timing,
-        stats: Arc<MeshStats>,
-        peer_id: String,
+        context: OwnerContext,
         instance: ServiceInstance,
-        closing: watch::Receiver<bool>,
-        owned: Weak<Mutex<HashMap<Uuid, Registration>>>,
-        applied: watch::Receiver<u64>,
     ) -> Result<Registration> {
+        let OwnerContext {
+            store,
+            timing,
+            stats,
+            peer_id,
+            closing,
+            owned,
+            applied,
+        } = context;
         instance.validate()?;
         let key = instance.key();
         let instance = Arc::new(instance);
