@@ -80,6 +80,12 @@ impl RegistryView {
         self.lock_writes().insert(id, at);
     }
 
+    pub(crate) fn record_writes(&self, writes: &[(uuid::Uuid, std::time::SystemTime)]) {
+        let mut last = self.lock_writes();
+        last.reserve(writes.len());
+        last.extend(writes.iter().copied());
+    }
+
     pub(crate) fn forget_write(&self, id: uuid::Uuid) {
         self.lock_writes().remove(&id);
     }
