@@ -354,7 +354,9 @@ impl Balancer {
         {
             let mut known = lock_loads(&self.inner);
             // Forget instances that left the service; guards still hold their own Arc.
-            known.retain(|id, _| snapshot.instances().iter().any(|i| i.id == *id));
+            // The snapshot is ordered by id: a lookup, not a scan, per known instance.
+            let instances = snapshot.instances();
+            known.retain(|id, _| instances.binary_search_by(|i| i.id.cmp(id)).is_ok());
             for instance in eligible {
                 let load = known.entry(instance.id).or_default().clone();
                 if !load.is_ejected() {
