@@ -49,9 +49,9 @@ pub use config::{BackendConfig, NatsOptions, StorageKind, Timing, SECRET_SAFE_LO
 pub use error::{Error, ErrorKind, Result};
 pub use health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 pub use instance::{
-    validate_service_name, InstanceStatus, Metadata, ServiceInstance, ServiceInstanceBuilder,
-    DEFAULT_WEIGHT, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_SERVICE_NAME_LEN,
-    MAX_TAGS, MAX_TAG_LEN,
+    count_by_status, validate_service_name, InstanceStatus, Metadata, ServiceInstance,
+    ServiceInstanceBuilder, DEFAULT_WEIGHT, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_METADATA_DEPTH,
+    MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
 };
 pub use mesh::{Mesh, MeshBuilder};
 pub use metrics::{MetricsEndpoint, StatsSnapshot};

@@ -16,7 +16,7 @@ use crate::balance::{Balancer, BalancerBuilder, RequestGuard, Selection, Strateg
 use crate::config::{BackendConfig, NatsOptions, Timing};
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
-use crate::instance::{validate_service_name, InstanceStatus, ServiceInstance};
+use crate::instance::{count_by_status, validate_service_name, InstanceStatus, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
 use crate::owner::{Owner, OwnerContext, Registration};
 use crate::store::{MemoryStore, NatsStore, Store};
@@ -476,17 +476,8 @@ impl Mesh {
         let mut instances = Vec::new();
         for service in inner.registry.service_names() {
             if let Some(slot) = inner.registry.slot(&service) {
-                let snapshot = slot.load();
-                let mut by_status: Vec<(&'static str, u64)> = Vec::new();
-                for instance in snapshot.instances() {
-                    let status = instance.status.as_str();
-                    match by_status.iter_mut().find(|(s, _)| *s == status) {
-                        Some((_, n)) => *n += 1,
-                        None => by_status.push((status, 1)),
-                    }
-                }
-                for (status, count) in by_status {
-                    instances.push((service.clone(), status, count));
+                for (status, count) in count_by_status(slot.load().instances()) {
+                    instances.push((service.clone(), status.as_str(), count as u64));
                 }
             }
         }
@@ -538,12 +529,7 @@ impl Mesh {
         let result =
             crate::health::run_check(&HealthCheck::for_instance(&instance), &instance, timeout)
                 .await;
-        let counter = if result.passing {
-            &self.inner.stats.health_checks_passed
-        } else {
-            &self.inner.stats.health_checks_failed
-        };
-        MeshStats::incr(counter);
+        self.inner.stats.record_health_check(result.passing);
         Ok(result)
     }
 

@@ -15,11 +15,11 @@ pub async fn ls(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
     let mesh = connect.connect().await?;
     let mut rows = Vec::new();
     for service in mesh.services() {
-        let mut counts: BTreeMap<&'static str, usize> = BTreeMap::new();
         let instances = mesh.discover(&service);
-        for instance in &instances {
-            *counts.entry(instance.status.as_str()).or_default() += 1;
-        }
+        let counts: BTreeMap<&'static str, usize> = prism_mesh::count_by_status(&instances)
+            .into_iter()
+            .map(|(status, n)| (status.as_str(), n))
+            .collect();
         rows.push((service, instances.len(), counts));
     }
     if connect.json {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::instance::{InstanceStatus, ServiceInstance};
+use crate::instance::{count_by_status, InstanceStatus, ServiceInstance};
 
 /// The rules that decide which instances a [`Balancer`](super::Balancer) may pick.
 ///
@@ -161,14 +161,7 @@ impl Selection {
         if instances.is_empty() {
             message.push_str("the service has no instance in the view");
         } else {
-            let mut counts: Vec<(InstanceStatus, usize)> = Vec::new();
-            for instance in instances {
-                match counts.iter_mut().find(|(s, _)| *s == instance.status) {
-                    Some((_, n)) => *n += 1,
-                    None => counts.push((instance.status, 1)),
-                }
-            }
-            counts.sort_by_key(|(s, _)| s.as_str());
+            let counts = count_by_status(instances);
             let by_status: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
             let _ = write!(
                 message,

@@ -130,12 +130,7 @@ async fn run(
         // Runs in this task, apart from the owner's heartbeats: a hanging check delays
         // only the next check.
         let result = run_check(&check, &instance, policy.timeout).await;
-        let counter = if result.passing {
-            &stats.health_checks_passed
-        } else {
-            &stats.health_checks_failed
-        };
-        MeshStats::incr(counter);
+        stats.record_health_check(result.passing);
         if result.passing {
             (passes, failures) = (passes.saturating_add(1), 0);
         } else {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use status::InstanceStatus;
+pub use status::{count_by_status, InstanceStatus};
 pub use validate::{
     validate_service_name, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_METADATA_DEPTH,
     MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,

@@ -67,3 +67,19 @@ impl FromStr for InstanceStatus {
             })
     }
 }
+
+/// How many of `instances` are in each status, sorted by status name (statuses with none
+/// are left out).
+pub fn count_by_status<'a>(
+    instances: impl IntoIterator<Item = &'a std::sync::Arc<super::ServiceInstance>>,
+) -> Vec<(InstanceStatus, usize)> {
+    let mut counts: Vec<(InstanceStatus, usize)> = Vec::new();
+    for instance in instances {
+        match counts.iter_mut().find(|(s, _)| *s == instance.status) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((instance.status, 1)),
+        }
+    }
+    counts.sort_by_key(|(s, _)| s.as_str());
+    counts
+}

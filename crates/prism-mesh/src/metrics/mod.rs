@@ -36,6 +36,15 @@ impl MeshStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one health check run by this peer, by its result.
+    pub(crate) fn record_health_check(&self, passing: bool) {
+        Self::incr(if passing {
+            &self.health_checks_passed
+        } else {
+            &self.health_checks_failed
+        });
+    }
+
     pub(crate) fn snapshot(&self, instances_active: usize) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
