@@ -5,6 +5,7 @@
 //! PRISM_BENCH_SYNC=default|always). Prints a table of figures and ratios (mesh / raw);
 //! `docs/benchmarks.md` records results and how to read them.
 
+use prism_benches::{env_usize, percentile};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, kv};
@@ -19,18 +20,6 @@ const RAW_BUCKET: &str = "raw-bench";
 /// A bucket of its own, so the cold view holds exactly the populated instances.
 const COLD_BUCKET: &str = "prism-cold";
 const WINDOW: usize = 512;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 fn rss_mib() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

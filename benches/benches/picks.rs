@@ -4,6 +4,7 @@
 //! `cargo bench -p prism-benches --bench picks` (env: PRISM_PICKS=5000000 picks per figure,
 //! PRISM_PICK_SERVICES=1000, PRISM_PICK_INSTANCES=100). Single thread: per core.
 
+use prism_benches::env_usize;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,13 +35,6 @@ unsafe impl GlobalAlloc for CountingAllocator {
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Figure {
     name: String,

@@ -29,6 +29,7 @@ mod etcd;
 #[path = "side_by_side/redis.rs"]
 mod redis;
 
+use prism_benches::{env_usize, percentile};
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -47,18 +48,6 @@ const LONG_TTL: Duration = Duration::from_secs(600);
 const EXPIRY_TTL: Duration = Duration::from_secs(2);
 /// A wait longer than this is a failure of the system under test, reported as such.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 /// VmRSS of a process, in MiB.
 fn vm_rss_mib(pid: u32) -> f64 {
