@@ -140,6 +140,13 @@ impl Registration {
     }
 }
 
+/// Removes registration `id` from the mesh's list of what it owns.
+fn leave(owned: &Weak<Mutex<HashMap<Uuid, Registration>>>, id: Uuid) {
+    if let Some(owned) = owned.upgrade() {
+        owned.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+}
+
 /// Everything an owner task needs.
 pub(crate) struct Owner {
     store: Store,
@@ -152,6 +159,8 @@ pub(crate) struct Owner {
     current: watch::Sender<Arc<ServiceInstance>>,
     /// The highest revision this mesh's own view shows.
     applied: watch::Receiver<u64>,
+    /// The mesh's registrations, which this owner leaves when it ends.
+    owned: Weak<Mutex<HashMap<Uuid, Registration>>>,
 }
 
 /// What every owner of one mesh shares.
@@ -210,6 +219,7 @@ impl Owner {
             revision,
             current,
             applied,
+            owned: owned.clone(),
         };
         if let Err(e) = owner
             .publish(EventName::Registered, None, None, revision)
@@ -244,9 +254,7 @@ impl Owner {
             async move {
                 owner.run(inbox, closing).await;
                 // Forget the handle so churn does not accumulate dead registrations.
-                if let Some(owned) = owned.upgrade() {
-                    owned.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                }
+                leave(&owned, id);
             }
             .instrument(span),
         );
@@ -287,6 +295,9 @@ impl Owner {
                         let (deleted, result) = self.deregister(reason).await;
                         if deleted {
                             self.until_visible(self.revision).await;
+                            // Before the reply: once deregister returns, `registrations()`
+                            // no longer lists it.
+                            leave(&self.owned, self.instance.id);
                         }
                         let _ = reply.send(result);
                         // Once the tombstone is written the owner is done, even if the
