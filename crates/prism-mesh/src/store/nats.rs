@@ -680,12 +680,12 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
             .headers
             .as_ref()
             .and_then(|headers| headers.get(name(wanted)))
-            .map(|value| value.as_str().to_string())
+            .map(|value| value.as_str())
     };
     let cause = removal_cause(
-        header(h::NATS_MARKER_REASON).as_deref(),
-        header(h::KV_OPERATION).as_deref(),
-        || header(h::REASON),
+        header(h::NATS_MARKER_REASON),
+        header(h::KV_OPERATION),
+        || header(h::REASON).map(str::to_string),
     );
     let change = match cause {
         Some(cause) => KvChange::Removed {
@@ -693,7 +693,7 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
             revision,
             cause,
         },
-        None => match header(h::NATS_TTL).as_deref().map(parse_ttl_header) {
+        None => match header(h::NATS_TTL).map(parse_ttl_header) {
             Some(Some(ttl)) if ttl <= MAX_INSTANCE_TTL => KvChange::Put {
                 key,
                 value: message.payload.clone(),

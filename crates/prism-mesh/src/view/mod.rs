@@ -10,7 +10,12 @@ mod history;
 mod preservation;
 mod registry;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::hash_map::Entry as Slot;
+use std::collections::{BTreeMap, HashMap};
+
+// The index hashes every key of every change: foldhash (randomly seeded per map) is several
+// times faster than SipHash on these short keys.
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -51,20 +56,24 @@ const THROTTLED_FLUSH_COST: Duration = Duration::from_millis(1);
 struct Entry {
     instance: Arc<ServiceInstance>,
     revision: u64,
+    /// The last snapshot (see `Index::snapshot`) that named this key.
+    seen_in: u64,
 }
 
 /// The writer side of the view.
 #[derive(Debug)]
 struct Index {
-    entries: HashMap<String, Entry>,
-    by_service: HashMap<String, BTreeMap<Uuid, Arc<ServiceInstance>>>,
-    dirty: HashSet<String>,
+    entries: FastMap<String, Entry>,
+    by_service: FastMap<String, BTreeMap<Uuid, Arc<ServiceInstance>>>,
+    dirty: FastSet<String>,
+    /// Counts snapshots. Entries a snapshot names are marked with its number, so what it
+    /// did not name is found without a set of 100k key copies.
+    snapshot: u64,
 }
 
-/// Keys named so far by a snapshot being streamed in.
+/// Removals named so far by a snapshot being streamed in.
 #[derive(Debug, Default)]
 struct Resync {
-    live: HashSet<String>,
     removals: HashMap<String, RemovalCause>,
 }
 
@@ -91,9 +100,10 @@ pub(crate) struct ViewTask {
 impl ViewTask {
     pub(crate) async fn run(self, mut items: mpsc::UnboundedReceiver<WatchItem>) {
         let mut index = Index {
-            entries: HashMap::new(),
-            by_service: HashMap::new(),
-            dirty: HashSet::new(),
+            entries: FastMap::default(),
+            by_service: FastMap::default(),
+            dirty: FastSet::default(),
+            snapshot: 0,
         };
         let mut events = Vec::new();
         let mut expiries = Vec::new();
@@ -129,6 +139,7 @@ impl ViewTask {
                             high = high.max(top.unwrap_or(0));
                             let state = resync.get_or_insert_with(|| {
                                 MeshStats::incr(&self.stats.resyncs);
+                                index.snapshot += 1;
                                 Resync::default()
                             });
                             self.apply_snapshot_part(&mut index, state, changes, &mut events);
@@ -316,7 +327,7 @@ impl ViewTask {
         changes: Vec<KvChange>,
         events: &mut Vec<MeshEvent>,
     ) {
-        let Resync { live, removals } = state;
+        let Resync { removals } = state;
         // One lock for the whole part: a cold start applies 100k of these.
         let mut writes = Vec::with_capacity(changes.len());
         for change in changes {
@@ -328,18 +339,20 @@ impl ViewTask {
                     revision,
                     written_at,
                 } => {
-                    // A malformed put keeps what we held, exactly as it does live.
-                    live.insert(key.clone());
-                    if let Some((instance, reason)) = self.decode(&key, &value, revision) {
-                        writes.push((instance.id, written_at));
-                        index.upsert(key, instance, revision, reason, events);
+                    match self.decode(&key, &value, revision) {
+                        Some((instance, reason)) => {
+                            writes.push((instance.id, written_at));
+                            index.upsert(key, instance, revision, reason, events);
+                        }
+                        // A malformed put keeps what we held, exactly as it does live.
+                        None => index.mark_seen(&key),
                     }
                 }
                 KvChange::Removed { key, cause, .. } => {
                     removals.insert(key, cause);
                 }
                 KvChange::Refused { key, revision, why } => {
-                    live.insert(key.clone());
+                    index.mark_seen(&key);
                     self.refuse(&key, revision, &why);
                 }
             }
@@ -363,12 +376,12 @@ impl ViewTask {
         events: &mut Vec<MeshEvent>,
         expiries: &mut Vec<ExpiryToPublish>,
     ) {
-        let Resync { live, mut removals } = state;
+        let Resync { mut removals } = state;
         let gone: Vec<String> = index
             .entries
-            .keys()
-            .filter(|key| !live.contains(*key))
-            .cloned()
+            .iter()
+            .filter(|(_, entry)| entry.seen_in != index.snapshot)
+            .map(|(key, _)| key.clone())
             .collect();
         for key in gone {
             // Absent without a trace: its marker expired too while we were away.
@@ -481,17 +494,22 @@ impl Index {
         reason: Option<String>,
         events: &mut Vec<MeshEvent>,
     ) {
-        match self.entries.get_mut(&key) {
-            Some(entry) if entry.revision >= revision => {} // already applied (resync overlap)
-            Some(entry) if entry.instance.same_content(&instance) => {
-                entry.revision = revision; // a heartbeat
-            }
-            Some(entry) => {
+        let snapshot = self.snapshot;
+        match self.entries.entry(key) {
+            Slot::Occupied(mut slot) => {
+                let entry = slot.get_mut();
+                entry.seen_in = snapshot;
+                if entry.revision >= revision {
+                    return; // already applied (resync overlap)
+                }
+                entry.revision = revision;
+                if entry.instance.same_content(&instance) {
+                    return; // a heartbeat
+                }
                 let previous = entry.instance.clone();
                 let instance = Arc::new(instance);
                 entry.instance = instance.clone();
-                entry.revision = revision;
-                self.set_in_service(&instance);
+                set_in_service(&mut self.by_service, &mut self.dirty, &instance);
                 if previous.status != instance.status {
                     events.push(MeshEvent::StatusChanged {
                         instance: instance.clone(),
@@ -510,18 +528,23 @@ impl Index {
                     });
                 }
             }
-            None => {
+            Slot::Vacant(slot) => {
                 let instance = Arc::new(instance);
-                self.set_in_service(&instance);
-                self.entries.insert(
-                    key,
-                    Entry {
-                        instance: instance.clone(),
-                        revision,
-                    },
-                );
+                set_in_service(&mut self.by_service, &mut self.dirty, &instance);
+                slot.insert(Entry {
+                    instance: instance.clone(),
+                    revision,
+                    seen_in: snapshot,
+                });
                 events.push(MeshEvent::Registered { instance });
             }
+        }
+    }
+
+    /// Keeps `key` through the snapshot being read, whatever its new value was.
+    fn mark_seen(&mut self, key: &str) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.seen_in = self.snapshot;
         }
     }
 
@@ -535,26 +558,9 @@ impl Index {
         Some(entry)
     }
 
-    fn set_in_service(&mut self, instance: &Arc<ServiceInstance>) {
-        // Look up before inserting: a cold start does this 100k times, allocations add up.
-        match self.by_service.get_mut(&instance.service) {
-            Some(instances) => {
-                instances.insert(instance.id, instance.clone());
-            }
-            None => {
-                self.by_service.insert(
-                    instance.service.clone(),
-                    BTreeMap::from([(instance.id, instance.clone())]),
-                );
-            }
-        }
-        if !self.dirty.contains(&instance.service) {
-            self.dirty.insert(instance.service.clone());
-        }
-    }
-
     /// Publishes a new snapshot for every service changed since the last flush.
     fn flush(&mut self, registry: &RegistryView) {
+        registry.ensure_slots(self.dirty.iter().map(String::as_str));
         for service in self.dirty.drain() {
             let instances = self
                 .by_service
@@ -565,5 +571,28 @@ impl Index {
                 .slot_or_insert(&service)
                 .store(ServiceSnapshot::new(instances));
         }
+    }
+}
+
+/// Puts `instance` in its service's map and marks the service for the next flush.
+fn set_in_service(
+    by_service: &mut FastMap<String, BTreeMap<Uuid, Arc<ServiceInstance>>>,
+    dirty: &mut FastSet<String>,
+    instance: &Arc<ServiceInstance>,
+) {
+    // Look up before inserting: a cold start does this 100k times, allocations add up.
+    match by_service.get_mut(&instance.service) {
+        Some(instances) => {
+            instances.insert(instance.id, instance.clone());
+        }
+        None => {
+            by_service.insert(
+                instance.service.clone(),
+                BTreeMap::from([(instance.id, instance.clone())]),
+            );
+        }
+    }
+    if !dirty.contains(&instance.service) {
+        dirty.insert(instance.service.clone());
     }
 }
