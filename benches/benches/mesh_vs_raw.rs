@@ -261,7 +261,7 @@ async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut
             v: PROTOCOL_VERSION,
             ttl_ms: 600_000,
             reason: None,
-            instance,
+            instance: instance.into(),
         };
         (
             format!("$KV.{COLD_BUCKET}.{}", record.instance.key()),

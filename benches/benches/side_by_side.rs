@@ -70,7 +70,7 @@ fn record(service: &str, port: u16, ttl: Duration) -> (ServiceInstance, Vec<u8>)
         v: PROTOCOL_VERSION,
         ttl_ms: ttl.as_millis() as u64,
         reason: None,
-        instance: instance.clone(),
+        instance: instance.clone().into(),
     }
     .encode()
     .expect("encode");
@@ -96,7 +96,7 @@ impl View {
         self.services
             .entry(instance.service.clone())
             .or_default()
-            .insert(instance.id.to_string(), instance);
+            .insert(instance.id.to_string(), ServiceInstance::clone(&instance));
     }
 
     fn len(&self) -> usize {

@@ -58,7 +58,7 @@ fn record(service: &str) -> (String, Bytes) {
     let key = format!("$KV.prism-instances.{}", instance.key());
     let record = InstanceRecord {
         v: PROTOCOL_VERSION,
-        instance,
+        instance: instance.into(),
         ttl_ms: 2000,
         reason: None,
     };

@@ -95,7 +95,7 @@ impl Hostile {
 fn record(instance: &ServiceInstance) -> Vec<u8> {
     InstanceRecord {
         v: 1,
-        instance: instance.clone(),
+        instance: instance.clone().into(),
         ttl_ms: 2000,
         reason: None,
     }
@@ -107,7 +107,7 @@ fn event(instance: &ServiceInstance, event: EventName) -> Vec<u8> {
     EventRecord {
         v: 1,
         event,
-        instance: instance.clone(),
+        instance: instance.clone().into(),
         previous_status: None,
         reason: Some("forged".into()),
         at: SystemTime::now(),

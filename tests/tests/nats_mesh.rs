@@ -284,7 +284,7 @@ async fn malformed_messages_are_counted_and_ignored_without_damaging_the_view() 
     let real = ServiceInstance::builder("ledger", "h", 1).build().unwrap();
     let real_record = protocol::InstanceRecord {
         v: 1,
-        instance: real.clone(),
+        instance: real.clone().into(),
         ttl_ms: 2000,
         reason: None,
     }
@@ -294,7 +294,7 @@ async fn malformed_messages_are_counted_and_ignored_without_damaging_the_view() 
     spoofed.id = uuid::Uuid::new_v4();
     let spoofed = protocol::InstanceRecord {
         v: 1,
-        instance: spoofed,
+        instance: spoofed.into(),
         ttl_ms: 0,
         reason: None,
     }

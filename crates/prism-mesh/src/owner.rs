@@ -475,7 +475,7 @@ impl Owner {
         let record = EventRecord {
             v: PROTOCOL_VERSION,
             event,
-            instance: ServiceInstance::clone(&self.instance),
+            instance: self.instance.clone(),
             previous_status,
             reason,
             at: SystemTime::now(),
@@ -503,7 +503,11 @@ impl Owner {
     }
 }
 
-fn record(instance: &ServiceInstance, timing: &Timing, reason: Option<&str>) -> InstanceRecord {
+fn record(
+    instance: &Arc<ServiceInstance>,
+    timing: &Timing,
+    reason: Option<&str>,
+) -> InstanceRecord {
     InstanceRecord {
         v: PROTOCOL_VERSION,
         instance: instance.clone(),

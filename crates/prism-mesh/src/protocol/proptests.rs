@@ -126,7 +126,7 @@ prop_compose! {
         ttl_ms in any::<u64>(),
         reason in prop::option::of("\\PC{0,40}"),
     ) -> InstanceRecord {
-        InstanceRecord { v, instance, ttl_ms, reason }
+        InstanceRecord { v, instance: instance.into(), ttl_ms, reason }
     }
 }
 
@@ -150,7 +150,7 @@ prop_compose! {
         at in timestamp(),
         origin in "\\PC{0,40}",
     ) -> EventRecord {
-        EventRecord { v, event, instance, previous_status, reason, at, origin }
+        EventRecord { v, event, instance: instance.into(), previous_status, reason, at, origin }
     }
 }
 
@@ -412,7 +412,7 @@ proptest! {
         extra in 1usize..64,
     ) {
         let mut record = record;
-        let i = &mut record.instance;
+        let i = std::sync::Arc::make_mut(&mut record.instance);
         match which {
             0 => i.service = format!("{}.x", i.service),
             1 => i.host = "h".repeat(crate::instance::MAX_HOST_LEN + extra),
@@ -445,7 +445,9 @@ fn nested(depth: usize, map: bool, position: u8, record: &InstanceRecord) -> Vec
     match position {
         0 => return inner,
         1 => {
-            record.instance.metadata.insert("deep".into(), Value::Null);
+            std::sync::Arc::make_mut(&mut record.instance)
+                .metadata
+                .insert("deep".into(), Value::Null);
         }
         _ => record.reason = Some("DEEP".into()),
     }

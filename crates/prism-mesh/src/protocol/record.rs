@@ -1,6 +1,7 @@
 //! MessagePack payloads (maps with named fields, so other languages and newer versions can
 //! add fields; unknown fields are ignored).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -23,8 +24,8 @@ pub const MAX_PAYLOAD_DEPTH: usize = MAX_METADATA_DEPTH + 8;
 pub struct InstanceRecord {
     /// Protocol version.
     pub v: u32,
-    /// The full instance.
-    pub instance: ServiceInstance,
+    /// The full instance (shared: writers serialize the instance they hold, no copy).
+    pub instance: Arc<ServiceInstance>,
     /// The TTL the owner refreshes the key with, in milliseconds.
     #[serde(default)]
     pub ttl_ms: u64,
@@ -84,7 +85,7 @@ pub struct EventRecord {
     /// What happened.
     pub event: EventName,
     /// The instance after the change (for `deregistered`/`expired`: as last seen).
-    pub instance: ServiceInstance,
+    pub instance: Arc<ServiceInstance>,
     /// For `status`: the status before.
     #[serde(default)]
     pub previous_status: Option<InstanceStatus>,
@@ -153,7 +154,8 @@ mod tests {
                     serde_json::json!({"nested": [1, 2.5, "x", null, true]}),
                 )
                 .build()
-                .unwrap(),
+                .unwrap()
+                .into(),
             ttl_ms: 10_000,
             reason: None,
         }
@@ -172,7 +174,7 @@ mod tests {
         #[derive(Serialize)]
         struct Newer {
             v: u32,
-            instance: ServiceInstance,
+            instance: Arc<ServiceInstance>,
             ttl_ms: u64,
             shiny_new_field: Vec<String>,
         }

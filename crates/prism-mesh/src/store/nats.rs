@@ -208,25 +208,28 @@ impl NatsStore {
         condition: WriteCondition,
     ) -> Result<u64> {
         let payload = Bytes::from(record.encode()?);
-        let mut headers = HeaderMap::new();
-        headers.insert(name(h::NATS_TTL), ttl_header_value(ttl));
-        headers.insert(name(h::SERVICE), record.instance.service.as_str());
-        headers.insert(name(h::STATUS), record.instance.status.as_str());
-        headers.insert(name(h::VERSION), PROTOCOL_VERSION.to_string());
+        let headers = |expected: Option<u64>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name(h::NATS_TTL), ttl_header_value(ttl));
+            headers.insert(name(h::SERVICE), record.instance.service.as_str());
+            headers.insert(name(h::STATUS), record.instance.status.as_str());
+            headers.insert(name(h::VERSION), PROTOCOL_VERSION.to_string());
+            if let Some(expected) = expected {
+                headers.insert(
+                    name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE),
+                    expected.to_string(),
+                );
+            }
+            headers
+        };
         let expected = match condition {
             WriteCondition::Any => None,
             WriteCondition::Absent => Some(0),
             WriteCondition::Revision(revision) => Some(revision),
         };
-        if let Some(expected) = expected {
-            headers.insert(
-                name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE),
-                expected.to_string(),
-            );
-        }
         let subject = format!("{}{key}", self.inner.kv_prefix);
         match self
-            .publish(&subject, headers.clone(), payload.clone())
+            .publish(&subject, headers(expected), payload.clone())
             .await
         {
             Err(e) if e.kind() == ErrorKind::Conflict && condition == WriteCondition::Absent => {
@@ -234,11 +237,8 @@ impl NatsStore {
                 // marker holds nothing, so creating it is allowed at that revision.
                 match self.last_removal_revision(&subject).await? {
                     Some(revision) => {
-                        headers.insert(
-                            name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE),
-                            revision.to_string(),
-                        );
-                        self.publish(&subject, headers, payload).await
+                        self.publish(&subject, headers(Some(revision)), payload)
+                            .await
                     }
                     None => Err(e),
                 }

@@ -16,7 +16,7 @@ pub fn registry_at(records: &[EventRecord], at: SystemTime) -> BTreeMap<Uuid, Se
     for record in records.iter().take_while(|r| r.at <= at) {
         match record.event {
             EventName::Registered | EventName::Updated | EventName::Status => {
-                live.insert(record.instance.id, record.instance.clone());
+                live.insert(record.instance.id, ServiceInstance::clone(&record.instance));
             }
             EventName::Deregistered | EventName::Expired => {
                 live.remove(&record.instance.id);

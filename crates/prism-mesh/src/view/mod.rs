@@ -434,7 +434,7 @@ impl ViewTask {
         key: &str,
         value: &[u8],
         revision: u64,
-    ) -> Option<(ServiceInstance, Option<String>)> {
+    ) -> Option<(Arc<ServiceInstance>, Option<String>)> {
         let malformed = |why: String| {
             MeshStats::incr(&self.stats.malformed_dropped);
             warn!(key, revision, "ignoring malformed instance record: {why}");
@@ -466,7 +466,7 @@ impl ViewTask {
         let record = EventRecord {
             v: PROTOCOL_VERSION,
             event: EventName::Expired,
-            instance: ServiceInstance::clone(&expiry.instance),
+            instance: expiry.instance.clone(),
             previous_status: None,
             reason: Some("ttl".to_string()),
             at: SystemTime::now(),
@@ -489,7 +489,7 @@ impl Index {
     fn upsert(
         &mut self,
         key: String,
-        instance: ServiceInstance,
+        instance: Arc<ServiceInstance>,
         revision: u64,
         reason: Option<String>,
         events: &mut Vec<MeshEvent>,
@@ -507,7 +507,6 @@ impl Index {
                     return; // a heartbeat
                 }
                 let previous = entry.instance.clone();
-                let instance = Arc::new(instance);
                 entry.instance = instance.clone();
                 set_in_service(&mut self.by_service, &mut self.dirty, &instance);
                 if previous.status != instance.status {
@@ -529,7 +528,6 @@ impl Index {
                 }
             }
             Slot::Vacant(slot) => {
-                let instance = Arc::new(instance);
                 set_in_service(&mut self.by_service, &mut self.dirty, &instance);
                 slot.insert(Entry {
                     instance: instance.clone(),
