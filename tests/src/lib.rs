@@ -159,6 +159,44 @@ impl NatsServer {
         }
     }
 
+    /// Stops the server with SIGTERM (a graceful shutdown: a JetStream server hands off the
+    /// leadership of what it leads first) and waits for it to exit (store kept).
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -TERM {} failed", child.id());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nats-server did not stop within 30 s of SIGTERM");
+        }
+    }
+
+    /// True unless the server was killed or stopped (and not restarted).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// The `server_name` from the server's configuration.
+    pub fn server_name(&self) -> String {
+        std::fs::read_to_string(&self.config)
+            .expect("read server config")
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("server_name:"))
+            .map(|name| name.trim().to_string())
+            .expect("server config names the server")
+    }
+
     /// Starts the server again on the same port and store.
     pub fn restart(&mut self) {
         self.kill();

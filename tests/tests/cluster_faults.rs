@@ -1,10 +1,12 @@
 //! A three-node JetStream cluster (bucket and event stream with three replicas) losing a
-//! server to `kill -9`, then another after the first is back, while an owner keeps
-//! registering: nothing acknowledged is lost and every peer's view converges.
+//! server to `kill -9`, then another after the first is back, then a third to SIGTERM,
+//! while an owner keeps registering: nothing acknowledged is lost and every peer's view
+//! converges. Each victim is the event stream's leader at that moment, the worst case.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prism_mesh::protocol::DEFAULT_EVENT_STREAM;
 use prism_mesh::{Mesh, Registration, ServiceInstance};
 use prism_tests::{test_options, wait_view, NatsCluster};
 
@@ -97,6 +99,45 @@ impl Registrar {
     }
 }
 
+/// Index in `cluster.nodes` of the server leading the event stream.
+async fn event_stream_leader(cluster: &NatsCluster) -> usize {
+    let running: Vec<String> = cluster
+        .nodes
+        .iter()
+        .filter(|node| node.is_running())
+        .map(|node| node.url())
+        .collect();
+    let client = async_nats::connect(running.as_slice()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = match js.get_stream(DEFAULT_EVENT_STREAM).await {
+            Ok(mut stream) => stream
+                .info()
+                .await
+                .ok()
+                .and_then(|info| info.cluster.as_ref().and_then(|c| c.leader.clone())),
+            Err(_) => None,
+        };
+        let node = leader.and_then(|name| {
+            cluster
+                .nodes
+                .iter()
+                .position(|node| node.is_running() && node.server_name() == name)
+        });
+        if let Some(node) = node {
+            return node;
+        }
+        assert!(Instant::now() < deadline, "the event stream has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+enum Stop {
+    Kill9,
+    Term,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_server_then_another_loses_nothing_acknowledged_and_views_converge() {
     let mut cluster = NatsCluster::start();
@@ -111,11 +152,23 @@ async fn killing_one_server_then_another_loses_nothing_acknowledged_and_views_co
     }
 
     let mut gaps = Vec::new();
-    for victim in [0, 1] {
-        let killed = Instant::now();
-        cluster.nodes[victim].kill();
-        let gap = registrar.resumed_after(killed).await;
-        eprintln!("kill -9 of node {victim}: registrations resumed after {gap:?}");
+    for stop in [Stop::Kill9, Stop::Kill9, Stop::Term] {
+        let victim = event_stream_leader(&cluster).await;
+        let stopped = Instant::now();
+        let how = match stop {
+            Stop::Kill9 => {
+                cluster.nodes[victim].kill();
+                "kill -9"
+            }
+            Stop::Term => {
+                cluster.nodes[victim].terminate();
+                "SIGTERM"
+            }
+        };
+        let gap = registrar.resumed_after(stopped).await;
+        eprintln!(
+            "{how} of node {victim} (event stream leader): registrations resumed after {gap:?}"
+        );
         gaps.push(gap);
         // Keep registering for a while with the node down, then bring it back.
         let before = registrar.acknowledged();
@@ -157,8 +210,10 @@ async fn killing_one_server_then_another_loses_nothing_acknowledged_and_views_co
             registration.id()
         );
     }
-    // A server's election timeout bounds how fast writes resume after a SIGKILL of the
-    // stream leader (4 to 9 s in nats-server); the measured gaps are printed above.
+    // A follower waits an election timeout (4 to 9 s, fixed in nats-server's raft.go) before
+    // replacing a leader lost to SIGKILL; the measured gaps are printed above and recorded
+    // in docs/benchmarks.md. Timing targets live there, not here: this bound only catches
+    // registrations that never come back.
     for gap in gaps {
         assert!(
             gap < Duration::from_secs(15),
