@@ -211,7 +211,8 @@ impl MemoryStore {
             .map(|(key, slot)| slot.as_change(key))
             .collect();
         // Snapshot and subscription under one lock: no change falls between them.
-        if tx.send(WatchItem::SnapshotPart(snapshot)).is_ok()
+        if tx.send(WatchItem::SnapshotBegin).is_ok()
+            && tx.send(WatchItem::SnapshotPart(snapshot)).is_ok()
             && tx.send(WatchItem::SnapshotEnd).is_ok()
         {
             state.watchers.push(tx);

@@ -81,6 +81,9 @@ impl KvChange {
 /// then changes.
 #[derive(Debug)]
 pub(crate) enum WatchItem {
+    /// A snapshot starts: parts of an earlier snapshot that never ended (the watch failed
+    /// half-way) are void, and only this snapshot's parts say what is live.
+    SnapshotBegin,
     /// Part of the last change of every key, as of now; streamed so peers apply it while
     /// the rest arrives.
     SnapshotPart(Vec<KvChange>),

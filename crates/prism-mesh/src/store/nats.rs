@@ -604,6 +604,9 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
         .await
         .map_err(|e| Error::with_source(ErrorKind::Transport, "cannot start watch consumer", e))?;
 
+    if tx.send(WatchItem::SnapshotBegin).is_err() {
+        return Ok(WatchEnd::ReceiverGone);
+    }
     // Stream the snapshot in parts: the view decodes one part while the next arrives.
     let mut part = Vec::with_capacity(SNAPSHOT_PART);
     let mut keys = 0usize;

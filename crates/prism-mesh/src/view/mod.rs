@@ -134,6 +134,13 @@ impl ViewTask {
             loop {
                 while let Some(item) = next.take() {
                     match item {
+                        WatchItem::SnapshotBegin => {
+                            // A fresh number: marks left by an unfinished snapshot count
+                            // for nothing.
+                            MeshStats::incr(&self.stats.resyncs);
+                            index.snapshot += 1;
+                            resync = Some(Resync::default());
+                        }
                         WatchItem::SnapshotPart(changes) => {
                             let top = changes.iter().map(KvChange::revision).max();
                             high = high.max(top.unwrap_or(0));
@@ -149,7 +156,11 @@ impl ViewTask {
                             }
                         }
                         WatchItem::SnapshotEnd => {
-                            let state = resync.take().unwrap_or_default();
+                            let state = resync.take().unwrap_or_else(|| {
+                                // A snapshot without parts: it named nothing.
+                                index.snapshot += 1;
+                                Resync::default()
+                            });
                             self.finish_snapshot(
                                 &mut index,
                                 state,
@@ -592,5 +603,95 @@ fn set_in_service(
     }
     if !dirty.contains(&instance.service) {
         dirty.insert(instance.service.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::InstanceRecord;
+    use crate::store::MemoryStore;
+
+    fn put(instance: &ServiceInstance, revision: u64) -> KvChange {
+        let record = InstanceRecord {
+            v: PROTOCOL_VERSION,
+            instance: Arc::new(instance.clone()),
+            ttl_ms: 10_000,
+            reason: None,
+        };
+        KvChange::Put {
+            key: instance.key(),
+            value: record.encode().unwrap().into(),
+            revision,
+            written_at: SystemTime::now(),
+        }
+    }
+
+    /// Runs a view task over `items` and returns the ids it ends up holding.
+    async fn view_after(items: Vec<WatchItem>) -> Vec<Uuid> {
+        let registry = Arc::new(RegistryView::default());
+        let (ready, _ready_rx) = watch::channel(false);
+        let (applied, _applied_rx) = watch::channel(0);
+        let task = ViewTask {
+            store: Store::Memory(MemoryStore::new()),
+            registry: registry.clone(),
+            bus: Arc::new(EventBus::default()),
+            stats: Arc::new(MeshStats::default()),
+            ready,
+            peer_id: "test".into(),
+            publish_expired: false,
+            self_preservation: SelfPreservation::disabled(),
+            applied,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        for item in items {
+            tx.send(item).unwrap();
+        }
+        drop(tx);
+        task.run(rx).await;
+        let mut ids: Vec<Uuid> = registry
+            .slot("svc")
+            .map(|slot| slot.load().instances().iter().map(|i| i.id).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_abandoned_half_way_does_not_keep_what_only_it_named() {
+        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
+            .build()
+            .unwrap();
+        let b = ServiceInstance::builder("svc", "10.0.0.2", 2)
+            .build()
+            .unwrap();
+        let held = view_after(vec![
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(vec![put(&a, 1), put(&b, 2)]),
+            WatchItem::SnapshotEnd,
+            // A resync that fails after naming `a`, then a full one that names only `b`.
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(vec![put(&a, 1)]),
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(vec![put(&b, 2)]),
+            WatchItem::SnapshotEnd,
+        ])
+        .await;
+        assert_eq!(held, vec![b.id]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_with_no_parts_empties_the_view() {
+        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
+            .build()
+            .unwrap();
+        let held = view_after(vec![
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(vec![put(&a, 1)]),
+            WatchItem::SnapshotEnd,
+            WatchItem::SnapshotEnd,
+        ])
+        .await;
+        assert!(held.is_empty(), "still held {held:?}");
     }
 }
