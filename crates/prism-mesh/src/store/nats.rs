@@ -439,6 +439,12 @@ impl NatsStore {
                 debug!(urls = %self.inner.urls, "flush on close timed out (server unreachable)")
             }
         }
+        // Close the connection itself, so nothing of this mesh reconnects or logs on later.
+        match tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.inner.client.drain()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, urls = %self.inner.urls, "drain on close failed"),
+            Err(_) => debug!(urls = %self.inner.urls, "drain on close timed out"),
+        }
     }
 }
 
