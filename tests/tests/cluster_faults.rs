@@ -76,6 +76,19 @@ impl Registrar {
         self.acknowledged.lock().unwrap().len()
     }
 
+    /// Waits until `count` registrations were acknowledged in all (at most 30 s).
+    async fn until_acknowledged(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.acknowledged() < count {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {count} registrations acknowledged after 30 s",
+                self.acknowledged()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Time from `since` to the first acknowledged registration after it.
     async fn resumed_after(&self, since: Instant) -> Duration {
         let deadline = since + Duration::from_secs(30);
@@ -147,9 +160,7 @@ async fn killing_one_server_then_another_loses_nothing_acknowledged_and_views_co
     let reversed: Vec<&str> = urls.split(',').rev().collect();
     let peer = cluster_mesh(&reversed.join(",")).await;
     let registrar = Registrar::start(owner.clone());
-    while registrar.acknowledged() < 20 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    registrar.until_acknowledged(20).await;
 
     let mut gaps = Vec::new();
     for stop in [Stop::Kill9, Stop::Kill9, Stop::Term] {
@@ -171,10 +182,9 @@ async fn killing_one_server_then_another_loses_nothing_acknowledged_and_views_co
         );
         gaps.push(gap);
         // Keep registering for a while with the node down, then bring it back.
-        let before = registrar.acknowledged();
-        while registrar.acknowledged() < before + 10 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        registrar
+            .until_acknowledged(registrar.acknowledged() + 10)
+            .await;
         cluster.nodes[victim].restart();
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
