@@ -84,24 +84,8 @@ async fn a_thousand_heartbeating_instances_with_churn_stay_flat() {
             churned += 1;
         }
         if Instant::now() >= next_sample {
-            let bucket = js
-                .get_stream("KV_prism-instances")
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .messages;
-            let events = js
-                .get_stream("PRISM_DISCOVERY")
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .messages;
+            let bucket = stream_messages(&js, "KV_prism-instances").await;
+            let events = stream_messages(&js, "PRISM_DISCOVERY").await;
             let stats = peer.stats();
             samples.push(Sample {
                 at: started.elapsed(),
@@ -171,4 +155,15 @@ async fn a_thousand_heartbeating_instances_with_churn_stay_flat() {
     .await;
     owner.shutdown().await;
     peer.shutdown().await;
+}
+
+async fn stream_messages(js: &jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
 }

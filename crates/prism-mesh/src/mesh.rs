@@ -28,6 +28,29 @@ use crate::view::{
 /// Owned instances deregistered (or put in maintenance) at once when a mesh shuts down.
 const SHUTDOWN_CONCURRENCY: usize = 256;
 
+/// Runs `step` on every owned registration, [`SHUTDOWN_CONCURRENCY`] at a time: one at a
+/// time, a process owning thousands of instances would wait a round trip (and a view
+/// flush) per instance to leave. Failures are logged with `failed`; a registration ended
+/// through its own handle meanwhile is not a failure.
+async fn on_each_owned<'a, F, Fut>(owned: &'a [Registration], failed: &str, step: F)
+where
+    F: Fn(&'a Registration) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    futures::stream::iter(owned)
+        .for_each_concurrent(SHUTDOWN_CONCURRENCY, |registration| {
+            let done = step(registration);
+            async move {
+                match done.await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::NotRegistered => {}
+                    Err(e) => warn!(error = %e, id = %registration.id(), "{failed}"),
+                }
+            }
+        })
+        .await;
+}
+
 /// How long [`MeshBuilder::connect`] waits for the first full view by default.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -667,20 +690,12 @@ impl Mesh {
     /// heartbeats and closes the connection. Errors are logged: shutdown always finishes.
     pub async fn shutdown(&self) {
         let owned: Vec<Registration> = self.lock_owned().drain().map(|(_, r)| r).collect();
-        // Concurrently: one at a time, a process owning thousands of instances would take
-        // a round trip (and a view flush) per instance to leave.
-        futures::stream::iter(owned)
-            .for_each_concurrent(SHUTDOWN_CONCURRENCY, |registration| async move {
-                match registration.deregister(Some("shutdown")).await {
-                    Ok(()) => {}
-                    // Deregistered through its own handle meanwhile.
-                    Err(e) if e.kind() == ErrorKind::NotRegistered => {}
-                    Err(e) => {
-                        warn!(error = %e, id = %registration.id(), "deregistration at shutdown failed")
-                    }
-                }
-            })
-            .await;
+        on_each_owned(
+            &owned,
+            "deregistration at shutdown failed",
+            |registration| async move { registration.deregister(Some("shutdown")).await },
+        )
+        .await;
         self.inner.closing.send_replace(true);
         self.inner.store.close().await;
     }
@@ -690,18 +705,17 @@ impl Mesh {
     /// requests in flight to finish) it is deregistered, then the mesh closes.
     pub async fn shutdown_gracefully(&self, drain: Duration) {
         let owned = self.registrations();
-        futures::stream::iter(&owned)
-            .for_each_concurrent(SHUTDOWN_CONCURRENCY, |registration| async move {
-                let maintenance = registration
+        on_each_owned(
+            &owned,
+            "could not announce maintenance",
+            |registration| async move {
+                registration
                     .set_status(InstanceStatus::Maintenance, Some("shutting down"))
-                    .await;
-                if let Err(e) = maintenance {
-                    if e.kind() != ErrorKind::NotRegistered {
-                        warn!(error = %e, id = %registration.id(), "could not announce maintenance");
-                    }
-                }
-            })
-            .await;
+                    .await
+                    .map(|_| ())
+            },
+        )
+        .await;
         if !owned.is_empty() {
             info!(instances = owned.len(), drain = %humantime::format_duration(drain), "draining before deregistration");
             tokio::time::sleep(drain).await;

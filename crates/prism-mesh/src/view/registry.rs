@@ -106,19 +106,13 @@ impl RegistryView {
     /// The slot of `service`, created if new. Safe from any thread: the map is replaced
     /// with compare-and-swap, so concurrent inserts never lose a slot.
     pub(crate) fn slot_or_insert(&self, service: &str) -> Arc<ServiceSlot> {
-        if let Some(slot) = self.slot(service) {
-            return slot;
-        }
-        let fresh = Arc::new(ServiceSlot::default());
-        self.slots.rcu(|slots| {
-            if slots.contains_key(service) {
-                return Arc::clone(slots);
+        loop {
+            if let Some(slot) = self.slot(service) {
+                return slot;
             }
-            let mut slots = FastMap::clone(slots);
-            slots.insert(service.to_string(), fresh.clone());
-            Arc::new(slots)
-        });
-        self.slot(service).unwrap_or(fresh)
+            // Slots are never removed: the second lookup finds it.
+            self.ensure_slots(std::iter::once(service));
+        }
     }
 
     /// Creates the slots of every service in `services` that has none, in one swap of the
