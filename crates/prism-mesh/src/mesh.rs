@@ -18,7 +18,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 use crate::instance::{count_by_status, validate_service_name, InstanceStatus, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
-use crate::owner::{Owner, OwnerContext, Registration};
+use crate::owner::{Owners, Registration};
 use crate::store::{MemoryStore, NatsStore, Store};
 use crate::view::{
     EventBus, EventFilter, EventStream, MeshEvent, RegistryView, SelfPreservation, ServiceSlot,
@@ -241,11 +241,11 @@ struct Inner {
     bus: Arc<EventBus>,
     stats: Arc<MeshStats>,
     owned: Arc<Mutex<HashMap<Uuid, Registration>>>,
+    /// Writes and heartbeats of the instances this peer registered.
+    owners: Arc<Owners>,
     event_stream: String,
     closing: watch::Sender<bool>,
     balancing: Balancing,
-    /// The highest revision this peer's view shows (read-your-writes for owners).
-    applied: watch::Receiver<u64>,
     /// The balancers behind by-name picks, one per service, created on first pick.
     balancers: ArcSwap<HashMap<String, Balancer>>,
 }
@@ -310,6 +310,15 @@ impl Mesh {
             }
         }
         info!(peer = %peer_id, instances = registry.instance_count(), "mesh view ready");
+        let closing = watch::channel(false).0;
+        let owners = Owners::start(
+            store.clone(),
+            builder.timing,
+            stats.clone(),
+            peer_id.clone(),
+            closing.subscribe(),
+            applied,
+        );
         Ok(Mesh {
             inner: Arc::new(Inner {
                 store,
@@ -319,13 +328,13 @@ impl Mesh {
                 bus,
                 stats,
                 owned: Arc::new(Mutex::new(HashMap::new())),
+                owners,
                 event_stream: match &builder.backend {
                     BackendConfig::Nats(options) => options.event_stream.clone(),
                     BackendConfig::Memory(_) => String::new(),
                 },
-                closing: watch::channel(false).0,
+                closing,
                 balancing: builder.balancing,
-                applied,
                 balancers: ArcSwap::default(),
             }),
         })
@@ -348,16 +357,11 @@ impl Mesh {
         if *self.inner.closing.borrow() {
             return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
         }
-        let context = OwnerContext {
-            store: self.inner.store.clone(),
-            timing: self.inner.timing,
-            stats: self.inner.stats.clone(),
-            peer_id: self.inner.peer_id.clone(),
-            closing: self.inner.closing.subscribe(),
-            owned: Arc::downgrade(&self.inner.owned),
-            applied: self.inner.applied.clone(),
-        };
-        let registration = Owner::register(context, instance).await?;
+        let registration = self
+            .inner
+            .owners
+            .register(Arc::downgrade(&self.inner.owned), instance)
+            .await?;
         self.lock_owned()
             .insert(registration.id(), registration.clone());
         Ok(registration)

@@ -1,14 +1,24 @@
-//! Owners: the task behind each registration that keeps its key alive and writes its
-//! changes, so no update is lost and a lost key comes back by itself.
+//! Owners: what keeps each registered instance's key alive and writes its changes, so no
+//! update is lost and a lost key comes back by itself.
+//!
+//! One heartbeat scheduler per mesh refreshes every owned key. Writes to one key are
+//! serialised by that instance's lock; the caller's task does its own update or
+//! deregistration. (A task, channel and timer per registration cost more client CPU than
+//! the registration's two writes.)
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use rand::Rng;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::Timing;
@@ -24,59 +34,45 @@ const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a lifecycle event publish is tried before the call reports failure.
 const EVENT_PUBLISH_ATTEMPTS: u32 = 3;
 
-type Edit = Box<dyn FnOnce(&mut ServiceInstance) + Send>;
-
-enum Command {
-    Update {
-        edit: Edit,
-        reason: Option<String>,
-        reply: oneshot::Sender<Result<Arc<ServiceInstance>>>,
-    },
-    Deregister {
-        reason: Option<String>,
-        reply: oneshot::Sender<Result<()>>,
-    },
-}
+/// Heartbeats in flight at once per mesh; the rest wait their turn in the schedule.
+const HEARTBEATS_IN_FLIGHT: usize = 512;
 
 /// A handle on an instance this process registered. Cheap to clone; the registration lives
 /// until [`deregister`](Registration::deregister) or [`Mesh::shutdown`](crate::Mesh::shutdown),
 /// not until the handle is dropped.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Registration {
-    id: Uuid,
-    service: String,
-    commands: mpsc::Sender<Command>,
-    current: watch::Receiver<Arc<ServiceInstance>>,
+    owned: Arc<OwnedInstance>,
 }
 
-impl std::fmt::Debug for Command {
+impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Command::Update { .. } => f.write_str("Update"),
-            Command::Deregister { .. } => f.write_str("Deregister"),
-        }
+        f.debug_struct("Registration")
+            .field("key", &self.owned.key)
+            .field("live", &self.is_live())
+            .finish()
     }
 }
 
 impl Registration {
     /// The instance id.
     pub fn id(&self) -> Uuid {
-        self.id
+        self.owned.id
     }
 
     /// The service name.
     pub fn service(&self) -> &str {
-        &self.service
+        &self.owned.key[..self.owned.service_len]
     }
 
     /// True while the registration lives (not deregistered, mesh not shut down).
     pub fn is_live(&self) -> bool {
-        !self.commands.is_closed()
+        self.owned.is_live()
     }
 
     /// The instance as last written.
     pub fn instance(&self) -> Arc<ServiceInstance> {
-        self.current.borrow().clone()
+        self.owned.current.load_full()
     }
 
     /// Changes the status; peers get `StatusChanged` with old and new status and `reason`.
@@ -104,39 +100,33 @@ impl Registration {
         edit: impl FnOnce(&mut ServiceInstance) + Send + 'static,
         reason: Option<&str>,
     ) -> Result<Arc<ServiceInstance>> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Update {
-            edit: Box::new(edit),
-            reason: reason.map(str::to_string),
-            reply,
-        })
-        .await?;
-        answer.await.map_err(|_| self.gone())?
+        let owned = &self.owned;
+        let mut writer = owned.writer().await?;
+        let updated = owned
+            .update(&mut writer, edit, reason.map(str::to_string))
+            .await?;
+        owned.until_visible(writer.revision).await;
+        Ok(updated)
     }
 
     /// Removes the instance; peers get `Deregistered` with `reason`.
     pub async fn deregister(&self, reason: Option<&str>) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Deregister {
-            reason: reason.map(str::to_string),
-            reply,
-        })
-        .await?;
-        answer.await.map_err(|_| self.gone())?
-    }
-
-    async fn send(&self, command: Command) -> Result<()> {
-        self.commands.send(command).await.map_err(|_| self.gone())
-    }
-
-    fn gone(&self) -> Error {
-        Error::new(
-            ErrorKind::NotRegistered,
-            format!(
-                "{}/{} is no longer registered by this mesh",
-                self.service, self.id
-            ),
-        )
+        let owned = &self.owned;
+        let mut writer = owned.writer().await?;
+        let (deleted, result) = owned
+            .deregister(&mut writer, reason.map(str::to_string))
+            .await;
+        if deleted {
+            // Once the tombstone is written the registration is over, even if the event
+            // could not be recorded: heartbeating would resurrect the key.
+            writer.ended = true;
+            owned.live.store(false, Ordering::Release);
+            owned.until_visible(writer.revision).await;
+            // Before returning: once deregister returns, `registrations()` no longer
+            // lists it.
+            leave(&owned.owned_by, owned.id);
+        }
+        result
     }
 }
 
@@ -147,56 +137,101 @@ fn leave(owned: &Weak<Mutex<HashMap<Uuid, Registration>>>, id: Uuid) {
     }
 }
 
-/// Everything an owner task needs.
-pub(crate) struct Owner {
+/// What every owned instance of one mesh shares, and the mesh's heartbeat schedule.
+pub(crate) struct Owners {
     store: Store,
     timing: Timing,
     stats: Arc<MeshStats>,
     peer_id: String,
-    instance: Arc<ServiceInstance>,
-    key: String,
-    revision: u64,
-    current: watch::Sender<Arc<ServiceInstance>>,
-    /// The highest revision this mesh's own view shows.
-    applied: watch::Receiver<u64>,
-    /// The mesh's registrations, which this owner leaves when it ends.
-    owned: Weak<Mutex<HashMap<Uuid, Registration>>>,
-}
-
-/// What every owner of one mesh shares.
-pub(crate) struct OwnerContext {
-    pub(crate) store: Store,
-    pub(crate) timing: Timing,
-    pub(crate) stats: Arc<MeshStats>,
-    pub(crate) peer_id: String,
-    pub(crate) closing: watch::Receiver<bool>,
-    /// The mesh's registrations, which an owner leaves when it ends.
-    pub(crate) owned: Weak<Mutex<HashMap<Uuid, Registration>>>,
+    closing: watch::Receiver<bool>,
     /// The highest revision the mesh's own view shows.
-    pub(crate) applied: watch::Receiver<u64>,
+    applied: watch::Receiver<u64>,
+    /// New registrations, for the heartbeat scheduler.
+    schedule: mpsc::UnboundedSender<Arc<OwnedInstance>>,
 }
 
-impl Owner {
-    /// Writes the key and the `registered` event, then starts the owner task.
-    pub(crate) async fn register(
-        context: OwnerContext,
-        instance: ServiceInstance,
-    ) -> Result<Registration> {
-        let OwnerContext {
+impl std::fmt::Debug for Owners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Owners")
+            .field("timing", &self.timing)
+            .finish()
+    }
+}
+
+/// The state behind one [`Registration`].
+struct OwnedInstance {
+    id: Uuid,
+    /// `<service>.<id>`.
+    key: String,
+    service_len: usize,
+    owners: Arc<Owners>,
+    /// The mesh's registrations, which this one leaves when it ends.
+    owned_by: Weak<Mutex<HashMap<Uuid, Registration>>>,
+    /// The instance as last written.
+    current: ArcSwap<ServiceInstance>,
+    /// False once deregistered.
+    live: AtomicBool,
+    /// Held by whoever writes the key: one write at a time, in order.
+    writer: tokio::sync::Mutex<KeyState>,
+}
+
+/// What the writer of a key knows about it.
+struct KeyState {
+    /// The key's revision as last written by us.
+    revision: u64,
+    ended: bool,
+}
+
+impl Owners {
+    /// Starts the heartbeat scheduler; it ends when `closing` turns true.
+    pub(crate) fn start(
+        store: Store,
+        timing: Timing,
+        stats: Arc<MeshStats>,
+        peer_id: String,
+        closing: watch::Receiver<bool>,
+        applied: watch::Receiver<u64>,
+    ) -> Arc<Owners> {
+        let (schedule, incoming) = mpsc::unbounded_channel();
+        let owners = Arc::new(Owners {
             store,
             timing,
             stats,
             peer_id,
             closing,
-            owned,
             applied,
-        } = context;
-        instance.validate()?;
+            schedule,
+        });
+        let span = tracing::info_span!("heartbeats", peer = %owners.peer_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            heartbeat_schedule(
+                incoming,
+                owners.store.reconnects(),
+                owners.closing.clone(),
+                timing,
+            ),
+            span,
+        ));
+        owners
+    }
+
+    /// Writes the key and the `registered` event, then schedules the heartbeats.
+    pub(crate) async fn register(
+        self: &Arc<Self>,
+        owned_by: Weak<Mutex<HashMap<Uuid, Registration>>>,
+        instance: ServiceInstance,
+    ) -> Result<Registration> {
         let key = instance.key();
         let instance = Arc::new(instance);
-        let record = record(&instance, &timing, None);
-        let revision = store
-            .put(&key, &record, timing.instance_ttl, WriteCondition::Absent)
+        let record = record(&instance, &self.timing, None);
+        let revision = self
+            .store
+            .put(
+                &key,
+                &record,
+                self.timing.instance_ttl,
+                WriteCondition::Absent,
+            )
             .await
             .map_err(|e| {
                 if e.kind() == ErrorKind::Conflict {
@@ -208,154 +243,229 @@ impl Owner {
                     e
                 }
             })?;
-        let (current, current_rx) = watch::channel(instance.clone());
-        let mut owner = Owner {
-            store,
-            timing,
-            stats,
-            peer_id,
-            instance,
+        let owned = Arc::new(OwnedInstance {
+            id: instance.id,
+            service_len: instance.service.len(),
             key,
-            revision,
-            current,
-            applied,
-            owned: owned.clone(),
-        };
-        if let Err(e) = owner
-            .publish(EventName::Registered, None, None, revision)
+            owners: self.clone(),
+            owned_by,
+            current: ArcSwap::new(instance.clone()),
+            live: AtomicBool::new(true),
+            writer: tokio::sync::Mutex::new(KeyState {
+                revision,
+                ended: false,
+            }),
+        });
+        if let Err(e) = owned
+            .publish(&instance, EventName::Registered, None, None, revision)
             .await
         {
             // Nothing half-done: without its event the registration is rolled back.
-            if let Err(undo) = owner
+            owned.live.store(false, Ordering::Release);
+            if let Err(undo) = self
                 .store
                 .delete(
-                    &owner.key,
+                    &owned.key,
                     Some("registration event failed"),
-                    owner.timing.tombstone_ttl,
+                    self.timing.tombstone_ttl,
                 )
                 .await
             {
-                warn!(error = %undo, "could not roll back the key; it will expire");
+                warn!(key = %owned.key, error = %undo, "could not roll back the key; it will expire");
             }
             return Err(e);
         }
-        MeshStats::incr(&owner.stats.registrations);
-        owner.until_visible(revision).await;
-        let (commands, inbox) = mpsc::channel(64);
-        let registration = Registration {
-            id: owner.instance.id,
-            service: owner.instance.service.clone(),
-            commands,
-            current: current_rx,
-        };
-        let span = tracing::info_span!("owner", key = %owner.key);
-        let id = owner.instance.id;
-        tokio::spawn(
-            async move {
-                owner.run(inbox, closing).await;
-                // Forget the handle so churn does not accumulate dead registrations.
-                leave(&owned, id);
+        MeshStats::incr(&self.stats.registrations);
+        owned.until_visible(revision).await;
+        if self.schedule.send(owned.clone()).is_err() {
+            // The mesh closed meanwhile: like a crashed owner, the key expires at its TTL.
+            owned.live.store(false, Ordering::Release);
+        }
+        Ok(Registration { owned })
+    }
+}
+
+/// One entry of the heartbeat schedule, ordered by due time.
+struct Due {
+    at: Instant,
+    owned: Arc<OwnedInstance>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+/// The mesh's heartbeat scheduler: refreshes each owned key one interval after its last
+/// write, at most [`HEARTBEATS_IN_FLIGHT`] at a time, until the mesh closes.
+async fn heartbeat_schedule(
+    mut incoming: mpsc::UnboundedReceiver<Arc<OwnedInstance>>,
+    mut reconnects: watch::Receiver<u64>,
+    mut closing: watch::Receiver<bool>,
+    timing: Timing,
+) {
+    let mut due: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
+    let mut beating = FuturesUnordered::new();
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    loop {
+        let next = due.peek().map(|Reverse(d)| d.at);
+        if let Some(at) = next {
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
             }
-            .instrument(span),
-        );
-        Ok(registration)
+        }
+        let may_start = next.is_some() && beating.len() < HEARTBEATS_IN_FLIGHT;
+        tokio::select! {
+            biased;
+            _ = crate::util::until_true(&mut closing) => return,
+            Some(owned) = incoming.recv() => {
+                due.push(Reverse(Due { at: Instant::now() + timing.heartbeat_interval, owned }));
+            }
+            Some((owned, after)) = beating.next(), if !beating.is_empty() => {
+                let owned: Arc<OwnedInstance> = owned;
+                if owned.is_live() {
+                    due.push(Reverse(Due { at: Instant::now() + after, owned }));
+                }
+            }
+            Ok(()) = reconnects.changed() => {
+                // Every client reconnects at the same instant after an outage; spread the
+                // re-assertions.
+                let cap = timing.heartbeat_interval.min(Duration::from_secs(2));
+                let now = Instant::now();
+                let mut rng = rand::rng();
+                debug!(owned = due.len(), "reconnected; re-asserting after jitter");
+                due = due
+                    .into_iter()
+                    .map(|Reverse(d)| Reverse(Due {
+                        at: now + rng.random_range(Duration::ZERO..=cap),
+                        owned: d.owned,
+                    }))
+                    .collect();
+            }
+            () = &mut timer, if may_start => {
+                let now = Instant::now();
+                while beating.len() < HEARTBEATS_IN_FLIGHT {
+                    match due.peek() {
+                        Some(Reverse(d)) if d.at <= now => {}
+                        _ => break,
+                    }
+                    let Some(Reverse(Due { owned, .. })) = due.pop() else { break };
+                    if owned.is_live() {
+                        beating.push(async move {
+                            let after = owned.heartbeat().await;
+                            (owned, after)
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl OwnedInstance {
+    fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire) && !*self.owners.closing.borrow()
     }
 
-    async fn run(mut self, mut inbox: mpsc::Receiver<Command>, mut closing: watch::Receiver<bool>) {
-        let mut reconnects = self.store.reconnects();
-        let heartbeat = tokio::time::sleep(self.timing.heartbeat_interval);
-        tokio::pin!(heartbeat);
-        loop {
-            tokio::select! {
-                () = &mut heartbeat => {
-                    let next = match self.heartbeat().await {
-                        Ok(()) => self.timing.heartbeat_interval,
-                        // Retry soon: the key has TTL - elapsed left, not a full interval.
-                        Err(_) => (self.timing.heartbeat_interval / 3).max(Duration::from_millis(200)),
-                    };
-                    heartbeat.as_mut().reset(Instant::now() + next);
-                }
-                Ok(()) = reconnects.changed() => {
-                    // Every client reconnects at the same instant after an outage;
-                    // spread the re-assertions.
-                    let cap = self.timing.heartbeat_interval.min(Duration::from_secs(2));
-                    let jitter = rand::rng().random_range(Duration::ZERO..=cap);
-                    debug!(?jitter, "reconnected; re-asserting after jitter");
-                    heartbeat.as_mut().reset(Instant::now() + jitter);
-                }
-                command = inbox.recv() => match command {
-                    Some(Command::Update { edit, reason, reply }) => {
-                        let result = self.update(edit, reason).await;
-                        if result.is_ok() {
-                            self.until_visible(self.revision).await;
-                        }
-                        let _ = reply.send(result);
-                    }
-                    Some(Command::Deregister { reason, reply }) => {
-                        let (deleted, result) = self.deregister(reason).await;
-                        if deleted {
-                            self.until_visible(self.revision).await;
-                            // Before the reply: once deregister returns, `registrations()`
-                            // no longer lists it.
-                            leave(&self.owned, self.instance.id);
-                        }
-                        let _ = reply.send(result);
-                        // Once the tombstone is written the owner is done, even if the
-                        // event could not be recorded: heartbeating would resurrect the key.
-                        if deleted {
-                            return;
-                        }
-                    }
-                    None => return,
-                },
-                _ = crate::util::until_true(&mut closing) => return,
-            }
+    /// The key's lock, once no other write is in progress; an error if it ended.
+    async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, KeyState>> {
+        if !self.is_live() {
+            return Err(self.gone());
+        }
+        let writer = self.writer.lock().await;
+        if writer.ended || !self.is_live() {
+            return Err(self.gone());
+        }
+        Ok(writer)
+    }
+
+    fn gone(&self) -> Error {
+        Error::new(
+            ErrorKind::NotRegistered,
+            format!(
+                "{} is no longer registered by this mesh",
+                self.key.replacen('.', "/", 1)
+            ),
+        )
+    }
+
+    /// One heartbeat; returns when the next one is due. Skipped while another write holds
+    /// the key: that write refreshes it too.
+    async fn heartbeat(&self) -> Duration {
+        let interval = self.owners.timing.heartbeat_interval;
+        let Ok(mut writer) = self.writer.try_lock() else {
+            return interval;
+        };
+        if writer.ended {
+            return interval;
+        }
+        match self.refresh(&mut writer).await {
+            Ok(()) => interval,
+            // Retry soon: the key has TTL - elapsed left, not a full interval.
+            Err(_) => (interval / 3).max(Duration::from_millis(200)),
         }
     }
 
     /// Refreshes the key; if it expired or was overwritten meanwhile, writes it again and
     /// announces it.
-    async fn heartbeat(&mut self) -> Result<()> {
-        let record = record(&self.instance, &self.timing, None);
-        let written = self
+    async fn refresh(&self, writer: &mut KeyState) -> Result<()> {
+        let owners = &*self.owners;
+        let instance = self.current.load_full();
+        let record = record(&instance, &owners.timing, None);
+        let written = owners
             .store
             .put(
                 &self.key,
                 &record,
-                self.timing.instance_ttl,
-                WriteCondition::Revision(self.revision),
+                owners.timing.instance_ttl,
+                WriteCondition::Revision(writer.revision),
             )
             .await;
         match written {
             Ok(revision) => {
-                self.revision = revision;
+                writer.revision = revision;
                 Ok(())
             }
-            Err(e) if e.kind() == ErrorKind::Conflict => self.reassert().await,
+            Err(e) if e.kind() == ErrorKind::Conflict => self.reassert(writer, &instance).await,
             Err(e) => {
-                MeshStats::incr(&self.stats.heartbeat_failures);
-                warn!(error = %e, "heartbeat failed; retrying");
+                MeshStats::incr(&owners.stats.heartbeat_failures);
+                warn!(key = %self.key, error = %e, "heartbeat failed; retrying");
                 Err(e)
             }
         }
     }
 
-    async fn reassert(&mut self) -> Result<()> {
+    async fn reassert(&self, writer: &mut KeyState, instance: &Arc<ServiceInstance>) -> Result<()> {
+        let owners = &*self.owners;
         let reason = "re-asserted by its owner after its key expired or was overwritten";
-        let record = record(&self.instance, &self.timing, Some(reason));
-        let revision = self
+        let record = record(instance, &owners.timing, Some(reason));
+        let revision = owners
             .store
             .put(
                 &self.key,
                 &record,
-                self.timing.instance_ttl,
+                owners.timing.instance_ttl,
                 WriteCondition::Any,
             )
             .await?;
-        self.revision = revision;
-        MeshStats::incr(&self.stats.reasserts);
-        info!(revision, "re-asserted registration");
+        writer.revision = revision;
+        MeshStats::incr(&owners.stats.reasserts);
+        info!(key = %self.key, revision, "re-asserted registration");
         self.publish(
+            instance,
             EventName::Registered,
             None,
             Some(reason.to_string()),
@@ -364,12 +474,19 @@ impl Owner {
         .await
     }
 
-    async fn update(&mut self, edit: Edit, reason: Option<String>) -> Result<Arc<ServiceInstance>> {
-        let mut next = ServiceInstance::clone(&self.instance);
+    async fn update(
+        &self,
+        writer: &mut KeyState,
+        edit: impl FnOnce(&mut ServiceInstance),
+        reason: Option<String>,
+    ) -> Result<Arc<ServiceInstance>> {
+        let owners = &*self.owners;
+        let previous = self.current.load_full();
+        let mut next = ServiceInstance::clone(&previous);
         edit(&mut next);
-        if next.service != self.instance.service
-            || next.id != self.instance.id
-            || next.registered_at != self.instance.registered_at
+        if next.service != previous.service
+            || next.id != previous.id
+            || next.registered_at != previous.registered_at
         {
             return Err(Error::invalid(format!(
                 "{}: an update cannot change the service name, id or registration time",
@@ -377,19 +494,19 @@ impl Owner {
             )));
         }
         next.validate()?;
-        if next.same_content(&self.instance) {
-            return Ok(self.instance.clone());
+        if next.same_content(&previous) {
+            return Ok(previous);
         }
         next.updated_at = SystemTime::now();
         let next = Arc::new(next);
-        let record = record(&next, &self.timing, reason.as_deref());
-        let revision = match self
+        let record = record(&next, &owners.timing, reason.as_deref());
+        let revision = match owners
             .store
             .put(
                 &self.key,
                 &record,
-                self.timing.instance_ttl,
-                WriteCondition::Revision(self.revision),
+                owners.timing.instance_ttl,
+                WriteCondition::Revision(writer.revision),
             )
             .await
         {
@@ -397,23 +514,24 @@ impl Owner {
             // The owner is the only writer of its key: a conflict means it expired or was
             // overwritten, and our state is the one to keep.
             Err(e) if e.kind() == ErrorKind::Conflict => {
-                MeshStats::incr(&self.stats.reasserts);
-                self.store
+                MeshStats::incr(&owners.stats.reasserts);
+                owners
+                    .store
                     .put(
                         &self.key,
                         &record,
-                        self.timing.instance_ttl,
+                        owners.timing.instance_ttl,
                         WriteCondition::Any,
                     )
                     .await?
             }
             Err(e) => return Err(e),
         };
-        let previous = std::mem::replace(&mut self.instance, next.clone());
-        self.revision = revision;
-        self.current.send_replace(next.clone());
+        writer.revision = revision;
+        self.current.store(next.clone());
         if previous.status != next.status {
             self.publish(
+                &next,
                 EventName::Status,
                 Some(previous.status),
                 reason.clone(),
@@ -424,67 +542,77 @@ impl Owner {
         let mut without_status = ServiceInstance::clone(&previous);
         without_status.status = next.status;
         if !without_status.same_content(&next) {
-            self.publish(EventName::Updated, None, reason, revision)
+            self.publish(&next, EventName::Updated, None, reason, revision)
                 .await?;
         }
         Ok(next)
     }
 
     /// Writes the tombstone, then the event; says whether the tombstone was written.
-    async fn deregister(&mut self, reason: Option<String>) -> (bool, Result<()>) {
-        let revision = match self
+    async fn deregister(
+        &self,
+        writer: &mut KeyState,
+        reason: Option<String>,
+    ) -> (bool, Result<()>) {
+        let owners = &*self.owners;
+        let revision = match owners
             .store
-            .delete(&self.key, reason.as_deref(), self.timing.tombstone_ttl)
+            .delete(&self.key, reason.as_deref(), owners.timing.tombstone_ttl)
             .await
         {
             Ok(revision) => revision,
             Err(e) => return (false, Err(e)),
         };
-        self.revision = revision;
-        MeshStats::incr(&self.stats.deregistrations);
+        writer.revision = revision;
+        MeshStats::incr(&owners.stats.deregistrations);
+        let instance = self.current.load_full();
         (
             true,
-            self.publish(EventName::Deregistered, None, reason, revision)
+            self.publish(&instance, EventName::Deregistered, None, reason, revision)
                 .await,
         )
     }
 
-    /// Appends a lifecycle event, retrying with the same id (the stream stores it once).
     /// Read-your-writes: waits (bounded) until this mesh's own view shows `revision`, so
     /// `discover` right after `register`, `set_status` or `deregister` sees the change.
-    async fn until_visible(&mut self, revision: u64) {
-        let shown = self.applied.wait_for(|applied| *applied >= revision);
+    async fn until_visible(&self, revision: u64) {
+        let mut applied = self.owners.applied.clone();
+        let shown = applied.wait_for(|applied| *applied >= revision);
         if tokio::time::timeout(READ_YOUR_WRITES_TIMEOUT, shown)
             .await
             .is_err()
         {
             debug!(
+                key = %self.key,
                 revision,
                 "own view did not show the write in time; returning anyway"
             );
         }
     }
 
+    /// Appends a lifecycle event, retrying with the same id (the stream stores it once).
     async fn publish(
-        &mut self,
+        &self,
+        instance: &Arc<ServiceInstance>,
         event: EventName,
         previous_status: Option<InstanceStatus>,
         reason: Option<String>,
         revision: u64,
     ) -> Result<()> {
+        let owners = &*self.owners;
         let record = EventRecord {
             v: PROTOCOL_VERSION,
             event,
-            instance: self.instance.clone(),
+            instance: instance.clone(),
             previous_status,
             reason,
             at: SystemTime::now(),
-            origin: self.peer_id.clone(),
+            origin: owners.peer_id.clone(),
         };
-        let msg_id = format!("{}-{}-{revision}", event.as_str(), self.instance.id);
+        let msg_id = format!("{}-{}-{revision}", event.as_str(), self.id);
         let mut attempt = 1;
         loop {
-            match self.store.publish_event(&record, &msg_id).await {
+            match owners.store.publish_event(&record, &msg_id).await {
                 Ok(()) => return Ok(()),
                 Err(e)
                     if attempt < EVENT_PUBLISH_ATTEMPTS
@@ -495,7 +623,7 @@ impl Owner {
                     attempt += 1;
                 }
                 Err(e) => {
-                    MeshStats::incr(&self.stats.event_publish_failures);
+                    MeshStats::incr(&owners.stats.event_publish_failures);
                     return Err(e);
                 }
             }

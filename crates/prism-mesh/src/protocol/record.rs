@@ -113,9 +113,15 @@ impl EventRecord {
     }
 }
 
+/// A typical record's encoded size: one buffer, not a chain of doublings from empty.
+const ENCODE_CAPACITY: usize = 512;
+
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    rmp_serde::to_vec_named(value)
-        .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "cannot encode payload", e))
+    let mut bytes = Vec::with_capacity(ENCODE_CAPACITY);
+    value
+        .serialize(&mut rmp_serde::Serializer::new(&mut bytes).with_struct_map())
+        .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "cannot encode payload", e))?;
+    Ok(bytes)
 }
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {

@@ -229,7 +229,7 @@ impl NatsStore {
         };
         let subject = format!("{}{key}", self.inner.kv_prefix);
         match self
-            .publish(&subject, headers(expected), payload.clone())
+            .publish(subject.clone(), headers(expected), payload.clone())
             .await
         {
             Err(e) if e.kind() == ErrorKind::Conflict && condition == WriteCondition::Absent => {
@@ -237,7 +237,7 @@ impl NatsStore {
                 // marker holds nothing, so creating it is allowed at that revision.
                 match self.last_removal_revision(&subject).await? {
                     Some(revision) => {
-                        self.publish(&subject, headers(Some(revision)), payload)
+                        self.publish(subject, headers(Some(revision)), payload)
                             .await
                     }
                     None => Err(e),
@@ -286,7 +286,7 @@ impl NatsStore {
             headers.insert(name(h::REASON), header_safe(reason));
         }
         let subject = format!("{}{key}", self.inner.kv_prefix);
-        self.publish(&subject, headers, Bytes::new()).await
+        self.publish(subject, headers, Bytes::new()).await
     }
 
     #[tracing::instrument(name = "nats.publish_event", skip_all, fields(event = record.event.as_str(), msg_id = msg_id))]
@@ -315,30 +315,32 @@ impl NatsStore {
         if record.event == EventName::Expired && record.reason.is_none() {
             headers.insert(name(h::REASON), "ttl");
         }
-        self.publish(&subject, headers, Bytes::from(record.encode()?))
+        self.publish(subject, headers, Bytes::from(record.encode()?))
             .await
             .map(|_| ())
     }
 
-    async fn publish(&self, subject: &str, headers: HeaderMap, payload: Bytes) -> Result<u64> {
+    async fn publish(&self, subject: String, headers: HeaderMap, payload: Bytes) -> Result<u64> {
         let mut violations = self.inner.violations.subscribe();
+        // async-nats takes the subject by value; it is kept as bytes for the error paths.
+        let subject = async_nats::Subject::from(subject);
         let ack = self
             .inner
             .js
-            .publish_with_headers(subject.to_string(), headers, payload)
+            .publish_with_headers(subject.clone(), headers, payload)
             .await
-            .map_err(|e| publish_error(subject, e))?;
+            .map_err(|e| publish_error(&subject, e))?;
         let denied = async {
             loop {
                 match violations.recv().await {
-                    Ok(text) if text.contains(subject) => return text,
+                    Ok(text) if text.contains(subject.as_str()) => return text,
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
                 }
             }
         };
         tokio::select! {
-            ack = std::future::IntoFuture::into_future(ack) => Ok(ack.map_err(|e| publish_error(subject, e))?.sequence),
+            ack = std::future::IntoFuture::into_future(ack) => Ok(ack.map_err(|e| publish_error(&subject, e))?.sequence),
             text = denied => Err(Error::new(
                 ErrorKind::PermissionDenied,
                 format!("the server refused the write to {subject}: {text}"),
