@@ -169,8 +169,6 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
     .await;
     let raw = count as f64 / started.elapsed().as_secs_f64();
 
-    // The same two acknowledged writes a registration makes, raw: a KV create (CAS on
-    // revision 0, with TTL) then a de-duplicated event publish, 512 registrations in flight.
     js.create_stream(jetstream::stream::Config {
         name: "RAW_EVENTS".into(),
         subjects: vec!["raw-events.>".into()],
@@ -179,27 +177,28 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
     .await
     .expect("raw event stream");
     let started = Instant::now();
-    futures::stream::iter(0..count)
-        .map(|n| {
-            let payload = payload.clone();
-            async move {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-TTL", "60s");
-                headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-                let subject = format!("$KV.{RAW_BUCKET}.c{n}");
-                let ack = js.publish_with_headers(subject, headers, payload.clone());
-                ack.await.expect("publish").await.expect("create ack");
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("registered-c{n}"));
-                let subject = format!("raw-events.c{n}.registered");
-                let ack = js.publish_with_headers(subject, headers, payload);
-                ack.await.expect("publish").await.expect("event ack");
+    same_writes(js, "c", count).await;
+    let same_writes_rate = count as f64 / started.elapsed().as_secs_f64();
+
+    // The same writes while a KV watcher on the same connection follows the bucket, as
+    // every mesh peer (the registering one included) does: the substrate's ceiling for a
+    // registration that its own peer sees.
+    let bucket = js.get_key_value(RAW_BUCKET).await.expect("raw bucket");
+    let mut watch = bucket.watch(">").await.expect("raw watch");
+    let watcher = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < count {
+            match watch.next().await {
+                Some(Ok(entry)) if entry.key.starts_with('w') => seen += 1,
+                Some(_) => {}
+                None => panic!("raw watch ended"),
             }
-        })
-        .buffer_unordered(WINDOW)
-        .collect::<Vec<()>>()
-        .await;
-    let same_writes = count as f64 / started.elapsed().as_secs_f64();
+        }
+    });
+    let started = Instant::now();
+    same_writes(js, "w", count).await;
+    watcher.await.expect("raw watcher");
+    let watched_rate = count as f64 / started.elapsed().as_secs_f64();
 
     let mesh = Mesh::builder()
         .nats(options(url))
@@ -238,9 +237,43 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
             "registrations/s vs raw doing the same writes (KV create + event, {WINDOW} in flight)"
         ),
         mesh: format!("{ours:.0}/s"),
-        raw: format!("{same_writes:.0}/s"),
-        ratio: ours / same_writes,
+        raw: format!("{same_writes_rate:.0}/s"),
+        ratio: ours / same_writes_rate,
     });
+    rows.push(Row {
+        figure: format!(
+            "registrations/s vs raw doing the same writes while a KV watcher on its connection follows them ({WINDOW} in flight)"
+        ),
+        mesh: format!("{ours:.0}/s"),
+        raw: format!("{watched_rate:.0}/s"),
+        ratio: ours / watched_rate,
+    });
+}
+
+/// The two acknowledged writes a registration makes, raw: a KV create (CAS on revision 0,
+/// with TTL) then a de-duplicated event publish; `count` of them, [`WINDOW`] in flight.
+async fn same_writes(js: &jetstream::Context, prefix: &str, count: usize) {
+    let payload = Bytes::from(vec![b'x'; 200]);
+    futures::stream::iter(0..count)
+        .map(|n| {
+            let payload = payload.clone();
+            async move {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-TTL", "60s");
+                headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+                let subject = format!("$KV.{RAW_BUCKET}.{prefix}{n}");
+                let ack = js.publish_with_headers(subject, headers, payload.clone());
+                ack.await.expect("publish").await.expect("create ack");
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", format!("registered-{prefix}{n}"));
+                let subject = format!("raw-events.{prefix}{n}.registered");
+                let ack = js.publish_with_headers(subject, headers, payload);
+                ack.await.expect("publish").await.expect("event ack");
+            }
+        })
+        .buffer_unordered(WINDOW)
+        .collect::<Vec<()>>()
+        .await;
 }
 
 /// A new peer's view of `count` instances; raw: KV watch replay of `count` keys.
