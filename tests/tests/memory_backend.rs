@@ -120,6 +120,49 @@ async fn heartbeats_keep_an_instance_alive_beyond_its_ttl_without_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_scheduler_keeps_thousands_of_instances_alive_and_stops_at_deregistration() {
+    // More owners than heartbeats in flight at once, heartbeating five times per TTL.
+    const OWNED: usize = 2_000;
+    let store = MemoryStore::new();
+    let owner = peer(&store).await;
+    // Without self-preservation, which would hold a mass expiry back from the view.
+    let watcher = Mesh::builder()
+        .memory_store(store.clone())
+        .self_preservation(prism_mesh::SelfPreservation::disabled())
+        .connect()
+        .await
+        .unwrap();
+    let registrations =
+        futures::future::try_join_all((0..OWNED).map(|_| owner.register(instance("fleet"))))
+            .await
+            .unwrap();
+    let gone = registrations[0].clone();
+    gone.deregister(Some("done")).await.unwrap();
+    assert!(!gone.is_live());
+    // The watcher's own view may still be applying the registrations.
+    let started = std::time::Instant::now();
+    while watcher.discover("fleet").len() != OWNED - 1 {
+        assert!(started.elapsed() < WAIT, "the watcher never saw the fleet");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut events = watcher.subscribe();
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(watcher.discover("fleet").len(), OWNED - 1);
+    assert_eq!(watcher.stats().expiries, 0, "no live instance may expire");
+    if let Some(event) = futures::FutureExt::now_or_never(futures::StreamExt::next(&mut events)) {
+        panic!("heartbeats must not produce events, nor resurrect the deregistered instance: {event:?}");
+    }
+    assert_eq!(
+        gone.set_status(InstanceStatus::Healthy, None)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotRegistered
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_peer_sees_the_current_view_and_no_stale_instances() {
     let store = MemoryStore::new();
     let owner = peer(&store).await;

@@ -402,20 +402,21 @@ impl OwnedInstance {
         )
     }
 
-    /// One heartbeat; returns when the next one is due. Skipped while another write holds
-    /// the key: that write refreshes it too.
+    /// One heartbeat; returns when the next one is due. While another write holds the key
+    /// it is tried again soon rather than waited for: that write may be failing.
     async fn heartbeat(&self) -> Duration {
         let interval = self.owners.timing.heartbeat_interval;
+        // The key has TTL - elapsed left, not a full interval: retry well before then.
+        let soon = (interval / 3).max(Duration::from_millis(200));
         let Ok(mut writer) = self.writer.try_lock() else {
-            return interval;
+            return soon;
         };
         if writer.ended {
             return interval;
         }
         match self.refresh(&mut writer).await {
             Ok(()) => interval,
-            // Retry soon: the key has TTL - elapsed left, not a full interval.
-            Err(_) => (interval / 3).max(Duration::from_millis(200)),
+            Err(_) => soon,
         }
     }
 
