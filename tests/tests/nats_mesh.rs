@@ -552,3 +552,46 @@ async fn churn_leaves_the_bucket_and_the_event_stream_within_their_limits() {
     }
     assert!(mesh.discover("churn").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_whose_caller_gives_up_still_completes_and_is_not_undone_by_heartbeats() {
+    let server = NatsServer::start();
+    let owner = fast_mesh(&server.url()).connect().await.unwrap();
+    let watcher = fast_mesh(&server.url()).connect().await.unwrap();
+    let me = owner
+        .register(
+            ServiceInstance::builder("impatient", "127.0.0.1", 7000)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    // The write goes out to a frozen server; the caller stops waiting before its ack.
+    let signal = |name: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([format!("-{name}"), server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} failed");
+    };
+    signal("STOP");
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        me.set_status(InstanceStatus::Healthy, Some("ready")),
+    )
+    .await;
+    signal("CONT");
+    assert!(gave_up.is_err(), "the update finished on a frozen server");
+
+    // Four heartbeats later the update stands, at the owner and at the peer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(me.instance().status, InstanceStatus::Healthy);
+    let seen = watcher.discover("impatient");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].status, InstanceStatus::Healthy);
+    assert_eq!(
+        owner.stats().reasserts,
+        0,
+        "a heartbeat re-asserted the key over the update"
+    );
+}

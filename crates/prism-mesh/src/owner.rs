@@ -100,33 +100,54 @@ impl Registration {
         edit: impl FnOnce(&mut ServiceInstance) + Send + 'static,
         reason: Option<&str>,
     ) -> Result<Arc<ServiceInstance>> {
-        let owned = &self.owned;
-        let mut writer = owned.writer().await?;
-        let updated = owned
-            .update(&mut writer, edit, reason.map(str::to_string))
-            .await?;
-        owned.until_visible(writer.revision).await;
-        Ok(updated)
+        let owned = self.owned.clone();
+        let reason = reason.map(str::to_string);
+        to_completion(async move {
+            let mut writer = owned.writer().await?;
+            let updated = owned.update(&mut writer, edit, reason).await?;
+            owned.until_visible(writer.revision).await;
+            Ok(updated)
+        })
+        .await
     }
 
     /// Removes the instance; peers get `Deregistered` with `reason`.
     pub async fn deregister(&self, reason: Option<&str>) -> Result<()> {
-        let owned = &self.owned;
-        let mut writer = owned.writer().await?;
-        let (deleted, result) = owned
-            .deregister(&mut writer, reason.map(str::to_string))
-            .await;
-        if deleted {
-            // Once the tombstone is written the registration is over, even if the event
-            // could not be recorded: heartbeating would resurrect the key.
-            writer.ended = true;
-            owned.live.store(false, Ordering::Release);
-            owned.until_visible(writer.revision).await;
-            // Before returning: once deregister returns, `registrations()` no longer
-            // lists it.
-            leave(&owned.owned_by, owned.id);
-        }
-        result
+        let owned = self.owned.clone();
+        let reason = reason.map(str::to_string);
+        to_completion(async move {
+            let mut writer = owned.writer().await?;
+            let (deleted, result) = owned.deregister(&mut writer, reason).await;
+            if deleted {
+                // Once the tombstone is written the registration is over, even if the event
+                // could not be recorded: heartbeating would resurrect the key.
+                writer.ended = true;
+                owned.live.store(false, Ordering::Release);
+                owned.until_visible(writer.revision).await;
+                // Before returning: once deregister returns, `registrations()` no longer
+                // lists it.
+                leave(&owned.owned_by, owned.id);
+            }
+            result
+        })
+        .await
+    }
+}
+
+/// Runs a write on a task of its own and waits for it. A caller that gives up (a timeout,
+/// a dropped future) must not stop a write half-way: the key written but its revision or
+/// instance not recorded would make the next heartbeat conflict and re-assert the old
+/// instance over the new one.
+async fn to_completion<T: Send + 'static>(
+    write: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    match tokio::spawn(write).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(Error::new(
+            ErrorKind::Closed,
+            "the runtime shut down during the write",
+        )),
     }
 }
 
