@@ -275,3 +275,47 @@ async fn shutdown_deregisters_owned_instances() {
     let err = owner.register(instance("c")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_racing_registrations_deregisters_every_instance_it_accepted() {
+    let store = MemoryStore::new();
+    // A TTL far beyond the test: only deregistration can empty the view.
+    let owner = Mesh::builder()
+        .memory_store(store.clone())
+        .instance_ttl(Duration::from_secs(600))
+        .heartbeat_interval(Duration::from_secs(60))
+        .connect()
+        .await
+        .unwrap();
+    let watcher = peer(&store).await;
+    let registering = tokio::spawn({
+        let owner = owner.clone();
+        async move {
+            futures::future::join_all((0..500).map(|_| owner.register(instance("racing")))).await
+        }
+    });
+    // Let some registrations land, then shut down while the rest are in flight.
+    while owner.registrations().len() < 50 {
+        tokio::task::yield_now().await;
+    }
+    owner.shutdown().await;
+    let results = registering.await.unwrap();
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(refused.kind(), ErrorKind::Closed, "{refused}");
+    }
+    assert!(
+        accepted >= 50,
+        "only {accepted} registrations were accepted"
+    );
+
+    let started = std::time::Instant::now();
+    while !watcher.discover("racing").is_empty() {
+        assert!(
+            started.elapsed() < WAIT,
+            "{} instances outlived the shutdown ({accepted} accepted)",
+            watcher.discover("racing").len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

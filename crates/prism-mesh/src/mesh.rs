@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 use crate::instance::{count_by_status, validate_service_name, InstanceStatus, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
-use crate::owner::{Owners, Registration};
+use crate::owner::{to_completion, Owners, Registration};
 use crate::store::{MemoryStore, NatsStore, Store};
 use crate::view::{
     EventBus, EventFilter, EventStream, MeshEvent, RegistryView, SelfPreservation, ServiceSlot,
@@ -243,6 +244,10 @@ struct Inner {
     owned: Arc<Mutex<HashMap<Uuid, Registration>>>,
     /// Writes and heartbeats of the instances this peer registered.
     owners: Arc<Owners>,
+    /// False once a shutdown began: no new registrations.
+    accepting: AtomicBool,
+    /// Read-held by each registration under way; a shutdown takes it to wait for them.
+    registering: tokio::sync::RwLock<()>,
     event_stream: String,
     closing: watch::Sender<bool>,
     balancing: Balancing,
@@ -329,6 +334,8 @@ impl Mesh {
                 stats,
                 owned: Arc::new(Mutex::new(HashMap::new())),
                 owners,
+                accepting: AtomicBool::new(true),
+                registering: tokio::sync::RwLock::new(()),
                 event_stream: match &builder.backend {
                     BackendConfig::Nats(options) => options.event_stream.clone(),
                     BackendConfig::Memory(_) => String::new(),
@@ -352,19 +359,27 @@ impl Mesh {
 
     /// Registers `instance`: validates it (no network call if invalid), writes its key and
     /// the `registered` event, then keeps it alive until deregistered or shut down.
+    /// Fails with [`ErrorKind::Closed`] once a shutdown began; a shutdown waits for the
+    /// registrations already under way and deregisters them too.
     pub async fn register(&self, instance: ServiceInstance) -> Result<Registration> {
         instance.validate()?;
-        if *self.inner.closing.borrow() {
-            return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
-        }
-        let registration = self
-            .inner
-            .owners
-            .register(Arc::downgrade(&self.inner.owned), instance)
-            .await?;
-        self.lock_owned()
-            .insert(registration.id(), registration.clone());
-        Ok(registration)
+        let inner = self.inner.clone();
+        // To completion even if the caller gives up: a registration written but not listed
+        // would be heartbeated until close and never deregistered by `shutdown`.
+        to_completion(async move {
+            // Held until the registration is listed: `shutdown` waits for it.
+            let _registering = inner.registering.read().await;
+            if !inner.accepting.load(Ordering::Acquire) {
+                return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
+            }
+            let registration = inner
+                .owners
+                .register(Arc::downgrade(&inner.owned), instance)
+                .await?;
+            lock(&inner.owned).insert(registration.id(), registration.clone());
+            Ok(registration)
+        })
+        .await
     }
 
     /// The instances this handle registered and has not deregistered.
@@ -693,6 +708,7 @@ impl Mesh {
     /// Deregisters every instance this handle owns (peers see `Deregistered`), then stops
     /// heartbeats and closes the connection. Errors are logged: shutdown always finishes.
     pub async fn shutdown(&self) {
+        self.stop_registering().await;
         let owned: Vec<Registration> = self.lock_owned().drain().map(|(_, r)| r).collect();
         on_each_owned(
             &owned,
@@ -708,6 +724,7 @@ impl Mesh {
     /// `Maintenance` first (peers stop picking it at once), then after `drain` (time for
     /// requests in flight to finish) it is deregistered, then the mesh closes.
     pub async fn shutdown_gracefully(&self, drain: Duration) {
+        self.stop_registering().await;
         let owned = self.registrations();
         on_each_owned(
             &owned,
@@ -746,14 +763,27 @@ impl Mesh {
     /// Stops heartbeats and closes without deregistering: owned instances expire at the
     /// TTL, exactly as if the process had died.
     pub async fn close_without_deregistering(&self) {
+        self.stop_registering().await;
         self.lock_owned().clear();
         self.inner.closing.send_replace(true);
         self.inner.store.close().await;
     }
 
-    pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
-        self.inner.owned.lock().unwrap_or_else(|p| p.into_inner())
+    /// Refuses new registrations and waits for those under way to be listed.
+    async fn stop_registering(&self) {
+        self.inner.accepting.store(false, Ordering::Release);
+        drop(self.inner.registering.write().await);
     }
+
+    pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
+        lock(&self.inner.owned)
+    }
+}
+
+fn lock(
+    owned: &Mutex<HashMap<Uuid, Registration>>,
+) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
+    owned.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The first of SIGTERM and SIGINT (Ctrl-C).

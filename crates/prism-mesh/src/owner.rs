@@ -8,17 +8,18 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::config::Timing;
@@ -34,8 +35,11 @@ const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a lifecycle event publish is tried before the call reports failure.
 const EVENT_PUBLISH_ATTEMPTS: u32 = 3;
 
-/// Heartbeats in flight at once per mesh; the rest wait their turn in the schedule.
-const HEARTBEATS_IN_FLIGHT: usize = 512;
+/// Heartbeats in flight at once per mesh; the rest wait their turn in the schedule. Large
+/// enough that a slow server (1 s per write, as during a leader election) still refreshes
+/// 10,000 owned keys within a 10 s TTL; bounded so a mesh owning many more does not put
+/// them all on the wire at once.
+const HEARTBEATS_IN_FLIGHT: usize = 4096;
 
 /// A handle on an instance this process registered. Cheap to clone; the registration lives
 /// until [`deregister`](Registration::deregister) or [`Mesh::shutdown`](crate::Mesh::shutdown),
@@ -138,7 +142,7 @@ impl Registration {
 /// a dropped future) must not stop a write half-way: the key written but its revision or
 /// instance not recorded would make the next heartbeat conflict and re-assert the old
 /// instance over the new one.
-async fn to_completion<T: Send + 'static>(
+pub(crate) async fn to_completion<T: Send + 'static>(
     write: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
     match tokio::spawn(write).await {
@@ -349,16 +353,37 @@ async fn heartbeat_schedule(
             }
         }
         let may_start = next.is_some() && beating.len() < HEARTBEATS_IN_FLIGHT;
+        // Heartbeats first: a burst of new registrations must not hold them back.
         tokio::select! {
             biased;
             _ = crate::util::until_true(&mut closing) => return,
-            Some(owned) = incoming.recv() => {
-                due.push(Reverse(Due { at: Instant::now() + timing.heartbeat_interval, owned }));
-            }
             Some((owned, after)) = beating.next(), if !beating.is_empty() => {
                 let owned: Arc<OwnedInstance> = owned;
                 if owned.is_live() {
                     due.push(Reverse(Due { at: Instant::now() + after, owned }));
+                }
+            }
+            () = &mut timer, if may_start => {
+                let now = Instant::now();
+                while beating.len() < HEARTBEATS_IN_FLIGHT {
+                    match due.peek() {
+                        Some(Reverse(d)) if d.at <= now => {}
+                        _ => break,
+                    }
+                    let Some(Reverse(Due { owned, .. })) = due.pop() else { break };
+                    if owned.is_live() {
+                        beating.push(async move {
+                            // One instance's bug must not stop every owner's heartbeats.
+                            let after = AssertUnwindSafe(owned.heartbeat())
+                                .catch_unwind()
+                                .await
+                                .unwrap_or_else(|_| {
+                                    error!(key = %owned.key, "heartbeat panicked; retrying");
+                                    timing.heartbeat_interval / 3
+                                });
+                            (owned, after)
+                        });
+                    }
                 }
             }
             Ok(()) = reconnects.changed() => {
@@ -376,29 +401,19 @@ async fn heartbeat_schedule(
                     }))
                     .collect();
             }
-            () = &mut timer, if may_start => {
-                let now = Instant::now();
-                while beating.len() < HEARTBEATS_IN_FLIGHT {
-                    match due.peek() {
-                        Some(Reverse(d)) if d.at <= now => {}
-                        _ => break,
-                    }
-                    let Some(Reverse(Due { owned, .. })) = due.pop() else { break };
-                    if owned.is_live() {
-                        beating.push(async move {
-                            let after = owned.heartbeat().await;
-                            (owned, after)
-                        });
-                    }
-                }
+            Some(owned) = incoming.recv() => {
+                due.push(Reverse(Due { at: Instant::now() + timing.heartbeat_interval, owned }));
             }
         }
     }
 }
 
 impl OwnedInstance {
+    /// Not deregistered, the mesh not closed, and its heartbeat scheduler running.
     fn is_live(&self) -> bool {
-        self.live.load(Ordering::Acquire) && !*self.owners.closing.borrow()
+        self.live.load(Ordering::Acquire)
+            && !*self.owners.closing.borrow()
+            && !self.owners.schedule.is_closed()
     }
 
     /// The key's lock, once no other write is in progress; an error if it ended.
