@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 use crate::instance::{count_by_status, validate_service_name, InstanceStatus, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
-use crate::owner::{to_completion, Owners, Registration};
+use crate::owner::{lock_owned, to_completion, OwnedMap, Owners, Registration};
 use crate::store::{MemoryStore, NatsStore, Store};
 use crate::view::{
     EventBus, EventFilter, EventStream, MeshEvent, RegistryView, SelfPreservation, ServiceSlot,
@@ -241,7 +241,7 @@ struct Inner {
     registry: Arc<RegistryView>,
     bus: Arc<EventBus>,
     stats: Arc<MeshStats>,
-    owned: Arc<Mutex<HashMap<Uuid, Registration>>>,
+    owned: Arc<OwnedMap>,
     /// Writes and heartbeats of the instances this peer registered.
     owners: Arc<Owners>,
     /// False once a shutdown began: no new registrations.
@@ -376,7 +376,7 @@ impl Mesh {
                 .owners
                 .register(Arc::downgrade(&inner.owned), instance)
                 .await?;
-            lock(&inner.owned).insert(registration.id(), registration.clone());
+            lock_owned(&inner.owned).insert(registration.id(), registration.clone());
             Ok(registration)
         })
         .await
@@ -776,14 +776,8 @@ impl Mesh {
     }
 
     pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
-        lock(&self.inner.owned)
+        lock_owned(&self.inner.owned)
     }
-}
-
-fn lock(
-    owned: &Mutex<HashMap<Uuid, Registration>>,
-) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
-    owned.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The first of SIGTERM and SIGINT (Ctrl-C).

@@ -155,10 +155,21 @@ pub(crate) async fn to_completion<T: Send + 'static>(
     }
 }
 
+/// The registrations a mesh owns, by id.
+pub(crate) type OwnedMap = Mutex<HashMap<Uuid, Registration>>;
+
+/// Locks a mesh's list of registrations (a panic elsewhere cannot leave it half-changed:
+/// every change is one map operation).
+pub(crate) fn lock_owned(
+    owned: &OwnedMap,
+) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
+    owned.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Removes registration `id` from the mesh's list of what it owns.
-fn leave(owned: &Weak<Mutex<HashMap<Uuid, Registration>>>, id: Uuid) {
+fn leave(owned: &Weak<OwnedMap>, id: Uuid) {
     if let Some(owned) = owned.upgrade() {
-        owned.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        lock_owned(&owned).remove(&id);
     }
 }
 
@@ -191,7 +202,7 @@ struct OwnedInstance {
     service_len: usize,
     owners: Arc<Owners>,
     /// The mesh's registrations, which this one leaves when it ends.
-    owned_by: Weak<Mutex<HashMap<Uuid, Registration>>>,
+    owned_by: Weak<OwnedMap>,
     /// The instance as last written.
     current: ArcSwap<ServiceInstance>,
     /// False once deregistered.
@@ -243,7 +254,7 @@ impl Owners {
     /// Writes the key and the `registered` event, then schedules the heartbeats.
     pub(crate) async fn register(
         self: &Arc<Self>,
-        owned_by: Weak<Mutex<HashMap<Uuid, Registration>>>,
+        owned_by: Weak<OwnedMap>,
         instance: ServiceInstance,
     ) -> Result<Registration> {
         let key = instance.key();
