@@ -1,10 +1,11 @@
 //! Owners: what keeps each registered instance's key alive and writes its changes, so no
 //! update is lost and a lost key comes back by itself.
 //!
-//! One heartbeat scheduler per mesh refreshes every owned key. Writes to one key are
-//! serialised by that instance's lock; the caller's task does its own update or
-//! deregistration. (A task, channel and timer per registration cost more client CPU than
-//! the registration's two writes.)
+//! One heartbeat scheduler per mesh refreshes every owned key. (A long-lived task, channel
+//! and timer per registration cost more client CPU than the registration's two writes.)
+//! Writes to one key are serialised by that instance's lock. A register, update or
+//! deregister call runs on a short task of its own, so it completes even if its caller
+//! gives up.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
