@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 use crate::instance::{count_by_status, validate_service_name, InstanceStatus, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
-use crate::owner::{lock_owned, to_completion, OwnedMap, Owners, Registration};
+use crate::owner::{lock_owned, OwnedMap, Owners, Registration};
 use crate::store::{MemoryStore, NatsStore, Store};
 use crate::view::{
     EventBus, EventFilter, EventStream, MeshEvent, RegistryView, SelfPreservation, ServiceSlot,
@@ -360,26 +360,27 @@ impl Mesh {
     /// Registers `instance`: validates it (no network call if invalid), writes its key and
     /// the `registered` event, then keeps it alive until deregistered or shut down.
     /// Fails with [`ErrorKind::Closed`] once a shutdown began; a shutdown waits for the
-    /// registrations already under way and deregisters them too.
+    /// registrations already under way and deregisters them too. A caller that stops
+    /// waiting before this returns may leave the key written: with no owner, it expires at
+    /// its TTL, as after a crash.
     pub async fn register(&self, instance: ServiceInstance) -> Result<Registration> {
         instance.validate()?;
-        let inner = self.inner.clone();
-        // To completion even if the caller gives up: a registration written but not listed
-        // would be heartbeated until close and never deregistered by `shutdown`.
-        to_completion(async move {
-            // Held until the registration is listed: `shutdown` waits for it.
-            let _registering = inner.registering.read().await;
-            if !inner.accepting.load(Ordering::Acquire) {
-                return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
-            }
-            let registration = inner
-                .owners
-                .register(Arc::downgrade(&inner.owned), instance)
-                .await?;
-            lock_owned(&inner.owned).insert(registration.id(), registration.clone());
-            Ok(registration)
-        })
-        .await
+        // Held until the registration is listed: `shutdown` waits for it.
+        let _registering = self.inner.registering.read().await;
+        if !self.inner.accepting.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
+        }
+        // In the caller's task: a task per registration costs measurable latency. Being
+        // scheduled for heartbeats and being listed happen with no await in between, so a
+        // cancelled call never leaves an instance heartbeated but unlisted.
+        let registration = self
+            .inner
+            .owners
+            .register(Arc::downgrade(&self.inner.owned), instance)
+            .await?;
+        self.lock_owned()
+            .insert(registration.id(), registration.clone());
+        Ok(registration)
     }
 
     /// The instances this handle registered and has not deregistered.

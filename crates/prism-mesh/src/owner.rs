@@ -3,9 +3,8 @@
 //!
 //! One heartbeat scheduler per mesh refreshes every owned key. (A long-lived task, channel
 //! and timer per registration cost more client CPU than the registration's two writes.)
-//! Writes to one key are serialised by that instance's lock. A register, update or
-//! deregister call runs on a short task of its own, so it completes even if its caller
-//! gives up.
+//! Writes to one key are serialised by that instance's lock. An update or deregister call
+//! runs on a short task of its own, so it completes even if its caller gives up.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -143,7 +142,7 @@ impl Registration {
 /// a dropped future) must not stop a write half-way: the key written but its revision or
 /// instance not recorded would make the next heartbeat conflict and re-assert the old
 /// instance over the new one.
-pub(crate) async fn to_completion<T: Send + 'static>(
+async fn to_completion<T: Send + 'static>(
     write: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
     match tokio::spawn(write).await {
@@ -314,6 +313,7 @@ impl Owners {
         }
         MeshStats::incr(&self.stats.registrations);
         owned.until_visible(revision).await;
+        // No await from here until the caller lists the registration (see `Mesh::register`).
         if self.schedule.send(owned.clone()).is_err() {
             // The mesh closed meanwhile: like a crashed owner, the key expires at its TTL.
             owned.live.store(false, Ordering::Release);
