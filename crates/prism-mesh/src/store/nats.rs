@@ -227,14 +227,15 @@ impl NatsStore {
             WriteCondition::Absent => Some(0),
             WriteCondition::Revision(revision) => Some(revision),
         };
-        let subject = format!("{}{key}", self.inner.kv_prefix);
+        let subject = || format!("{}{key}", self.inner.kv_prefix);
         match self
-            .publish(subject.clone(), headers(expected), payload.clone())
+            .publish(subject(), headers(expected), payload.clone())
             .await
         {
             Err(e) if e.kind() == ErrorKind::Conflict && condition == WriteCondition::Absent => {
                 // Like KV `create`: a key whose last message is a tombstone or an expiry
                 // marker holds nothing, so creating it is allowed at that revision.
+                let subject = subject();
                 match self.last_removal_revision(&subject).await? {
                     Some(revision) => {
                         self.publish(subject, headers(Some(revision)), payload)
