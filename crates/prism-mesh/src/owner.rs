@@ -125,7 +125,6 @@ impl Registration {
             if deleted {
                 // Once the tombstone is written the registration is over, even if the event
                 // could not be recorded: heartbeating would resurrect the key.
-                writer.ended = true;
                 owned.live.store(false, Ordering::Release);
                 owned.until_visible(writer.revision).await;
                 // Before returning: once deregister returns, `registrations()` no longer
@@ -205,7 +204,7 @@ struct OwnedInstance {
     owned_by: Weak<OwnedMap>,
     /// The instance as last written.
     current: ArcSwap<ServiceInstance>,
-    /// False once deregistered.
+    /// False once deregistered (set under the key's lock), rolled back or never scheduled.
     live: AtomicBool,
     /// Held by whoever writes the key: one write at a time, in order.
     writer: tokio::sync::Mutex<KeyState>,
@@ -215,7 +214,6 @@ struct OwnedInstance {
 struct KeyState {
     /// The key's revision as last written by us.
     revision: u64,
-    ended: bool,
 }
 
 impl Owners {
@@ -287,10 +285,7 @@ impl Owners {
             owned_by,
             current: ArcSwap::new(instance.clone()),
             live: AtomicBool::new(true),
-            writer: tokio::sync::Mutex::new(KeyState {
-                revision,
-                ended: false,
-            }),
+            writer: tokio::sync::Mutex::new(KeyState { revision }),
         });
         if let Err(e) = owned
             .publish(&instance, EventName::Registered, None, None, revision)
@@ -391,7 +386,7 @@ async fn heartbeat_schedule(
                                 .await
                                 .unwrap_or_else(|_| {
                                     error!(key = %owned.key, "heartbeat panicked; retrying");
-                                    timing.heartbeat_interval / 3
+                                    retry_delay(timing.heartbeat_interval)
                                 });
                             (owned, after)
                         });
@@ -428,13 +423,14 @@ impl OwnedInstance {
             && !self.owners.schedule.is_closed()
     }
 
-    /// The key's lock, once no other write is in progress; an error if it ended.
+    /// The key's lock, once no other write is in progress; an error if the registration
+    /// ended (deregistered under this lock, or the mesh closed) meanwhile.
     async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, KeyState>> {
         if !self.is_live() {
             return Err(self.gone());
         }
         let writer = self.writer.lock().await;
-        if writer.ended || !self.is_live() {
+        if !self.is_live() {
             return Err(self.gone());
         }
         Ok(writer)
@@ -454,17 +450,16 @@ impl OwnedInstance {
     /// it is tried again soon rather than waited for: that write may be failing.
     async fn heartbeat(&self) -> Duration {
         let interval = self.owners.timing.heartbeat_interval;
-        // The key has TTL - elapsed left, not a full interval: retry well before then.
-        let soon = (interval / 3).max(Duration::from_millis(200));
         let Ok(mut writer) = self.writer.try_lock() else {
-            return soon;
+            return retry_delay(interval);
         };
-        if writer.ended {
+        // Deregistered while this heartbeat waited its turn: the tombstone must stay.
+        if !self.live.load(Ordering::Acquire) {
             return interval;
         }
         match self.refresh(&mut writer).await {
             Ok(()) => interval,
-            Err(_) => soon,
+            Err(_) => retry_delay(interval),
         }
     }
 
@@ -678,6 +673,12 @@ impl OwnedInstance {
             }
         }
     }
+}
+
+/// When a heartbeat that could not write is tried again: the key has TTL - elapsed left,
+/// not a full interval, so well before then.
+fn retry_delay(interval: Duration) -> Duration {
+    (interval / 3).max(Duration::from_millis(200))
 }
 
 fn record(
