@@ -135,20 +135,13 @@ impl ViewTask {
                 while let Some(item) = next.take() {
                     match item {
                         WatchItem::SnapshotBegin => {
-                            // A fresh number: marks left by an unfinished snapshot count
-                            // for nothing.
-                            MeshStats::incr(&self.stats.resyncs);
-                            index.snapshot += 1;
-                            resync = Some(Resync::default());
+                            resync = Some(self.begin_snapshot(&mut index));
                         }
                         WatchItem::SnapshotPart(changes) => {
                             let top = changes.iter().map(KvChange::revision).max();
                             high = high.max(top.unwrap_or(0));
-                            let state = resync.get_or_insert_with(|| {
-                                MeshStats::incr(&self.stats.resyncs);
-                                index.snapshot += 1;
-                                Resync::default()
-                            });
+                            let state =
+                                resync.get_or_insert_with(|| self.begin_snapshot(&mut index));
                             self.apply_snapshot_part(&mut index, state, changes, &mut events);
                             if !synced {
                                 // Nobody can subscribe before the first view is ready.
@@ -156,11 +149,10 @@ impl ViewTask {
                             }
                         }
                         WatchItem::SnapshotEnd => {
-                            let state = resync.take().unwrap_or_else(|| {
-                                // A snapshot without parts: it named nothing.
-                                index.snapshot += 1;
-                                Resync::default()
-                            });
+                            // Without parts, a snapshot named nothing.
+                            let state = resync
+                                .take()
+                                .unwrap_or_else(|| self.begin_snapshot(&mut index));
                             self.finish_snapshot(
                                 &mut index,
                                 state,
@@ -375,6 +367,14 @@ impl ViewTask {
     fn refuse(&self, key: &str, revision: u64, why: &str) {
         MeshStats::incr(&self.stats.malformed_dropped);
         warn!(key, revision, "ignoring untrusted instance record: {why}");
+    }
+
+    /// A snapshot starts: a fresh number, so marks left by an unfinished one count for
+    /// nothing.
+    fn begin_snapshot(&self, index: &mut Index) -> Resync {
+        MeshStats::incr(&self.stats.resyncs);
+        index.snapshot += 1;
+        Resync::default()
     }
 
     /// Ends a snapshot: what we held and it did not name went away while we were not
