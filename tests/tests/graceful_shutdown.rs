@@ -28,12 +28,13 @@ async fn sigterm_announces_maintenance_drains_then_deregisters_and_exits_cleanly
     );
     let ready = owner.expect_line(WAIT, "ready line", |v| v["ready"] == true);
     let id = ready["id"].as_str().unwrap().to_string();
+    // At once: a service listens for SIGTERM before it says it is ready, so even this
+    // early a SIGTERM is a clean departure, not a crash that peers see as an expiry.
+    owner.signal("TERM");
     wait_event(&mut events, WAIT, "registered", |e| {
         e.kind() == EventKind::Registered && e.instance().id.to_string() == id
     })
     .await;
-
-    owner.signal("TERM");
     let maintenance = wait_event(&mut events, WAIT, "maintenance", |e| {
         e.instance().id.to_string() == id
     })

@@ -36,6 +36,7 @@ mod metrics;
 mod owner;
 pub mod protocol;
 pub mod settings;
+mod signal;
 mod store;
 mod util;
 mod view;
@@ -57,6 +58,7 @@ pub use mesh::{Mesh, MeshBuilder};
 pub use metrics::{MetricsEndpoint, StatsSnapshot};
 pub use owner::Registration;
 pub use settings::DiscoverySettings;
+pub use signal::TerminationSignals;
 pub use store::MemoryStore;
 pub use view::{
     diff_registries, registry_at, EventFilter, EventKind, EventStream, MeshEvent, RegistryDiff,

@@ -20,6 +20,7 @@ use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 use crate::instance::{count_by_status, validate_service_name, InstanceStatus, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
 use crate::owner::{lock_owned, OwnedMap, Owners, Registration};
+use crate::signal::TerminationSignals;
 use crate::store::{MemoryStore, NatsStore, Store};
 use crate::view::{
     EventBus, EventFilter, EventStream, MeshEvent, RegistryView, SelfPreservation, ServiceSlot,
@@ -745,20 +746,31 @@ impl Mesh {
         self.shutdown().await;
     }
 
-    /// Waits for SIGTERM or Ctrl-C (SIGINT), then [`shutdown_gracefully`](Mesh::shutdown_gracefully)
-    /// with `drain`. Returns the signal's name once the mesh is closed.
+    /// Listens for SIGTERM or Ctrl-C (SIGINT) from now on; the returned future waits for
+    /// one, then [`shutdown_gracefully`](Mesh::shutdown_gracefully) with `drain`, and
+    /// yields the signal's name once the mesh is closed. Call it before announcing
+    /// readiness: a SIGTERM that comes earlier still kills the process outright.
     ///
     /// ```no_run
     /// # async fn run(mesh: prism_mesh::Mesh) -> prism_mesh::Result<()> {
-    /// let signal = mesh.shutdown_on_signal(std::time::Duration::from_secs(5)).await?;
+    /// let leave = mesh.shutdown_on_signal(std::time::Duration::from_secs(5))?;
+    /// println!("ready");
+    /// let signal = leave.await;
     /// tracing::info!(signal, "left the mesh");
     /// # Ok(()) }
     /// ```
-    pub async fn shutdown_on_signal(&self, drain: Duration) -> Result<&'static str> {
-        let signal = wait_for_termination().await?;
-        info!(signal, "termination signal; leaving the mesh");
-        self.shutdown_gracefully(drain).await;
-        Ok(signal)
+    pub fn shutdown_on_signal(
+        &self,
+        drain: Duration,
+    ) -> Result<impl Future<Output = &'static str> + Send + 'static> {
+        let mut signals = TerminationSignals::listen()?;
+        let mesh = self.clone();
+        Ok(async move {
+            let signal = signals.recv().await;
+            info!(signal, "termination signal; leaving the mesh");
+            mesh.shutdown_gracefully(drain).await;
+            signal
+        })
     }
 
     /// Stops heartbeats and closes without deregistering: owned instances expire at the
@@ -779,36 +791,4 @@ impl Mesh {
     pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
         lock_owned(&self.inner.owned)
     }
-}
-
-/// The first of SIGTERM and SIGINT (Ctrl-C).
-#[cfg(unix)]
-async fn wait_for_termination() -> Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let listen = |kind: SignalKind| {
-        signal(kind).map_err(|e| {
-            Error::with_source(
-                ErrorKind::Transport,
-                "cannot listen for termination signals",
-                e,
-            )
-        })
-    };
-    let (mut term, mut int) = (
-        listen(SignalKind::terminate())?,
-        listen(SignalKind::interrupt())?,
-    );
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
-}
-
-/// Ctrl-C where there are no Unix signals.
-#[cfg(not(unix))]
-async fn wait_for_termination() -> Result<&'static str> {
-    tokio::signal::ctrl_c()
-        .await
-        .map_err(|e| Error::with_source(ErrorKind::Transport, "cannot listen for Ctrl-C", e))?;
-    Ok("Ctrl-C")
 }

@@ -99,6 +99,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let registration = registrations.first().cloned();
+    // Listening before the ready line: a SIGTERM sent right after it is caught, not fatal.
+    let leave = match args.graceful_drain {
+        Some(drain) => Some(mesh.shutdown_on_signal(drain)?),
+        None => None,
+    };
     let view: Vec<serde_json::Value> = mesh
         .services()
         .iter()
@@ -113,19 +118,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "view": view,
     }));
 
-    if let Some(drain) = args.graceful_drain {
-        let mesh = mesh.clone();
-        tokio::spawn(async move {
-            let signal = mesh.shutdown_on_signal(drain).await;
-            print(json!({"done": "signal", "signal": signal.ok()}));
-            std::process::exit(0);
-        });
-    }
+    let graceful = leave.is_some();
+    let leave = async move {
+        match leave {
+            Some(leave) => leave.await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(leave);
+    let mut events_open = true;
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
-            event = events.next() => match event {
+            signal = &mut leave => {
+                print(json!({"done": "signal", "signal": signal}));
+                break;
+            }
+            event = events.next(), if events_open => match event {
                 Some(event) => print(describe(&event)),
+                // A graceful shutdown closes the view before it finishes: wait for it.
+                None if graceful => events_open = false,
                 None => break,
             },
             line = stdin.next_line() => {
@@ -150,7 +162,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     (["shutdown"], _) => {
                         mesh.shutdown().await;
                         print(json!({"done": "shutdown"}));
-                        return Ok(());
+                        break;
                     }
                     _ => {
                         print(json!({"error": format!("unknown command {line:?}")}));
@@ -164,5 +176,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    Ok(())
+    // Not a return: the runtime would wait forever for the blocking read of stdin.
+    std::process::exit(0)
 }

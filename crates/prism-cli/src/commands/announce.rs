@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use prism_mesh::{InstanceStatus, Mesh, ServiceInstance};
+use prism_mesh::{InstanceStatus, Mesh, ServiceInstance, TerminationSignals};
 
 use crate::{CliError, ConnectArgs};
 
@@ -51,36 +51,16 @@ pub async fn run(args: AnnounceArgs) -> Result<ExitCode, CliError> {
         .heartbeat_interval(args.heartbeat)
         .connect()
         .await?;
+    // Before the id is printed: a SIGTERM right after it must deregister, not kill.
+    let mut signals = TerminationSignals::listen()?;
     let me = mesh.register(instance).await?;
     me.set_status(InstanceStatus::Healthy, Some("started"))
         .await?;
     println!("{}", me.id());
-    wait_for_termination().await;
+    signals.recv().await;
     me.set_status(InstanceStatus::Stopping, Some("SIGTERM"))
         .await?;
     me.deregister(Some("stopped by signal")).await?;
     mesh.shutdown().await;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_for_termination() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -6,7 +6,9 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Args;
-use prism_mesh::{HealthCheck, HealthPolicy, InstanceStatus, Mesh, ServiceInstance};
+use prism_mesh::{
+    HealthCheck, HealthPolicy, InstanceStatus, Mesh, ServiceInstance, TerminationSignals,
+};
 use tracing::warn;
 
 use crate::{CliError, ConnectArgs};
@@ -69,6 +71,9 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         .command
         .split_first()
         .ok_or_else(|| CliError::Usage("no command given after --".into()))?;
+    // From before the child starts: a SIGTERM during registration is passed on once we
+    // wait for the child, instead of killing us and orphaning it.
+    let mut signals = TerminationSignals::listen()?;
     let mut child = tokio::process::Command::new(program)
         .args(rest)
         .stdin(Stdio::inherit())
@@ -101,7 +106,7 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         me.id()
     );
 
-    let status = wait_passing_signals(&mut child).await?;
+    let status = wait_passing_signals(&mut child, &mut signals).await?;
     let reason = match (status.code(), signal_of(&status)) {
         (Some(code), _) => format!("process exited with code {code}"),
         (None, Some(signal)) => format!("process killed by signal {signal}"),
@@ -134,20 +139,13 @@ fn signal_of(_: &std::process::ExitStatus) -> Option<i32> {
 #[cfg(unix)]
 async fn wait_passing_signals(
     child: &mut tokio::process::Child,
+    signals: &mut TerminationSignals,
 ) -> Result<std::process::ExitStatus, CliError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let listen =
-        |kind| signal(kind).map_err(|e| CliError::Other(format!("cannot listen for signals: {e}")));
-    let (mut term, mut int) = (
-        listen(SignalKind::terminate())?,
-        listen(SignalKind::interrupt())?,
-    );
     let pid = child.id();
     loop {
         tokio::select! {
             status = child.wait() => return status.map_err(|e| CliError::Other(format!("waiting for the process: {e}"))),
-            _ = term.recv() => forward(pid, "TERM"),
-            _ = int.recv() => forward(pid, "INT"),
+            signal = signals.recv() => forward(pid, signal.trim_start_matches("SIG")),
         }
     }
 }
@@ -155,7 +153,9 @@ async fn wait_passing_signals(
 #[cfg(not(unix))]
 async fn wait_passing_signals(
     child: &mut tokio::process::Child,
+    _signals: &mut TerminationSignals,
 ) -> Result<std::process::ExitStatus, CliError> {
+    // The console delivers Ctrl-C to the child too.
     child
         .wait()
         .await
