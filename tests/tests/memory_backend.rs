@@ -162,6 +162,23 @@ async fn one_scheduler_keeps_thousands_of_instances_alive_and_stops_at_deregistr
     );
 }
 
+/// One thread: while the test blocks it, the heartbeat scheduler cannot run.
+#[tokio::test(flavor = "current_thread")]
+async fn heartbeats_held_up_by_a_blocked_runtime_are_counted_as_late() {
+    let store = MemoryStore::new();
+    let owner = peer(&store).await;
+    owner.register(instance("stalled")).await.unwrap();
+    // Due every 200 ms; late means started more than 100 ms after that.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(owner.stats().heartbeats_late, 0, "on time so far");
+    // A blocking call on the runtime's only thread: the next heartbeat starts ~400 ms late.
+    std::thread::sleep(Duration::from_millis(600));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(owner.stats().heartbeats_late >= 1, "{:?}", owner.stats());
+    // Still within the 1 s TTL: the late heartbeat kept the instance.
+    assert_eq!(owner.discover("stalled").len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_peer_sees_the_current_view_and_no_stale_instances() {
     let store = MemoryStore::new();

@@ -110,6 +110,7 @@ async fn metrics_follow_registrations_lookups_malformed_input_and_reconnects() {
         "resyncs",
         "reconnects",
         "reasserts",
+        "heartbeats_late",
     ] {
         assert!(
             body.contains(&format!("# TYPE service_discovery_{name} counter")),

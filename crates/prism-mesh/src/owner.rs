@@ -243,6 +243,7 @@ impl Owners {
                 owners.store.reconnects(),
                 owners.closing.clone(),
                 timing,
+                owners.stats.clone(),
             ),
             span,
         ));
@@ -347,7 +348,10 @@ async fn heartbeat_schedule(
     mut reconnects: watch::Receiver<u64>,
     mut closing: watch::Receiver<bool>,
     timing: Timing,
+    stats: Arc<MeshStats>,
 ) {
+    // Past this, a heartbeat is late enough to eat into the TTL's margin.
+    let late = timing.heartbeat_interval / 2;
     let mut due: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut beating = FuturesUnordered::new();
     let timer = tokio::time::sleep(Duration::ZERO);
@@ -377,8 +381,11 @@ async fn heartbeat_schedule(
                         Some(Reverse(d)) if d.at <= now => {}
                         _ => break,
                     }
-                    let Some(Reverse(Due { owned, .. })) = due.pop() else { break };
+                    let Some(Reverse(Due { owned, at })) = due.pop() else { break };
                     if owned.is_live() {
+                        if now.saturating_duration_since(at) > late {
+                            MeshStats::incr(&stats.heartbeats_late);
+                        }
                         beating.push(async move {
                             // One instance's bug must not stop every owner's heartbeats.
                             let after = AssertUnwindSafe(owned.heartbeat())

@@ -156,6 +156,12 @@ where
         )?;
         counter(
             e,
+            "service_discovery_heartbeats_late",
+            "Heartbeats started more than half an interval after they were due",
+            s.heartbeats_late,
+        )?;
+        counter(
+            e,
             "service_discovery_event_publish_failures",
             "Lifecycle events not published after retries",
             s.event_publish_failures,

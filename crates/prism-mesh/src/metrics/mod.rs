@@ -18,6 +18,7 @@ pub(crate) struct MeshStats {
     pub(crate) registrations: AtomicU64,
     pub(crate) reasserts: AtomicU64,
     pub(crate) heartbeat_failures: AtomicU64,
+    pub(crate) heartbeats_late: AtomicU64,
     pub(crate) event_publish_failures: AtomicU64,
     pub(crate) deregistrations: AtomicU64,
     pub(crate) discoveries: AtomicU64,
@@ -56,6 +57,7 @@ impl MeshStats {
             registrations: get(&self.registrations),
             reasserts: get(&self.reasserts),
             heartbeat_failures: get(&self.heartbeat_failures),
+            heartbeats_late: get(&self.heartbeats_late),
             event_publish_failures: get(&self.event_publish_failures),
             deregistrations: get(&self.deregistrations),
             discoveries: get(&self.discoveries),
@@ -90,6 +92,11 @@ pub struct StatsSnapshot {
     pub reasserts: u64,
     /// Heartbeats that failed (retried).
     pub heartbeat_failures: u64,
+    /// Heartbeats that started more than half an interval after they were due: this
+    /// process (its runtime, or the heartbeat scheduler) falls behind, and each one eats
+    /// into the margin between the heartbeat interval and the TTL. Rising before
+    /// `reasserts` does.
+    pub heartbeats_late: u64,
     /// Lifecycle events that could not be published after retries.
     pub event_publish_failures: u64,
     /// Instances deregistered by this handle.
