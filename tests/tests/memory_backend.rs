@@ -170,11 +170,15 @@ async fn heartbeats_held_up_by_a_blocked_runtime_are_counted_as_late() {
     owner.register(instance("stalled")).await.unwrap();
     // Due every 200 ms; late means started more than 100 ms after that.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(owner.stats().heartbeats_late, 0, "on time so far");
-    // A blocking call on the runtime's only thread: the next heartbeat starts ~400 ms late.
+    let before = owner.stats().heartbeats_late;
+    // A blocking call on the runtime's only thread: the next heartbeat starts ~500 ms late.
     std::thread::sleep(Duration::from_millis(600));
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(owner.stats().heartbeats_late >= 1, "{:?}", owner.stats());
+    assert!(
+        owner.stats().heartbeats_late > before,
+        "{:?}",
+        owner.stats()
+    );
     // Still within the 1 s TTL: the late heartbeat kept the instance.
     assert_eq!(owner.discover("stalled").len(), 1);
 }

@@ -749,7 +749,9 @@ impl Mesh {
     /// Listens for SIGTERM or Ctrl-C (SIGINT) from now on; the returned future waits for
     /// one, then [`shutdown_gracefully`](Mesh::shutdown_gracefully) with `drain`, and
     /// yields the signal's name once the mesh is closed. Call it before announcing
-    /// readiness: a SIGTERM that comes earlier still kills the process outright.
+    /// readiness: a SIGTERM that comes earlier still kills the process outright. Keep
+    /// and await the future: dropping it leaves these signals caught and ignored (see
+    /// [`TerminationSignals::listen`]).
     ///
     /// ```no_run
     /// # async fn run(mesh: prism_mesh::Mesh) -> prism_mesh::Result<()> {

@@ -350,8 +350,9 @@ async fn heartbeat_schedule(
     timing: Timing,
     stats: Arc<MeshStats>,
 ) {
-    // Past this, a heartbeat is late enough to eat into the TTL's margin.
-    let late = timing.heartbeat_interval / 2;
+    // Past this, a heartbeat is late enough to eat into the TTL's margin (with a floor:
+    // timer jitter on a very short interval is not falling behind).
+    let late = (timing.heartbeat_interval / 2).max(Duration::from_millis(50));
     let mut due: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut beating = FuturesUnordered::new();
     let timer = tokio::time::sleep(Duration::ZERO);

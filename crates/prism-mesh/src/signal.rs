@@ -7,8 +7,8 @@
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Listens for the first of SIGTERM and SIGINT (Ctrl-C; Ctrl-C only where there are no
-/// Unix signals). Create it before announcing readiness.
+/// Listens for SIGTERM and SIGINT (Ctrl-C) on Unix, Ctrl-C on Windows. Create it before
+/// announcing readiness.
 ///
 /// ```no_run
 /// # async fn run() -> prism_mesh::Result<()> {
@@ -24,37 +24,43 @@ pub struct TerminationSignals {
     term: tokio::signal::unix::Signal,
     #[cfg(unix)]
     int: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
 }
 
 impl TerminationSignals {
     /// Starts listening. Fails (as [`ErrorKind::Transport`]) only if the OS refuses a
     /// signal handler. Needs a Tokio runtime.
+    ///
+    /// From then on these signals no longer end the process by themselves, even after
+    /// this value is dropped (Tokio never restores the default action): keep it, and
+    /// leave when [`recv`](TerminationSignals::recv) returns.
     pub fn listen() -> Result<Self> {
+        let refused = |e| {
+            Error::with_source(
+                ErrorKind::Transport,
+                "cannot listen for termination signals",
+                e,
+            )
+        };
         #[cfg(unix)]
         {
             use tokio::signal::unix::{signal, SignalKind};
-            let listen = |kind: SignalKind| {
-                signal(kind).map_err(|e| {
-                    Error::with_source(
-                        ErrorKind::Transport,
-                        "cannot listen for termination signals",
-                        e,
-                    )
-                })
-            };
             Ok(TerminationSignals {
-                term: listen(SignalKind::terminate())?,
-                int: listen(SignalKind::interrupt())?,
+                term: signal(SignalKind::terminate()).map_err(refused)?,
+                int: signal(SignalKind::interrupt()).map_err(refused)?,
             })
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            Ok(TerminationSignals {})
+            Ok(TerminationSignals {
+                ctrl_c: tokio::signal::windows::ctrl_c().map_err(refused)?,
+            })
         }
     }
 
     /// Waits for the next termination signal and returns its name (`"SIGTERM"`,
-    /// `"SIGINT"`, or `"Ctrl-C"` where there are no Unix signals).
+    /// `"SIGINT"`, or `"Ctrl-C"` on Windows).
     pub async fn recv(&mut self) -> &'static str {
         #[cfg(unix)]
         {
@@ -63,15 +69,12 @@ impl TerminationSignals {
                 _ = self.int.recv() => "SIGINT",
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
         {
-            // Registered on first poll there: Windows has no SIGTERM to die of meanwhile.
-            match tokio::signal::ctrl_c().await {
-                Ok(()) => "Ctrl-C",
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for Ctrl-C; waiting forever");
-                    std::future::pending().await
-                }
+            // `None` would mean the listener closed; then there is nothing to wait for.
+            match self.ctrl_c.recv().await {
+                Some(()) => "Ctrl-C",
+                None => std::future::pending().await,
             }
         }
     }

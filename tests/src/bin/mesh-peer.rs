@@ -126,7 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     tokio::pin!(leave);
-    let mut events_open = true;
+    let (mut events_open, mut stdin_open) = (true, true);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
@@ -140,8 +140,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 None if graceful => events_open = false,
                 None => break,
             },
-            line = stdin.next_line() => {
-                let Ok(Some(line)) = line else { break };
+            line = stdin.next_line(), if stdin_open => {
+                let Ok(Some(line)) = line else {
+                    // With a signal to wait for, the end of stdin ends nothing.
+                    if graceful {
+                        stdin_open = false;
+                        continue;
+                    }
+                    break;
+                };
                 let words: Vec<&str> = line.split_whitespace().collect();
                 let result = match (words.as_slice(), &registration) {
                     (["status", status, rest @ ..], Some(r)) => {

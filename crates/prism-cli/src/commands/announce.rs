@@ -57,8 +57,8 @@ pub async fn run(args: AnnounceArgs) -> Result<ExitCode, CliError> {
     me.set_status(InstanceStatus::Healthy, Some("started"))
         .await?;
     println!("{}", me.id());
-    signals.recv().await;
-    me.set_status(InstanceStatus::Stopping, Some("SIGTERM"))
+    let signal = signals.recv().await;
+    me.set_status(InstanceStatus::Stopping, Some(signal))
         .await?;
     me.deregister(Some("stopped by signal")).await?;
     mesh.shutdown().await;

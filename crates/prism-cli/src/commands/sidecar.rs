@@ -72,9 +72,12 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         .split_first()
         .ok_or_else(|| CliError::Usage("no command given after --".into()))?;
     // From before the child starts: a SIGTERM during registration is passed on once we
-    // wait for the child, instead of killing us and orphaning it.
+    // wait for the child, instead of killing us and orphaning it. (Registration ends in
+    // seconds either way: its writes time out.)
     let mut signals = TerminationSignals::listen()?;
     let mut child = tokio::process::Command::new(program)
+        // If registration fails we return early: the child must not outlive us.
+        .kill_on_drop(true)
         .args(rest)
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())

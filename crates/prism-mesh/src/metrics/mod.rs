@@ -92,10 +92,10 @@ pub struct StatsSnapshot {
     pub reasserts: u64,
     /// Heartbeats that failed (retried).
     pub heartbeat_failures: u64,
-    /// Heartbeats that started more than half an interval after they were due: this
-    /// process (its runtime, or the heartbeat scheduler) falls behind, and each one eats
-    /// into the margin between the heartbeat interval and the TTL. Rising before
-    /// `reasserts` does.
+    /// Heartbeats that started more than half an interval (at least 50 ms) after they
+    /// were due: a busy runtime, a busy heartbeat scheduler, or so many heartbeats in
+    /// flight on a slow server that the rest wait. Each eats into the margin between the
+    /// heartbeat interval and the TTL; this rises before `reasserts` does.
     pub heartbeats_late: u64,
     /// Lifecycle events that could not be published after retries.
     pub event_publish_failures: u64,
