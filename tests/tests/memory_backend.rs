@@ -297,6 +297,26 @@ async fn shutdown_deregisters_owned_instances() {
     assert_eq!(err.kind(), ErrorKind::Closed);
 }
 
+#[tokio::test]
+async fn a_closed_mesh_ends_its_event_streams_and_stops_following_the_store() {
+    let store = MemoryStore::new();
+    let owner = peer(&store).await;
+    let watcher = peer(&store).await;
+    let mut events = watcher.subscribe();
+    watcher.shutdown().await;
+    let ended = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut events)).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the event stream of a closed mesh must end, got {ended:?}"
+    );
+    owner.register(instance("after")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        watcher.discover("after").is_empty(),
+        "a closed mesh's view no longer follows the store"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_racing_registrations_deregisters_every_instance_it_accepted() {
     let store = MemoryStore::new();

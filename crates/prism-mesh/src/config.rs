@@ -336,9 +336,14 @@ pub struct Timing {
     pub instance_ttl: Duration,
     /// How often an owner refreshes its keys; must be shorter than the TTL.
     pub heartbeat_interval: Duration,
-    /// How long a deregistration tombstone is kept before it expires too.
+    /// How long a deregistration tombstone is kept before it expires too (1 s to
+    /// [`MAX_TOMBSTONE_TTL`]).
     pub tombstone_ttl: Duration,
 }
+
+/// The longest [`Timing::tombstone_ttl`]: tombstones are what churn leaves in the bucket,
+/// so they must go within a bounded time.
+pub const MAX_TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Default for Timing {
     fn default() -> Self {
@@ -372,11 +377,12 @@ impl Timing {
                 ),
             ));
         }
-        if self.tombstone_ttl < Duration::from_secs(1) {
+        if self.tombstone_ttl < Duration::from_secs(1) || self.tombstone_ttl > MAX_TOMBSTONE_TTL {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 format!(
-                    "tombstone_ttl must be at least 1s, got {}",
+                    "tombstone_ttl must be 1s to {}, got {}",
+                    show(MAX_TOMBSTONE_TTL),
                     show(self.tombstone_ttl)
                 ),
             ));
@@ -411,6 +417,20 @@ mod tests {
         assert!(
             !shown.contains("pw@") && !shown.contains("hunter2"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_tombstone_ttl_beyond_a_day_is_refused_naming_the_limit() {
+        let timing = Timing {
+            tombstone_ttl: Duration::MAX,
+            ..Timing::default()
+        };
+        let err = timing.validate().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        assert!(
+            err.to_string().contains("tombstone_ttl must be 1s to 1day"),
+            "{err}"
         );
     }
 

@@ -46,7 +46,9 @@ pub use client::{
     configure_default, configure_default_from_settings, default_client, discover_service,
     get_service_url, register_service, ClientOptions, DiscoveryClient,
 };
-pub use config::{BackendConfig, NatsOptions, StorageKind, Timing, SECRET_SAFE_LOG_DIRECTIVE};
+pub use config::{
+    BackendConfig, NatsOptions, StorageKind, Timing, MAX_TOMBSTONE_TTL, SECRET_SAFE_LOG_DIRECTIVE,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 pub use instance::{

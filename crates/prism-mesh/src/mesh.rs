@@ -282,6 +282,7 @@ impl Mesh {
         let stats = Arc::new(MeshStats::default());
         let (ready_tx, mut ready) = watch::channel(false);
         let (applied_tx, applied) = watch::channel(0u64);
+        let closing = watch::channel(false).0;
         let task = ViewTask {
             store: store.clone(),
             registry: registry.clone(),
@@ -292,6 +293,7 @@ impl Mesh {
             publish_expired: builder.publish_expired_events,
             self_preservation: builder.self_preservation,
             applied: applied_tx,
+            closing: closing.subscribe(),
         };
         let span = tracing::info_span!("view", peer = %peer_id);
         tokio::spawn(task.run(store.watch()).instrument(span));
@@ -316,7 +318,6 @@ impl Mesh {
             }
         }
         info!(peer = %peer_id, instances = registry.instance_count(), "mesh view ready");
-        let closing = watch::channel(false).0;
         let owners = Owners::start(
             store.clone(),
             builder.timing,

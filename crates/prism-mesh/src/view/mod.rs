@@ -71,10 +71,10 @@ struct Index {
     snapshot: u64,
 }
 
-/// Removals named so far by a snapshot being streamed in.
+/// Removals named so far by a snapshot being streamed in, with their revisions.
 #[derive(Debug, Default)]
 struct Resync {
-    removals: HashMap<String, RemovalCause>,
+    removals: HashMap<String, (RemovalCause, u64)>,
 }
 
 /// What applying a removal should also publish on the event stream.
@@ -95,6 +95,9 @@ pub(crate) struct ViewTask {
     pub(crate) self_preservation: SelfPreservation,
     /// The highest revision readers can see, so writers can wait for their own writes.
     pub(crate) applied: watch::Sender<u64>,
+    /// True (or gone) once the mesh closes: the view stops and its event streams end,
+    /// whatever the backend (a memory store's watch never closes by itself).
+    pub(crate) closing: watch::Receiver<bool>,
 }
 
 impl ViewTask {
@@ -114,20 +117,25 @@ impl ViewTask {
         let mut preservation = Preservation::new(self.self_preservation);
         // The highest revision applied so far (published after each flush).
         let mut high = 0u64;
+        let mut closing = self.closing.clone();
         'items: loop {
             // Wake for the next item, or when a waiting expiry must be decided.
-            let first = match preservation.next_deadline() {
-                Some(deadline) => tokio::select! {
-                    item = items.recv() => match item {
-                        Some(item) => Some(item),
-                        None => break 'items,
-                    },
-                    () = tokio::time::sleep_until(deadline) => None,
-                },
-                None => match items.recv().await {
+            // Not while a snapshot streams in: expiries are decided after it, and waking
+            // for a passed deadline would spin until it ends.
+            let deadline = preservation.next_deadline().filter(|_| resync.is_none());
+            let first = tokio::select! {
+                biased;
+                _ = crate::util::until_true(&mut closing) => break 'items,
+                item = items.recv() => match item {
                     Some(item) => Some(item),
                     None => break 'items,
                 },
+                () = async {
+                    match deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                } => None,
             };
             let mut batch = 1;
             let mut next = first;
@@ -142,7 +150,13 @@ impl ViewTask {
                             high = high.max(top.unwrap_or(0));
                             let state =
                                 resync.get_or_insert_with(|| self.begin_snapshot(&mut index));
-                            self.apply_snapshot_part(&mut index, state, changes, &mut events);
+                            self.apply_snapshot_part(
+                                &mut index,
+                                state,
+                                &mut preservation,
+                                changes,
+                                &mut events,
+                            );
                             if !synced {
                                 // Nobody can subscribe before the first view is ready.
                                 events.clear();
@@ -225,7 +239,7 @@ impl ViewTask {
                 self.publish_expired(expiry);
             }
         }
-        debug!("view task ends: the watch closed");
+        debug!("view task ends: the mesh or its watch closed");
         self.bus.close();
     }
 
@@ -323,10 +337,13 @@ impl ViewTask {
     }
 
     /// Applies part of a snapshot; what it does not name is settled by `finish_snapshot`.
+    /// Within a snapshot a key can come more than once (a write made while it streams):
+    /// its last message decides.
     fn apply_snapshot_part(
         &self,
         index: &mut Index,
         state: &mut Resync,
+        preservation: &mut Preservation,
         changes: Vec<KvChange>,
         events: &mut Vec<MeshEvent>,
     ) {
@@ -345,14 +362,23 @@ impl ViewTask {
                     match self.decode(&key, &value, revision) {
                         Some((instance, reason)) => {
                             writes.push((instance.id, written_at));
+                            // Written again: an earlier removal and a waiting expiry are void.
+                            removals.remove(&key);
+                            preservation.forget(&key);
                             index.upsert(key, instance, revision, reason, events);
                         }
                         // A malformed put keeps what we held, exactly as it does live.
                         None => index.mark_seen(&key),
                     }
                 }
-                KvChange::Removed { key, cause, .. } => {
-                    removals.insert(key, cause);
+                KvChange::Removed {
+                    key,
+                    cause,
+                    revision,
+                } => {
+                    // Removed after this snapshot named it: `finish_snapshot` removes it.
+                    index.unmark_seen(&key);
+                    removals.insert(key, (cause, revision));
                 }
                 KvChange::Refused { key, revision, why } => {
                     index.mark_seen(&key);
@@ -395,11 +421,14 @@ impl ViewTask {
             .map(|(key, _)| key.clone())
             .collect();
         for key in gone {
-            // Absent without a trace: its marker expired too while we were away.
-            let cause = removals.remove(&key).unwrap_or(RemovalCause::Expired);
-            if cause == RemovalCause::Expired && preservation.enabled() {
-                // Revision 0 is unknown; the entry's own revision names the expiry.
+            // Absent without a trace: its marker expired too while we were away, and the
+            // entry's own revision names the expiry. A marker names it by its revision,
+            // as live, so every peer records one `expired` event.
+            let (cause, revision) = removals.remove(&key).unwrap_or_else(|| {
                 let revision = index.entries.get(&key).map_or(0, |e| e.revision);
+                (RemovalCause::Expired, revision)
+            });
+            if cause == RemovalCause::Expired && preservation.enabled() {
                 preservation.expire_later(key, revision);
                 continue;
             }
@@ -409,7 +438,7 @@ impl ViewTask {
             };
             self.registry.forget_write(entry.instance.id);
             // Expiries that happened while we were away belong in the audit trail too.
-            events.push(self.removal_event(entry.instance, cause, entry.revision, expiries));
+            events.push(self.removal_event(entry.instance, cause, revision, expiries));
         }
     }
 
@@ -557,6 +586,14 @@ impl Index {
         }
     }
 
+    /// The snapshot being read ends with `key` removed, though it named it earlier.
+    fn unmark_seen(&mut self, key: &str) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            // Snapshot numbers start at 1: 0 is "named by none".
+            entry.seen_in = 0;
+        }
+    }
+
     fn remove(&mut self, key: &str) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
         let service = &entry.instance.service;
@@ -632,6 +669,7 @@ mod tests {
         let registry = Arc::new(RegistryView::default());
         let (ready, _ready_rx) = watch::channel(false);
         let (applied, _applied_rx) = watch::channel(0);
+        let (_closing_tx, closing) = watch::channel(false);
         let task = ViewTask {
             store: Store::Memory(MemoryStore::new()),
             registry: registry.clone(),
@@ -642,6 +680,7 @@ mod tests {
             publish_expired: false,
             self_preservation: SelfPreservation::disabled(),
             applied,
+            closing,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         for item in items {
@@ -678,6 +717,47 @@ mod tests {
         ])
         .await;
         assert_eq!(held, vec![b.id]);
+    }
+
+    fn deregistered(instance: &ServiceInstance, revision: u64) -> KvChange {
+        KvChange::Removed {
+            key: instance.key(),
+            cause: RemovalCause::Deregistered { reason: None },
+            revision,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_removed_while_the_snapshot_streams_in_is_gone_when_it_ends() {
+        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
+            .build()
+            .unwrap();
+        let b = ServiceInstance::builder("svc", "10.0.0.2", 2)
+            .build()
+            .unwrap();
+        // The snapshot names `a`, then `a` is deregistered before it ends.
+        let held = view_after(vec![
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(vec![put(&a, 1), put(&b, 2)]),
+            WatchItem::SnapshotPart(vec![deregistered(&a, 3)]),
+            WatchItem::SnapshotEnd,
+        ])
+        .await;
+        assert_eq!(held, vec![b.id]);
+    }
+
+    #[tokio::test]
+    async fn a_key_registered_again_after_its_removal_in_one_snapshot_stays() {
+        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
+            .build()
+            .unwrap();
+        let held = view_after(vec![
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(vec![put(&a, 1), deregistered(&a, 2), put(&a, 3)]),
+            WatchItem::SnapshotEnd,
+        ])
+        .await;
+        assert_eq!(held, vec![a.id]);
     }
 
     #[tokio::test]
