@@ -298,6 +298,22 @@ async fn shutdown_deregisters_owned_instances() {
 }
 
 #[tokio::test]
+async fn a_deregistration_reason_reaches_peers_cleaned_as_over_nats() {
+    let store = MemoryStore::new();
+    let owner = peer(&store).await;
+    let watcher = peer(&store).await;
+    let mut events = watcher.subscribe_filtered(EventKind::Deregistered.into());
+    let me = owner.register(instance("reasons")).await.unwrap();
+    me.deregister(Some("line one\nline two")).await.unwrap();
+    match next_event(&mut events, WAIT, "deregistered").await {
+        MeshEvent::Deregistered { reason, .. } => {
+            assert_eq!(reason.as_deref(), Some("line one line two"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_closed_mesh_ends_its_event_streams_and_stops_following_the_store() {
     let store = MemoryStore::new();
     let owner = peer(&store).await;

@@ -86,12 +86,18 @@ pub fn parse_ttl_header(value: &str) -> Option<std::time::Duration> {
 
 /// Formats a TTL for the `Nats-TTL` header: whole seconds, rounded up, at least 1 s.
 pub fn ttl_header_value(ttl: std::time::Duration) -> String {
+    format!("{}s", whole_seconds(ttl))
+}
+
+/// A TTL as the server applies it: whole seconds, rounded up, at least 1. The memory
+/// backend uses the same, so a timing that works on one backend works on the other.
+pub(crate) fn whole_seconds(ttl: std::time::Duration) -> u64 {
     let mut secs = ttl.as_secs();
     if ttl.subsec_nanos() > 0 {
         // Saturating: `Duration::MAX` must not wrap around to a 1 s TTL.
         secs = secs.saturating_add(1);
     }
-    format!("{}s", secs.max(1))
+    secs.max(1)
 }
 
 #[cfg(test)]

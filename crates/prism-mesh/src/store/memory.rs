@@ -147,7 +147,7 @@ impl MemoryStore {
         );
         state
             .deadlines
-            .push(Reverse((Instant::now() + ttl, revision, key.to_string())));
+            .push(Reverse((expires_in(ttl), revision, key.to_string())));
         state.broadcast(KvChange::Put {
             key: key.to_string(),
             value,
@@ -162,8 +162,9 @@ impl MemoryStore {
         let mut state = self.lock();
         state.revision += 1;
         let revision = state.revision;
+        // As a NATS header carries it, so peers read the same reason on both backends.
         let cause = RemovalCause::Deregistered {
-            reason: reason.map(str::to_string),
+            reason: reason.map(super::nats::header_safe),
         };
         state.keys.insert(
             key.to_string(),
@@ -175,7 +176,7 @@ impl MemoryStore {
             },
         );
         state.deadlines.push(Reverse((
-            Instant::now() + tombstone_ttl,
+            expires_in(tombstone_ttl),
             revision,
             key.to_string(),
         )));
@@ -300,4 +301,14 @@ impl Slot {
             },
         }
     }
+}
+
+/// When a key written now with `ttl` expires: rounded up to whole seconds, as nats-server
+/// applies a `Nats-TTL`.
+fn expires_in(ttl: Duration) -> Instant {
+    let ttl = Duration::from_secs(crate::protocol::whole_seconds(ttl));
+    // Beyond what `Timing::validate` allows; saturate instead of panicking anyway.
+    Instant::now()
+        .checked_add(ttl)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86_400))
 }

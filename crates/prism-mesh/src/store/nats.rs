@@ -248,7 +248,8 @@ impl NatsStore {
         }
     }
 
-    /// Revision of the key's last message if that message is a removal.
+    /// Revision of the key's last message if that message is a removal; 0 if the key has
+    /// no message any more (its tombstone or marker expired since the conflict).
     async fn last_removal_revision(&self, subject: &str) -> Result<Option<u64>> {
         let stream = self
             .inner
@@ -258,16 +259,19 @@ impl NatsStore {
             .map_err(|e| {
                 Error::with_source(ErrorKind::Transport, "cannot look up the bucket stream", e)
             })?;
-        let last = stream
-            .get_last_raw_message_by_subject(subject)
-            .await
-            .map_err(|e| {
-                Error::with_source(
+        let last = match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(last) => last,
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok(Some(0));
+            }
+            Err(e) => {
+                return Err(Error::with_source(
                     ErrorKind::Transport,
                     format!("cannot read last message of {subject}"),
                     e,
-                )
-            })?;
+                ))
+            }
+        };
         let removed = last.headers.get(name(h::NATS_MARKER_REASON)).is_some()
             || last.headers.get(name(h::KV_OPERATION)).is_some();
         Ok(removed.then_some(last.sequence))
