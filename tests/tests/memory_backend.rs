@@ -325,6 +325,11 @@ async fn a_closed_mesh_ends_its_event_streams_and_stops_following_the_store() {
         matches!(ended, Ok(None)),
         "the event stream of a closed mesh must end, got {ended:?}"
     );
+    let late = tokio::time::timeout(WAIT, futures::StreamExt::next(&mut watcher.subscribe())).await;
+    assert!(
+        matches!(late, Ok(None)),
+        "a stream subscribed after close ends at once, got {late:?}"
+    );
     owner.register(instance("after")).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(

@@ -406,7 +406,9 @@ impl Mesh {
         self.inner.registry.last_write(id)
     }
 
-    /// A live handle on `service`'s snapshot, for callers that read it often.
+    /// A live handle on `service`'s snapshot, for callers that read it often. It follows
+    /// the view while the mesh is open (a handle of the `Mesh` is kept or it was not shut
+    /// down); after that it keeps the last snapshot. So do balancers.
     pub fn service(&self, service: &str) -> Arc<ServiceSlot> {
         self.inner.registry.slot_or_insert(service)
     }

@@ -178,7 +178,7 @@ pub struct DiscoverySettings {
     /// File holding the NKey seed (`backend_config.nats.nkey_seed_file`), read by
     /// [`mesh_builder`](Self::mesh_builder).
     pub nkey_seed_file: Option<PathBuf>,
-    /// How long an instance lives without a heartbeat (default 10 s, at least 1 s).
+    /// How long an instance lives without a heartbeat (default 10 s, 1 s to 1 h).
     pub instance_ttl: Duration,
     /// How often owners refresh their instances (default 3 s, below `instance_ttl`).
     pub heartbeat_interval: Duration,
@@ -186,7 +186,7 @@ pub struct DiscoverySettings {
     pub health_check_interval: Duration,
     /// How often the embedding service cleans up stale state (default 60 s).
     pub cleanup_interval: Duration,
-    /// How long a deregistration tombstone is kept (default 60 s, at least 1 s).
+    /// How long a deregistration tombstone is kept (default 60 s, 1 s to 24 h).
     pub tombstone_ttl: Duration,
     /// How long a stopping service keeps serving after it leaves rotation (default 5 s;
     /// zero: no drain).
@@ -947,14 +947,23 @@ impl<'a> Loader<'a> {
         }
 
         let show = |d: Duration| humantime::format_duration(d).to_string();
-        for key in ["instance_ttl", "tombstone_ttl"] {
-            let value = if key == "instance_ttl" {
-                settings.instance_ttl
-            } else {
-                settings.tombstone_ttl
-            };
-            if value < Duration::from_secs(1) {
-                return Err(self.at(key, format!("must be at least 1s, got {}", show(value))));
+        for (key, value, most) in [
+            (
+                "instance_ttl",
+                settings.instance_ttl,
+                crate::protocol::MAX_INSTANCE_TTL,
+            ),
+            (
+                "tombstone_ttl",
+                settings.tombstone_ttl,
+                crate::config::MAX_TOMBSTONE_TTL,
+            ),
+        ] {
+            if value < Duration::from_secs(1) || value > most {
+                return Err(self.at(
+                    key,
+                    format!("must be 1s to {}, got {}", show(most), show(value)),
+                ));
             }
         }
         if settings.heartbeat_interval >= settings.instance_ttl {

@@ -162,9 +162,10 @@ impl MemoryStore {
         let mut state = self.lock();
         state.revision += 1;
         let revision = state.revision;
-        // As a NATS header carries it, so peers read the same reason on both backends.
+        // As a NATS header carries it (async-nats trims values it reads), so peers read
+        // the same reason on both backends.
         let cause = RemovalCause::Deregistered {
-            reason: reason.map(super::nats::header_safe),
+            reason: reason.map(|r| super::nats::header_safe(r).trim().to_string()),
         };
         state.keys.insert(
             key.to_string(),

@@ -170,12 +170,18 @@ impl futures::Stream for EventStream {
 #[derive(Debug, Default)]
 pub(crate) struct EventBus {
     subscribers: Mutex<Vec<(EventFilter, mpsc::UnboundedSender<MeshEvent>)>>,
+    /// Set (under the subscribers' lock) when the view ended: later streams end at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl EventBus {
     pub(crate) fn subscribe(&self, filter: EventFilter) -> EventStream {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().push((filter, tx));
+        let mut subscribers = self.lock();
+        // After close nothing will ever be sent: dropping `tx` ends the stream.
+        if !self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            subscribers.push((filter, tx));
+        }
         EventStream { rx }
     }
 
@@ -191,9 +197,12 @@ impl EventBus {
         });
     }
 
-    /// Ends every stream.
+    /// Ends every stream, and those subscribed later.
     pub(crate) fn close(&self) {
-        self.lock().clear();
+        let mut subscribers = self.lock();
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        subscribers.clear();
     }
 
     fn lock(

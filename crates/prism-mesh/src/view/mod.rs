@@ -367,8 +367,10 @@ impl ViewTask {
                             preservation.forget(&key);
                             index.upsert(key, instance, revision, reason, events);
                         }
-                        // A malformed put keeps what we held, exactly as it does live.
-                        None => index.mark_seen(&key),
+                        // A malformed put keeps what we held, exactly as it does live
+                        // (where a removal before it has already dropped the key).
+                        None if !removals.contains_key(&key) => index.mark_seen(&key),
+                        None => {}
                     }
                 }
                 KvChange::Removed {
@@ -381,7 +383,9 @@ impl ViewTask {
                     removals.insert(key, (cause, revision));
                 }
                 KvChange::Refused { key, revision, why } => {
-                    index.mark_seen(&key);
+                    if !removals.contains_key(&key) {
+                        index.mark_seen(&key);
+                    }
                     self.refuse(&key, revision, &why);
                 }
             }
@@ -744,6 +748,26 @@ mod tests {
         ])
         .await;
         assert_eq!(held, vec![b.id]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_after_a_removal_in_one_snapshot_does_not_bring_the_key_back() {
+        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
+            .build()
+            .unwrap();
+        let refused = KvChange::Refused {
+            key: a.key(),
+            revision: 3,
+            why: "record without Nats-TTL".into(),
+        };
+        let held = view_after(vec![
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(vec![put(&a, 1)]),
+            WatchItem::SnapshotPart(vec![deregistered(&a, 2), refused]),
+            WatchItem::SnapshotEnd,
+        ])
+        .await;
+        assert!(held.is_empty(), "still held {held:?}");
     }
 
     #[tokio::test]
