@@ -485,6 +485,59 @@ async fn an_owner_reasserts_its_registration_after_the_server_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bucket_lost_in_a_server_restart_is_made_again_and_followed() {
+    let mut server = NatsServer::start();
+    let memory = |url: &str| {
+        fast_mesh(url).nats(prism_tests::test_options(url).storage(prism_mesh::StorageKind::Memory))
+    };
+    let owner = memory(&server.url()).connect().await.unwrap();
+    let watcher = memory(&server.url()).connect().await.unwrap();
+    let me = owner
+        .register(
+            ServiceInstance::builder("volatile", "h", 1)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    // Far along the old log, so the new log's revisions stay below it for minutes.
+    for n in 0..300 {
+        me.update(move |i| {
+            i.metadata.insert("n".into(), n.into());
+        })
+        .await
+        .unwrap();
+    }
+    prism_tests::wait_view(&watcher, "volatile", WAIT, "the last update", |v| {
+        v.len() == 1 && v[0].metadata.get("n") == Some(&299.into())
+    })
+    .await;
+
+    // The bucket and the event stream lived in the server's memory: gone.
+    server.restart();
+    // The peers make them again; the change is written at a revision far below 300.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Err(e) = me
+        .set_status(InstanceStatus::Healthy, Some("after the restart"))
+        .await
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no write succeeded after the restart: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    prism_tests::wait_view(
+        &watcher,
+        "volatile",
+        WAIT,
+        "the status after the restart",
+        |v| v.len() == 1 && v[0].status == InstanceStatus::Healthy,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_leaves_the_bucket_and_the_event_stream_within_their_limits() {
     let server = NatsServer::start();
     let options = prism_tests::test_options(&server.url())

@@ -91,6 +91,10 @@ pub(crate) enum WatchItem {
     SnapshotEnd,
     /// A change after the snapshot.
     Change(KvChange),
+    /// The log was replaced (the bucket made again, as after a server restart with memory
+    /// storage): its revisions start again from 1 and compare with none the view holds.
+    /// A snapshot follows.
+    LogReplaced,
 }
 
 /// The backend a mesh runs on.

@@ -42,6 +42,11 @@ struct Inner {
     lag: WatchLag,
     /// Permission violations the server reported on this connection.
     violations: broadcast::Sender<String>,
+    /// To make the bucket and the event stream again if they vanish.
+    options: NatsOptions,
+    /// When the bucket's stream was created, as last watched (unix nanoseconds): another
+    /// value means another log.
+    watched_log: std::sync::Mutex<Option<i128>>,
 }
 
 /// How far behind the server the live watch is, as of its last message.
@@ -195,6 +200,8 @@ impl NatsStore {
                 urls,
                 lag: WatchLag::default(),
                 violations,
+                options: options.clone(),
+                watched_log: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -593,13 +600,41 @@ enum WatchEnd {
 }
 
 async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Result<WatchEnd> {
-    let stream = inner.js.get_stream(&inner.kv_stream).await.map_err(|e| {
+    let cannot_open = |e| {
         Error::with_source(
             ErrorKind::Setup,
             format!("cannot open stream {}", inner.kv_stream),
             e,
         )
-    })?;
+    };
+    let stream = match inner.js.get_stream(&inner.kv_stream).await {
+        Ok(stream) => stream,
+        Err(e) if is_stream_not_found(&e) => {
+            // Gone: a memory-storage bucket after a server restart. Make both again, as
+            // `connect` does, so owners can re-assert into them.
+            warn!(stream = %inner.kv_stream, "the bucket's stream is gone; creating it again");
+            ensure_bucket(&inner.js, &inner.options).await?;
+            ensure_event_stream(&inner.js, &inner.options).await?;
+            inner
+                .js
+                .get_stream(&inner.kv_stream)
+                .await
+                .map_err(cannot_open)?
+        }
+        Err(e) => return Err(cannot_open(e)),
+    };
+    let created = stream.cached_info().created.unix_timestamp_nanos();
+    let previous = inner
+        .watched_log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(created);
+    if previous.is_some_and(|previous| previous != created) {
+        info!(stream = %inner.kv_stream, "the bucket's stream was created anew; its revisions restart");
+        if tx.send(WatchItem::LogReplaced).is_err() {
+            return Ok(WatchEnd::ReceiverGone);
+        }
+    }
     let consumer = stream
         .create_consumer(consumer::push::OrderedConfig {
             deliver_subject: inner.client.new_inbox(),
@@ -662,7 +697,6 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
     Err(Error::new(ErrorKind::Transport, "watch consumer ended"))
 }
 
-/// Reads one raw bucket message; `None` for a subject outside the bucket.
 /// Longest wait for outgoing messages to leave when a mesh closes.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -767,4 +801,12 @@ const SNAPSHOT_PART: usize = 1024;
 /// never match. Parsing here makes lookups and inserts agree.
 fn name(header: &'static str) -> HeaderName {
     HeaderName::from_static(header)
+}
+
+fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(e)
+            if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }

@@ -176,6 +176,13 @@ impl ViewTask {
                             );
                             synced = true;
                         }
+                        WatchItem::LogReplaced => {
+                            // No revision held may hide a write to the new log, and the
+                            // watermark writers wait on starts again too.
+                            index.forget_revisions();
+                            high = 0;
+                            self.applied.send_replace(0);
+                        }
                         WatchItem::Change(change) => {
                             high = high.max(change.revision());
                             MeshStats::incr(&self.stats.changes_applied);
@@ -590,6 +597,13 @@ impl Index {
         }
     }
 
+    /// Revisions of a replaced log: any write to the new one is newer.
+    fn forget_revisions(&mut self) {
+        for entry in self.entries.values_mut() {
+            entry.revision = 0;
+        }
+    }
+
     /// The snapshot being read ends with `key` removed, though it named it earlier.
     fn unmark_seen(&mut self, key: &str) {
         if let Some(entry) = self.entries.get_mut(key) {
@@ -670,6 +684,13 @@ mod tests {
 
     /// Runs a view task over `items` and returns the ids it ends up holding.
     async fn view_after(items: Vec<WatchItem>) -> Vec<Uuid> {
+        let mut ids: Vec<Uuid> = instances_after(items).await.iter().map(|i| i.id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Runs a view task over `items` and returns the instances of `svc` it ends up holding.
+    async fn instances_after(items: Vec<WatchItem>) -> Vec<Arc<ServiceInstance>> {
         let registry = Arc::new(RegistryView::default());
         let (ready, _ready_rx) = watch::channel(false);
         let (applied, _applied_rx) = watch::channel(0);
@@ -692,12 +713,33 @@ mod tests {
         }
         drop(tx);
         task.run(rx).await;
-        let mut ids: Vec<Uuid> = registry
+        registry
             .slot("svc")
-            .map(|slot| slot.load().instances().iter().map(|i| i.id).collect())
-            .unwrap_or_default();
-        ids.sort();
-        ids
+            .map(|slot| slot.load().instances().to_vec())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn after_the_log_is_replaced_writes_at_lower_revisions_apply() {
+        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
+            .build()
+            .unwrap();
+        let mut healthy = a.clone();
+        healthy.status = crate::InstanceStatus::Healthy;
+        let held = instances_after(vec![
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(vec![put(&a, 500)]),
+            WatchItem::SnapshotEnd,
+            // The bucket made anew: its revisions start again.
+            WatchItem::LogReplaced,
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(vec![put(&a, 1)]),
+            WatchItem::SnapshotEnd,
+            WatchItem::Change(put(&healthy, 2)),
+        ])
+        .await;
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].status, crate::InstanceStatus::Healthy);
     }
 
     #[tokio::test]
