@@ -44,9 +44,6 @@ struct Inner {
     violations: broadcast::Sender<String>,
     /// To make the bucket and the event stream again if they vanish.
     options: NatsOptions,
-    /// When the bucket's stream was created, as last watched (unix nanoseconds): another
-    /// value means another log.
-    watched_log: std::sync::Mutex<Option<i128>>,
 }
 
 /// How far behind the server the live watch is, as of its last message.
@@ -201,7 +198,6 @@ impl NatsStore {
                 lag: WatchLag::default(),
                 violations,
                 options: options.clone(),
-                watched_log: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -569,10 +565,11 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
     let mut reconnects = inner.reconnects.clone();
     let mut closed = inner.closed.subscribe();
     let mut backoff = Duration::from_millis(100);
+    let mut log = WatchedLog::default();
     loop {
         reconnects.borrow_and_update();
         let outcome = tokio::select! {
-            outcome = watch_once(&inner, &tx) => outcome,
+            outcome = watch_once(&inner, &tx, &mut log) => outcome,
             _ = reconnects.changed() => Ok(WatchEnd::Reconnected),
             _ = crate::util::until_true(&mut closed) => return,
         };
@@ -586,6 +583,8 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
                 warn!(error = %e, retry_in = ?backoff, "bucket watch failed; resynchronising");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
+                    // Back: try now, not after the rest of the backoff.
+                    _ = reconnects.changed() => {}
                     _ = crate::util::until_true(&mut closed) => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -594,12 +593,31 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
     }
 }
 
+/// What one peer's watch knows about the log it follows, across its restarts.
+#[derive(Default)]
+struct WatchedLog {
+    /// When the bucket's stream was created (unix nanoseconds).
+    created: Option<i128>,
+    /// The highest stream sequence delivered: a stream whose last one is lower is another
+    /// log, even with the same creation time (a clustered memory stream after a full
+    /// restart, a restored backup).
+    delivered: u64,
+    /// The bucket was made again and the event stream may still be missing.
+    event_stream_due: bool,
+    /// "Gone" was already logged as a warning in this outage.
+    warned_gone: bool,
+}
+
 enum WatchEnd {
     ReceiverGone,
     Reconnected,
 }
 
-async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Result<WatchEnd> {
+async fn watch_once(
+    inner: &Inner,
+    tx: &mpsc::UnboundedSender<WatchItem>,
+    log: &mut WatchedLog,
+) -> Result<WatchEnd> {
     let cannot_open = |e| {
         Error::with_source(
             ErrorKind::Setup,
@@ -611,10 +629,18 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
         Ok(stream) => stream,
         Err(e) if is_stream_not_found(&e) => {
             // Gone: a memory-storage bucket after a server restart. Make both again, as
-            // `connect` does, so owners can re-assert into them.
-            warn!(stream = %inner.kv_stream, "the bucket's stream is gone; creating it again");
-            ensure_bucket(&inner.js, &inner.options).await?;
-            ensure_event_stream(&inner.js, &inner.options).await?;
+            // `connect` does, so owners can re-assert into them. Events first: without
+            // them every registration is rolled back.
+            if !std::mem::replace(&mut log.warned_gone, true) {
+                warn!(stream = %inner.kv_stream, "the bucket's stream is gone; creating it again");
+            }
+            log.event_stream_due = true;
+            ensure_event_stream(&inner.js, &inner.options)
+                .await
+                .map_err(recreate_refused)?;
+            ensure_bucket(&inner.js, &inner.options)
+                .await
+                .map_err(recreate_refused)?;
             inner
                 .js
                 .get_stream(&inner.kv_stream)
@@ -623,14 +649,22 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
         }
         Err(e) => return Err(cannot_open(e)),
     };
-    let created = stream.cached_info().created.unix_timestamp_nanos();
-    let previous = inner
-        .watched_log
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .replace(created);
-    if previous.is_some_and(|previous| previous != created) {
+    log.warned_gone = false;
+    if log.event_stream_due {
+        // The bucket came back (made by us or a peer); make sure its events did too.
+        ensure_event_stream(&inner.js, &inner.options)
+            .await
+            .map_err(recreate_refused)?;
+        log.event_stream_due = false;
+    }
+    let info = stream.cached_info();
+    let created = info.created.unix_timestamp_nanos();
+    let replaced = log.created.is_some_and(|previous| previous != created)
+        || info.state.last_sequence < log.delivered;
+    log.created = Some(created);
+    if replaced {
         info!(stream = %inner.kv_stream, "the bucket's stream was created anew; its revisions restart");
+        log.delivered = 0;
         if tx.send(WatchItem::LogReplaced).is_err() {
             return Ok(WatchEnd::ReceiverGone);
         }
@@ -664,6 +698,7 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
                 Error::with_source(ErrorKind::Transport, "watch consumer failed", e)
             })?;
             let (change, position) = to_change(&inner.kv_prefix, &message)?;
+            log.delivered = log.delivered.max(position.sequence);
             let pending = position.pending;
             part.extend(change);
             if part.len() >= SNAPSHOT_PART {
@@ -687,6 +722,7 @@ async fn watch_once(inner: &Inner, tx: &mpsc::UnboundedSender<WatchItem>) -> Res
         let message = message
             .map_err(|e| Error::with_source(ErrorKind::Transport, "watch consumer failed", e))?;
         let (change, position) = to_change(&inner.kv_prefix, &message)?;
+        log.delivered = log.delivered.max(position.sequence);
         inner.lag.record(&position);
         if let Some(change) = change {
             if tx.send(WatchItem::Change(change)).is_err() {
@@ -708,6 +744,8 @@ const PROGRESS_EVERY: u64 = 10_000;
 struct Position {
     pending: u64,
     stored_at_nanos: i128,
+    /// The message's stream sequence (its revision).
+    sequence: u64,
 }
 
 fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvChange>, Position)> {
@@ -721,6 +759,7 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
     let position = Position {
         pending: info.pending,
         stored_at_nanos: info.published.unix_timestamp_nanos(),
+        sequence: info.stream_sequence,
     };
     let Some(key) = message.subject.strip_prefix(prefix).map(str::to_string) else {
         return Ok((None, position));
@@ -808,5 +847,21 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
         e.kind(),
         jetstream::context::GetStreamErrorKind::JetStream(e)
             if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// The bucket or event stream could not be made again: most often a user without the
+/// right to create streams (only someone allowed to, or `connect`, can bring them back).
+fn recreate_refused(e: Error) -> Error {
+    let kind = if e.kind() == ErrorKind::PermissionDenied {
+        ErrorKind::PermissionDenied
+    } else {
+        ErrorKind::Setup
+    };
+    Error::with_source(
+        kind,
+        "the bucket's stream is gone and could not be made again \
+         (a user allowed to create JetStream streams must connect, or an operator recreate it)",
+        e,
     )
 }
