@@ -667,6 +667,13 @@ mod tests {
     use crate::protocol::InstanceRecord;
     use crate::store::MemoryStore;
 
+    /// Instance `n` of service `svc`, on 10.0.0.n port n.
+    fn instance(n: u8) -> ServiceInstance {
+        ServiceInstance::builder("svc", format!("10.0.0.{n}"), u16::from(n))
+            .build()
+            .unwrap()
+    }
+
     fn put(instance: &ServiceInstance, revision: u64) -> KvChange {
         let record = InstanceRecord {
             v: PROTOCOL_VERSION,
@@ -721,9 +728,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_the_log_is_replaced_writes_at_lower_revisions_apply() {
-        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
-            .build()
-            .unwrap();
+        let a = instance(1);
         let mut healthy = a.clone();
         healthy.status = crate::InstanceStatus::Healthy;
         let held = instances_after(vec![
@@ -744,12 +749,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_snapshot_abandoned_half_way_does_not_keep_what_only_it_named() {
-        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
-            .build()
-            .unwrap();
-        let b = ServiceInstance::builder("svc", "10.0.0.2", 2)
-            .build()
-            .unwrap();
+        let a = instance(1);
+        let b = instance(2);
         let held = view_after(vec![
             WatchItem::SnapshotBegin,
             WatchItem::SnapshotPart(vec![put(&a, 1), put(&b, 2)]),
@@ -775,12 +776,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_removed_while_the_snapshot_streams_in_is_gone_when_it_ends() {
-        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
-            .build()
-            .unwrap();
-        let b = ServiceInstance::builder("svc", "10.0.0.2", 2)
-            .build()
-            .unwrap();
+        let a = instance(1);
+        let b = instance(2);
         // The snapshot names `a`, then `a` is deregistered before it ends.
         let held = view_after(vec![
             WatchItem::SnapshotBegin,
@@ -794,9 +791,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_write_after_a_removal_in_one_snapshot_does_not_bring_the_key_back() {
-        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
-            .build()
-            .unwrap();
+        let a = instance(1);
         let refused = KvChange::Refused {
             key: a.key(),
             revision: 3,
@@ -814,9 +809,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_registered_again_after_its_removal_in_one_snapshot_stays() {
-        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
-            .build()
-            .unwrap();
+        let a = instance(1);
         let held = view_after(vec![
             WatchItem::SnapshotBegin,
             WatchItem::SnapshotPart(vec![put(&a, 1), deregistered(&a, 2), put(&a, 3)]),
@@ -828,9 +821,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_snapshot_with_no_parts_empties_the_view() {
-        let a = ServiceInstance::builder("svc", "10.0.0.1", 1)
-            .build()
-            .unwrap();
+        let a = instance(1);
         let held = view_after(vec![
             WatchItem::SnapshotBegin,
             WatchItem::SnapshotPart(vec![put(&a, 1)]),
