@@ -297,6 +297,35 @@ async fn shutdown_deregisters_owned_instances() {
     assert_eq!(err.kind(), ErrorKind::Closed);
 }
 
+/// Two runtimes, as in a test suite: the one that first used the store ends while the
+/// other waits for an expiry with nothing written meanwhile.
+#[test]
+fn keys_expire_after_the_runtime_that_first_used_the_store_has_ended() {
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let store = MemoryStore::new();
+    let first = runtime();
+    let early = first.block_on(peer(&store));
+    let second = runtime();
+    let (owner, watcher) = second.block_on(async {
+        let owner = peer(&store).await;
+        let watcher = peer(&store).await;
+        owner.register(instance("orphan")).await.unwrap();
+        (owner, watcher)
+    });
+    drop(early);
+    drop(first);
+    second.block_on(async {
+        let mut events = watcher.subscribe_filtered(EventKind::Expired.into());
+        owner.close_without_deregistering().await;
+        next_event(&mut events, WAIT, "expired").await;
+    });
+}
+
 #[tokio::test]
 async fn a_deregistration_reason_reaches_peers_cleaned_as_over_nats() {
     let store = MemoryStore::new();

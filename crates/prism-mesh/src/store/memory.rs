@@ -217,6 +217,12 @@ impl MemoryStore {
             && tx.send(WatchItem::SnapshotPart(snapshot)).is_ok()
             && tx.send(WatchItem::SnapshotEnd).is_ok()
         {
+            // Also a sweeper on the watcher's own runtime for as long as it watches: the
+            // store's first runtime (say, an earlier test's) may end while this one waits
+            // for an expiry with no write to restart the shared sweeper.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(sweep(Arc::downgrade(&self.inner), Some(tx.clone())));
+            }
             state.watchers.push(tx);
         }
         rx
@@ -236,15 +242,20 @@ impl MemoryStore {
             return;
         }
         let weak = Arc::downgrade(&self.inner);
-        *sweeper = Some(runtime.spawn(sweep(weak)));
+        *sweeper = Some(runtime.spawn(sweep(weak, None)));
     }
 }
 
-async fn sweep(weak: Weak<Inner>) {
+/// Expires due keys every [`SWEEP_INTERVAL`] while the store lives and, if `watcher` is
+/// given, while that watcher still listens.
+async fn sweep(weak: Weak<Inner>, watcher: Option<mpsc::UnboundedSender<WatchItem>>) {
     let mut tick = tokio::time::interval(SWEEP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if watcher.as_ref().is_some_and(|w| w.is_closed()) {
+            return;
+        }
         let Some(inner) = weak.upgrade() else { return };
         let mut state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
         state.expire(Instant::now());
