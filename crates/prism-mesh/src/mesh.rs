@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -245,10 +244,10 @@ struct Inner {
     owned: Arc<OwnedMap>,
     /// Writes and heartbeats of the instances this peer registered.
     owners: Arc<Owners>,
-    /// False once a shutdown began: no new registrations.
-    accepting: AtomicBool,
-    /// Read-held by each registration under way; a shutdown takes it to wait for them.
-    registering: tokio::sync::RwLock<()>,
+    /// Whether registrations are accepted (false once a shutdown began). Read-held by
+    /// each registration under way; a shutdown write-locks it to wait for them and set it
+    /// false (the lock is fair: a registration that comes later waits and sees false).
+    accepting: tokio::sync::RwLock<bool>,
     event_stream: String,
     closing: watch::Sender<bool>,
     balancing: Balancing,
@@ -336,8 +335,7 @@ impl Mesh {
                 stats,
                 owned: Arc::new(Mutex::new(HashMap::new())),
                 owners,
-                accepting: AtomicBool::new(true),
-                registering: tokio::sync::RwLock::new(()),
+                accepting: tokio::sync::RwLock::new(true),
                 event_stream: match &builder.backend {
                     BackendConfig::Nats(options) => options.event_stream.clone(),
                     BackendConfig::Memory(_) => String::new(),
@@ -368,8 +366,8 @@ impl Mesh {
     pub async fn register(&self, instance: ServiceInstance) -> Result<Registration> {
         instance.validate()?;
         // Held until the registration is listed: `shutdown` waits for it.
-        let _registering = self.inner.registering.read().await;
-        if !self.inner.accepting.load(Ordering::Acquire) {
+        let accepting = self.inner.accepting.read().await;
+        if !*accepting {
             return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
         }
         // In the caller's task: a task per registration costs measurable latency. Being
@@ -789,8 +787,7 @@ impl Mesh {
 
     /// Refuses new registrations and waits for those under way to be listed.
     async fn stop_registering(&self) {
-        self.inner.accepting.store(false, Ordering::Release);
-        drop(self.inner.registering.write().await);
+        *self.inner.accepting.write().await = false;
     }
 
     pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
