@@ -602,8 +602,6 @@ struct WatchedLog {
     /// log, even with the same creation time (a clustered memory stream after a full
     /// restart, a restored backup).
     delivered: u64,
-    /// The bucket was made again and the event stream may still be missing.
-    event_stream_due: bool,
     /// "Gone" was already logged as a warning in this outage.
     warned_gone: bool,
 }
@@ -629,12 +627,13 @@ async fn watch_once(
         Ok(stream) => stream,
         Err(e) if is_stream_not_found(&e) => {
             // Gone: a memory-storage bucket after a server restart. Make both again, as
-            // `connect` does, so owners can re-assert into them. Events first: without
-            // them every registration is rolled back.
+            // `connect` does, so owners can re-assert into them.
             if !std::mem::replace(&mut log.warned_gone, true) {
                 warn!(stream = %inner.kv_stream, "the bucket's stream is gone; creating it again");
             }
-            log.event_stream_due = true;
+            // Events first: if they cannot be made, neither is the bucket, so every peer
+            // keeps finding it gone and tries both again (without events, every
+            // registration is rolled back).
             ensure_event_stream(&inner.js, &inner.options)
                 .await
                 .map_err(recreate_refused)?;
@@ -650,13 +649,6 @@ async fn watch_once(
         Err(e) => return Err(cannot_open(e)),
     };
     log.warned_gone = false;
-    if log.event_stream_due {
-        // The bucket came back (made by us or a peer); make sure its events did too.
-        ensure_event_stream(&inner.js, &inner.options)
-            .await
-            .map_err(recreate_refused)?;
-        log.event_stream_due = false;
-    }
     let info = stream.cached_info();
     let created = info.created.unix_timestamp_nanos();
     let replaced = log.created.is_some_and(|previous| previous != created)
