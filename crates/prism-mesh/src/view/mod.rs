@@ -374,10 +374,7 @@ impl ViewTask {
                             preservation.forget(&key);
                             index.upsert(key, instance, revision, reason, events);
                         }
-                        // A malformed put keeps what we held, exactly as it does live
-                        // (where a removal before it has already dropped the key).
-                        None if !removals.contains_key(&key) => index.mark_seen(&key),
-                        None => {}
+                        None => keep_held(index, removals, &key),
                     }
                 }
                 KvChange::Removed {
@@ -390,9 +387,7 @@ impl ViewTask {
                     removals.insert(key, (cause, revision));
                 }
                 KvChange::Refused { key, revision, why } => {
-                    if !removals.contains_key(&key) {
-                        index.mark_seen(&key);
-                    }
+                    keep_held(index, removals, &key);
                     self.refuse(&key, revision, &why);
                 }
             }
@@ -635,6 +630,14 @@ impl Index {
                 .slot_or_insert(&service)
                 .store(ServiceSnapshot::new(instances));
         }
+    }
+}
+
+/// A malformed or refused put in a snapshot keeps what we held, exactly as it does live
+/// (where a removal before it in the snapshot has already dropped the key).
+fn keep_held(index: &mut Index, removals: &HashMap<String, (RemovalCause, u64)>, key: &str) {
+    if !removals.contains_key(key) {
+        index.mark_seen(key);
     }
 }
 
