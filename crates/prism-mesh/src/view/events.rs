@@ -166,20 +166,29 @@ impl futures::Stream for EventStream {
     }
 }
 
+/// A subscriber: what it wants, and where to send it.
+type Subscriber = (EventFilter, mpsc::UnboundedSender<MeshEvent>);
+
 /// Fans events out to subscribers, in order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct EventBus {
-    subscribers: Mutex<Vec<(EventFilter, mpsc::UnboundedSender<MeshEvent>)>>,
-    /// Set (under the subscribers' lock) when the view ended: later streams end at once.
-    closed: std::sync::atomic::AtomicBool,
+    /// `None` once the view ended: streams subscribed later end at once.
+    subscribers: Mutex<Option<Vec<Subscriber>>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus {
+            subscribers: Mutex::new(Some(Vec::new())),
+        }
+    }
 }
 
 impl EventBus {
     pub(crate) fn subscribe(&self, filter: EventFilter) -> EventStream {
         let (tx, rx) = mpsc::unbounded_channel();
-        let mut subscribers = self.lock();
         // After close nothing will ever be sent: dropping `tx` ends the stream.
-        if !self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(subscribers) = self.lock().as_mut() {
             subscribers.push((filter, tx));
         }
         EventStream { rx }
@@ -189,25 +198,22 @@ impl EventBus {
         if events.is_empty() {
             return;
         }
-        self.lock().retain(|(filter, tx)| {
-            events
-                .iter()
-                .filter(|event| filter.matches(event))
-                .all(|event| tx.send(event.clone()).is_ok())
-        });
+        if let Some(subscribers) = self.lock().as_mut() {
+            subscribers.retain(|(filter, tx)| {
+                events
+                    .iter()
+                    .filter(|event| filter.matches(event))
+                    .all(|event| tx.send(event.clone()).is_ok())
+            });
+        }
     }
 
     /// Ends every stream, and those subscribed later.
     pub(crate) fn close(&self) {
-        let mut subscribers = self.lock();
-        self.closed
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        subscribers.clear();
+        *self.lock() = None;
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<(EventFilter, mpsc::UnboundedSender<MeshEvent>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Vec<Subscriber>>> {
         self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
