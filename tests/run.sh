@@ -4,6 +4,7 @@
 # against real nats-server processes, installing a pinned nats-server first when the one
 # on PATH is missing or too old. .ci/run calls exactly this.
 #   PRISM_CHURN=100000 tests/run.sh   # the full-size churn test (default 2000)
+#   PRISM_FUZZ_SECONDS=60 tests/run.sh # then every cargo fuzz target for 60 s (fuzz/run.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,3 +22,6 @@ else
 fi
 cargo test --workspace --all-features --doc
 tests/run-examples.sh
+if [ -n "${PRISM_FUZZ_SECONDS:-}" ]; then
+  fuzz/run.sh "$PRISM_FUZZ_SECONDS"
+fi

@@ -29,6 +29,8 @@ pub mod balance;
 mod client;
 mod config;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod health;
 mod instance;
 mod mesh;

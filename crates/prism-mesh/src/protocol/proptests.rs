@@ -10,6 +10,9 @@
 //!   headers of a bucket message make of it), plus the two header writers `header_safe` and
 //!   [`ttl_header_value`] (TTL headers are only written by us and parsed by the server).
 //!
+//! The same decoders are fuzzed, coverage-guided, by the `cargo fuzz` targets in `fuzz/`
+//! (entry points in [`crate::fuzzing`]); these properties start from valid records instead.
+//!
 //! Runs are reproducible: a fixed RNG seed unless `PROPTEST_RNG_SEED` is set, and a modest
 //! number of cases unless `PROPTEST_CASES` is set (e.g. `PROPTEST_CASES=100000` for a long
 //! soak). Failures are persisted under `crates/prism-mesh/proptest-regressions/` (check them

@@ -13,6 +13,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 pub use memory::MemoryStore;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use nats::bucket_change;
 pub(crate) use nats::NatsStore;
 #[cfg(test)]
 pub(crate) use nats::{header_safe, removal_cause};

@@ -753,7 +753,7 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
         stored_at_nanos: info.published.unix_timestamp_nanos(),
         sequence: info.stream_sequence,
     };
-    let Some(key) = message.subject.strip_prefix(prefix).map(str::to_string) else {
+    let Some(key) = message.subject.strip_prefix(prefix) else {
         return Ok((None, position));
     };
     let header = |wanted: &'static str| {
@@ -763,12 +763,29 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
             .and_then(|headers| headers.get(name(wanted)))
             .map(|value| value.as_str())
     };
+    let written_at =
+        UNIX_EPOCH + Duration::from_nanos(u64::try_from(position.stored_at_nanos).unwrap_or(0));
+    let change = bucket_change(key, header, &message.payload, revision, written_at);
+    Ok((Some(change), position))
+}
+
+/// What a message of the bucket says, from its key (the subject after the bucket's prefix),
+/// its headers and its body: a removal, a put peers may apply, or a write they must refuse.
+/// Anyone allowed to publish on the bucket's subjects controls every input.
+pub(crate) fn bucket_change<'h>(
+    key: &str,
+    header: impl Fn(&'static str) -> Option<&'h str>,
+    payload: &Bytes,
+    revision: u64,
+    written_at: SystemTime,
+) -> KvChange {
+    let key = key.to_string();
     let cause = removal_cause(
         header(h::NATS_MARKER_REASON),
         header(h::KV_OPERATION),
         || header(h::REASON).map(str::to_string),
     );
-    let change = match cause {
+    match cause {
         Some(cause) => KvChange::Removed {
             key,
             revision,
@@ -777,10 +794,9 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
         None => match header(h::NATS_TTL).map(parse_ttl_header) {
             Some(Some(ttl)) if ttl <= MAX_INSTANCE_TTL => KvChange::Put {
                 key,
-                value: message.payload.clone(),
+                value: payload.clone(),
                 revision,
-                written_at: UNIX_EPOCH
-                    + Duration::from_nanos(u64::try_from(position.stored_at_nanos).unwrap_or(0)),
+                written_at,
             },
             ttl => KvChange::Refused {
                 key,
@@ -796,8 +812,7 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
                 },
             },
         },
-    };
-    Ok((Some(change), position))
+    }
 }
 
 /// What a bucket message's headers say it is: `None` for a put, else why the key stopped

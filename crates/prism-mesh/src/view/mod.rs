@@ -481,28 +481,14 @@ impl ViewTask {
         value: &[u8],
         revision: u64,
     ) -> Option<(Arc<ServiceInstance>, Option<String>)> {
-        let malformed = |why: String| {
-            MeshStats::incr(&self.stats.malformed_dropped);
-            warn!(key, revision, "ignoring malformed instance record: {why}");
-            None
-        };
-        let Some((service, id)) = parse_instance_key(key) else {
-            return malformed("key is not <service>.<uuid>".to_string());
-        };
-        let record = match InstanceRecord::decode(value) {
-            Ok(record) => record,
-            Err(e) => return malformed(e.to_string()),
-        };
-        if record.instance.service != service || record.instance.id != id {
-            return malformed(format!(
-                "body names {}.{}, not its key",
-                record.instance.service, record.instance.id
-            ));
+        match decode_record(key, value) {
+            Ok(decoded) => Some(decoded),
+            Err(why) => {
+                MeshStats::incr(&self.stats.malformed_dropped);
+                warn!(key, revision, "ignoring malformed instance record: {why}");
+                None
+            }
         }
-        if let Err(e) = record.instance.validate_received(value.len()) {
-            return malformed(e.to_string());
-        }
-        Some((record.instance, record.reason))
     }
 
     fn publish_expired(&self, expiry: ExpiryToPublish) {
@@ -529,6 +515,29 @@ impl ViewTask {
             }
         });
     }
+}
+
+/// The instance a put holds, with its reason, if the record decodes, is valid and belongs
+/// to its key (`<service>.<instance id>` naming the same instance as the body); else why not.
+pub(crate) fn decode_record(
+    key: &str,
+    value: &[u8],
+) -> std::result::Result<(Arc<ServiceInstance>, Option<String>), String> {
+    let Some((service, id)) = parse_instance_key(key) else {
+        return Err("key is not <service>.<uuid>".to_string());
+    };
+    let record = InstanceRecord::decode(value).map_err(|e| e.to_string())?;
+    if record.instance.service != service || record.instance.id != id {
+        return Err(format!(
+            "body names {}.{}, not its key",
+            record.instance.service, record.instance.id
+        ));
+    }
+    record
+        .instance
+        .validate_received(value.len())
+        .map_err(|e| e.to_string())?;
+    Ok((record.instance, record.reason))
 }
 
 impl Index {
