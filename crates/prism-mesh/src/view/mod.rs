@@ -10,6 +10,9 @@ mod history;
 mod preservation;
 mod registry;
 
+#[cfg(test)]
+mod convergence_tests;
+
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{BTreeMap, HashMap};
 
