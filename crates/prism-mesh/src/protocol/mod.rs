@@ -73,15 +73,79 @@ pub fn event_subject(prefix: &str, service: &str, id: &Uuid, event: EventName) -
 /// with a longer one is refused (it could never expire: a rogue writer's immortal key).
 pub const MAX_INSTANCE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Reads a `Nats-TTL` header value (`30s`, `1m30s`, or whole seconds); `None` for `never`,
-/// zero or anything unreadable.
+/// Reads a `Nats-TTL` header value as nats-server does: a Go duration (`30s`, `1m30s`,
+/// `1.5h`) truncated to whole seconds, or whole seconds (`30`); `None` for `never`, for less
+/// than a second and for anything else the server would refuse.
 pub fn parse_ttl_header(value: &str) -> Option<std::time::Duration> {
     let value = value.trim();
-    let ttl = match value.parse::<u64>() {
-        Ok(secs) => std::time::Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(value).ok()?,
+    if value.eq_ignore_ascii_case("never") {
+        return None;
+    }
+    let secs = match go_duration_nanos(value) {
+        Some(nanos) => nanos / 1_000_000_000,
+        None => value.parse::<i64>().ok().and_then(|s| u64::try_from(s).ok())?,
     };
-    (!ttl.is_zero()).then_some(ttl)
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}
+
+/// Go's `time.ParseDuration` (what nats-server reads `Nats-TTL` with), in nanoseconds:
+/// `[+]<number>[.<fraction>]<unit>...`, units `ns`, `us`/`µs`, `ms`, `s`, `m`, `h`, at most
+/// 2^63-1 ns. Negative durations are `None` (the server refuses them as TTLs anyway).
+fn go_duration_nanos(text: &str) -> Option<u64> {
+    const MAX: u128 = i64::MAX as u128;
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest == "0" {
+        return Some(0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let (whole, after) = rest.split_at(digits(rest));
+        let (fraction, after) = match after.strip_prefix('.') {
+            Some(after) => after.split_at(digits(after)),
+            None => ("", after),
+        };
+        if whole.is_empty() && fraction.is_empty() {
+            return None;
+        }
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let scale: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return None,
+        };
+        // Above 2^63 ns is an error in Go too; checking per digit keeps u128 from overflowing.
+        let mut value: u128 = 0;
+        for digit in whole.bytes() {
+            value = value * 10 + u128::from(digit - b'0');
+            if value > MAX {
+                return None;
+            }
+        }
+        total += value * scale;
+        // Go keeps fraction digits while they fit and ignores the rest.
+        let (mut numerator, mut denominator) = (0u128, 1u128);
+        for digit in fraction.bytes().take(18) {
+            numerator = numerator * 10 + u128::from(digit - b'0');
+            denominator *= 10;
+        }
+        total += numerator * scale / denominator;
+        if total > MAX {
+            return None;
+        }
+        rest = after;
+    }
+    u64::try_from(total).ok()
 }
 
 /// Formats a TTL for the `Nats-TTL` header: whole seconds, rounded up, at least 1 s.
@@ -123,5 +187,44 @@ mod tests {
         assert_eq!(ttl_header_value(Duration::from_millis(1500)), "2s");
         assert_eq!(ttl_header_value(Duration::from_secs(10)), "10s");
         assert_eq!(ttl_header_value(Duration::from_millis(10)), "1s");
+    }
+
+    #[test]
+    fn ttl_headers_read_as_nats_server_reads_them() {
+        let secs = |s: u64| Some(Duration::from_secs(s));
+        for (value, expected) in [
+            ("30s", secs(30)),
+            ("30", secs(30)),
+            (" 30s ", secs(30)),
+            ("+30s", secs(30)),
+            ("1m30s", secs(90)),
+            ("1h1h", secs(7200)),
+            ("1.5s", secs(1)), // truncated to whole seconds, like the server
+            ("1.s", secs(1)),
+            (".5h", secs(1800)),
+            ("1500ms", secs(1)),
+            ("2000000\u{b5}s", secs(2)),
+            ("9223372036s", secs(9_223_372_036)),
+            ("9223372036854775807", secs(9_223_372_036_854_775_807)),
+            // Refused by the server, or no expiry: nothing a peer applies.
+            ("never", None),
+            ("NEVER", None),
+            ("0", None),
+            ("0s", None),
+            ("500ms", None),
+            ("-5s", None),
+            ("-5", None),
+            ("", None),
+            ("s", None),
+            (".s", None),
+            ("5", secs(5)),
+            ("5x", None),
+            ("400days", None),
+            ("9223372037s", None),                       // above 2^63 ns
+            ("18446744073709551615s1000000000ns", None), // once a panic in humantime
+            ("99999999999999999999999999999999999999999h", None),
+        ] {
+            assert_eq!(parse_ttl_header(value), expected, "Nats-TTL {value:?}");
+        }
     }
 }
