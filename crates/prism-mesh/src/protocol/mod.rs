@@ -83,7 +83,10 @@ pub fn parse_ttl_header(value: &str) -> Option<std::time::Duration> {
     }
     let secs = match go_duration_nanos(value) {
         Some(nanos) => nanos / 1_000_000_000,
-        None => value.parse::<i64>().ok().and_then(|s| u64::try_from(s).ok())?,
+        None => value
+            .parse::<i64>()
+            .ok()
+            .and_then(|s| u64::try_from(s).ok())?,
     };
     (secs > 0).then(|| std::time::Duration::from_secs(secs))
 }

@@ -58,6 +58,8 @@ enum Write {
     /// Only in live deliveries: as the last message of a key in a snapshot it keeps what
     /// the peer held, which depends on the peer (the bucket keeps one message per key).
     Garbage(usize),
+    /// A put peers must not trust (no bounded `Nats-TTL`): like `Garbage`.
+    Refused(usize),
 }
 
 impl Write {
@@ -67,7 +69,8 @@ impl Write {
             | Write::Delete(i)
             | Write::Purge(i)
             | Write::Expire(i)
-            | Write::Garbage(i) => i,
+            | Write::Garbage(i)
+            | Write::Refused(i) => i,
         }
     }
 }
@@ -119,6 +122,11 @@ fn change(write: Write, index: usize) -> KvChange {
             revision,
             written_at: SystemTime::now(),
         },
+        Write::Refused(_) => KvChange::Refused {
+            key: key.clone(),
+            revision,
+            why: "record without Nats-TTL".into(),
+        },
         Write::Delete(_) => removed(RemovalCause::Deregistered { reason: None }),
         Write::Purge(_) => removed(RemovalCause::Purged),
         Write::Expire(_) => removed(RemovalCause::Expired),
@@ -135,7 +143,7 @@ fn state_after(writes: &[Write]) -> BTreeMap<Uuid, (InstanceStatus, u32)> {
                 let instance = instance(i, version);
                 state.insert(id, (instance.status, instance.weight));
             }
-            Write::Garbage(_) => {}
+            Write::Garbage(_) | Write::Refused(_) => {}
             _ => {
                 state.remove(&id);
             }
@@ -166,7 +174,12 @@ impl Choices {
 
 /// The items a watch delivers for one snapshot of `segment` as of `at` (the last write of
 /// each key before it, in log order), followed by the writes up to `until` that the
-/// consumer picks up while the snapshot streams, split into parts.
+/// consumer picks up while the snapshot streams, split into parts (the last one may be
+/// empty, as the NATS watch sends it). Without `SnapshotEnd`: the caller ends it or not.
+///
+/// Some keys are missing, as on the server: a key whose last write is a removal once its
+/// tombstone or marker expired, and a key rewritten while the snapshot streams (the bucket
+/// keeps one message per key, so the consumer only finds the new one).
 fn snapshot(
     segment: &[Write],
     at: usize,
@@ -178,7 +191,15 @@ fn snapshot(
     for (index, write) in segment[..at].iter().enumerate() {
         last.insert(write.instance(), index);
     }
-    let mut indices: Vec<usize> = last.into_values().collect();
+    let rewritten: Vec<usize> = segment[at..until].iter().map(|w| w.instance()).collect();
+    let mut indices: Vec<usize> = last
+        .into_iter()
+        .filter(|(instance, index)| {
+            let gone = !matches!(segment[*index], Write::Put(..)) || rewritten.contains(instance);
+            !(gone && choices.upto(1) == 1)
+        })
+        .map(|(_, index)| index)
+        .collect();
     indices.sort_unstable();
     indices.extend(at..until);
     let mut changes: Vec<KvChange> = indices
@@ -194,15 +215,44 @@ fn snapshot(
             rest,
         )));
     }
+    if choices.upto(1) == 1 {
+        items.push(WatchItem::SnapshotPart(Vec::new()));
+    }
+}
+
+/// A snapshot of `segment` from `from` on that the watch abandons half-way (it failed and
+/// starts again); returns how far into the log it got.
+fn abandoned_snapshot(
+    segment: &[Write],
+    from: usize,
+    choices: &mut Choices,
+    items: &mut Vec<WatchItem>,
+) -> usize {
+    let at = from + choices.upto(segment.len() - from);
+    let until = at + choices.upto(segment.len() - at);
+    let mut partial = Vec::new();
+    snapshot(segment, at, until, choices, &mut partial);
+    partial.truncate(1 + choices.upto(partial.len() - 1));
+    items.extend(partial);
+    until
 }
 
 /// One way the watch can deliver `log` to a peer that starts on an empty bucket.
 fn delivery(log: &Log, choices: &mut Choices) -> Vec<WatchItem> {
-    let mut items = vec![WatchItem::SnapshotBegin, WatchItem::SnapshotEnd];
+    let mut items = vec![
+        WatchItem::SnapshotBegin,
+        WatchItem::SnapshotPart(Vec::new()),
+        WatchItem::SnapshotEnd,
+    ];
     for (number, segment) in log.iter().enumerate() {
         let mut delivered = 0;
         if number > 0 {
-            // The bucket was made anew: the watch says so, then reads it from a snapshot.
+            // The bucket was made anew (perhaps while a resync of the old one streamed in):
+            // the watch says so, then reads the new one from a snapshot.
+            if choices.upto(3) == 3 {
+                let previous = &log[number - 1];
+                abandoned_snapshot(previous, previous.len(), choices, &mut items);
+            }
             items.push(WatchItem::LogReplaced);
             let at = choices.upto(segment.len());
             let until = at + choices.upto(segment.len() - at);
@@ -214,16 +264,14 @@ fn delivery(log: &Log, choices: &mut Choices) -> Vec<WatchItem> {
             let left = segment.len() - delivered;
             // Out of choices (all zeros), the rest comes live: every delivery ends.
             match choices.upto(3) {
-                // A resync (after a reconnect), sometimes abandoned half-way first.
+                // A resync (after a reconnect), sometimes abandoned half-way first; each
+                // snapshot is taken after the one before it.
                 3 => {
+                    let mut from = delivered;
                     if choices.upto(2) == 2 {
-                        let at = delivered + choices.upto(left);
-                        let mut partial = Vec::new();
-                        snapshot(segment, at, at, choices, &mut partial);
-                        partial.truncate(1 + choices.upto(partial.len() - 1));
-                        items.extend(partial);
+                        from = abandoned_snapshot(segment, from, choices, &mut items);
                     }
-                    let at = delivered + choices.upto(left);
+                    let at = from + choices.upto(segment.len() - from);
                     let until = at + choices.upto(segment.len() - at);
                     snapshot(segment, at, until, choices, &mut items);
                     items.push(WatchItem::SnapshotEnd);
@@ -344,7 +392,7 @@ fn live_events(writes: &[Write]) -> Vec<(&'static str, usize)> {
                 }
                 held.insert(i, version);
             }
-            (Write::Garbage(_), _) => {}
+            (Write::Garbage(_) | Write::Refused(_), _) => {}
             (_, None) => {} // removing what is not held changes nothing
             (Write::Expire(_), Some(_)) => {
                 events.push(("expired", i));
@@ -390,6 +438,7 @@ proptest! {
                 1 => (0..INSTANCES).prop_map(Write::Purge),
                 2 => (0..INSTANCES).prop_map(Write::Expire),
                 1 => (0..INSTANCES).prop_map(Write::Garbage),
+                1 => (0..INSTANCES).prop_map(Write::Refused),
             ],
             0..40,
         ),
