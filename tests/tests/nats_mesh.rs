@@ -650,3 +650,27 @@ async fn an_update_whose_caller_gives_up_still_completes_and_is_not_undone_by_he
         "a heartbeat re-asserted the key over the update"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_dropped_without_shutdown_leaves_no_task_and_no_connection_behind() {
+    let server = NatsServer::start();
+    let alive = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = alive();
+    let mesh = fast_mesh(&server.url()).connect().await.expect("mesh");
+    assert!(alive() > before, "a connected mesh runs tasks");
+    // No registration and no writes: nothing arrives on the watch to notice the drop.
+    drop(mesh);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alive() > before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} tasks still alive 10 s after the drop (there were {before} before the mesh)",
+            alive()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -572,6 +572,9 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
             outcome = watch_once(&inner, &tx, &mut log) => outcome,
             _ = reconnects.changed() => Ok(WatchEnd::Reconnected),
             _ = crate::util::until_true(&mut closed) => return,
+            // The view is gone (its mesh dropped without `shutdown`): stop now, not at the
+            // next bucket message, which may never come; this task holds the connection.
+            () = tx.closed() => return,
         };
         match outcome {
             Ok(WatchEnd::ReceiverGone) => return,
@@ -586,6 +589,7 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
                     // Back: try now, not after the rest of the backoff.
                     _ = reconnects.changed() => {}
                     _ = crate::util::until_true(&mut closed) => return,
+                    () = tx.closed() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
