@@ -410,3 +410,26 @@ async fn a_shutdown_racing_registrations_deregisters_every_instance_it_accepted(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn an_event_history_replay_reports_its_progress_like_a_nats_replay() {
+    let store = MemoryStore::new();
+    let mesh = peer(&store).await;
+    for port in [8001, 8002, 8003] {
+        let instance = ServiceInstance::builder("orders", "10.0.0.1", port)
+            .build()
+            .unwrap();
+        mesh.register(instance).await.unwrap();
+    }
+    let calls = std::sync::Mutex::new(Vec::new());
+    let history = mesh
+        .event_history_with_progress(None, |done, total| {
+            calls.lock().unwrap().push((done, total))
+        })
+        .await
+        .unwrap();
+    assert_eq!(history.len(), 3);
+    // As on NATS: the last call says the replay is complete.
+    assert_eq!(calls.into_inner().unwrap().last(), Some(&(3, 3)));
+    mesh.shutdown().await;
+}

@@ -176,14 +176,17 @@ impl Store {
         progress: &(dyn Fn(u64, u64) + Send + Sync),
     ) -> Result<(Vec<EventRecord>, u64)> {
         match self {
-            Store::Memory(store) => Ok((
-                store
+            Store::Memory(store) => {
+                let events: Vec<EventRecord> = store
                     .events()
                     .into_iter()
                     .filter(|e| since.is_none_or(|since| e.at >= since))
-                    .collect(),
-                0,
-            )),
+                    .collect();
+                // One step, but reported like a NATS replay's last one.
+                let count = events.len() as u64;
+                progress(count, count);
+                Ok((events, 0))
+            }
             Store::Nats(store) => store.event_history(event_stream, since, progress).await,
         }
     }
