@@ -22,14 +22,13 @@ use std::time::SystemTime;
 use futures::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{EventBus, EventFilter, MeshEvent, RegistryView, SelfPreservation, ViewTask};
+use super::{EventBus, EventFilter, MeshEvent, RegistryView, ViewTask};
 use crate::instance::{InstanceStatus, ServiceInstance};
-use crate::metrics::MeshStats;
 use crate::protocol::{InstanceRecord, PROTOCOL_VERSION};
-use crate::store::{KvChange, MemoryStore, RemovalCause, Store, WatchItem};
+use crate::store::{KvChange, RemovalCause, WatchItem};
 
 /// Instances the generated logs write.
 const INSTANCES: usize = 4;
@@ -302,21 +301,7 @@ fn run_view(items: Vec<WatchItem>) -> (Vec<Arc<ServiceInstance>>, Vec<MeshEvent>
         let registry = Arc::new(RegistryView::default());
         let bus = Arc::new(EventBus::default());
         let events = bus.subscribe(EventFilter::all());
-        let (ready, _ready) = watch::channel(false);
-        let (applied, _applied) = watch::channel(0);
-        let (_closing_tx, closing) = watch::channel(false);
-        let task = ViewTask {
-            store: Store::Memory(MemoryStore::new()),
-            registry: registry.clone(),
-            bus,
-            stats: Arc::new(MeshStats::default()),
-            ready,
-            peer_id: "test".into(),
-            publish_expired: false,
-            self_preservation: SelfPreservation::disabled(),
-            applied,
-            closing,
-        };
+        let (task, _open) = ViewTask::for_test(registry.clone(), bus);
         let (tx, rx) = mpsc::unbounded_channel();
         for item in items {
             tx.send(item).unwrap();

@@ -677,10 +677,35 @@ fn set_in_service(
 }
 
 #[cfg(test)]
+impl ViewTask {
+    /// A view task over a memory store that nothing else uses, with no self-preservation
+    /// and no expired events published; feed it `WatchItem`s by hand. It runs while the
+    /// returned sender lives (dropping it is the mesh closing).
+    pub(crate) fn for_test(
+        registry: Arc<RegistryView>,
+        bus: Arc<EventBus>,
+    ) -> (ViewTask, watch::Sender<bool>) {
+        let (closing_tx, closing) = watch::channel(false);
+        let task = ViewTask {
+            store: Store::Memory(crate::store::MemoryStore::new()),
+            registry,
+            bus,
+            stats: Arc::new(MeshStats::default()),
+            ready: watch::channel(false).0,
+            peer_id: "test".into(),
+            publish_expired: false,
+            self_preservation: SelfPreservation::disabled(),
+            applied: watch::channel(0).0,
+            closing,
+        };
+        (task, closing_tx)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::protocol::InstanceRecord;
-    use crate::store::MemoryStore;
 
     /// Instance `n` of service `svc`, on 10.0.0.n port n.
     fn instance(n: u8) -> ServiceInstance {
@@ -714,21 +739,7 @@ mod tests {
     /// Runs a view task over `items` and returns the instances of `svc` it ends up holding.
     async fn instances_after(items: Vec<WatchItem>) -> Vec<Arc<ServiceInstance>> {
         let registry = Arc::new(RegistryView::default());
-        let (ready, _ready_rx) = watch::channel(false);
-        let (applied, _applied_rx) = watch::channel(0);
-        let (_closing_tx, closing) = watch::channel(false);
-        let task = ViewTask {
-            store: Store::Memory(MemoryStore::new()),
-            registry: registry.clone(),
-            bus: Arc::new(EventBus::default()),
-            stats: Arc::new(MeshStats::default()),
-            ready,
-            peer_id: "test".into(),
-            publish_expired: false,
-            self_preservation: SelfPreservation::disabled(),
-            applied,
-            closing,
-        };
+        let (task, _open) = ViewTask::for_test(registry.clone(), Arc::new(EventBus::default()));
         let (tx, rx) = mpsc::unbounded_channel();
         for item in items {
             tx.send(item).unwrap();
