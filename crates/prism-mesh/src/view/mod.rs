@@ -326,22 +326,14 @@ impl ViewTask {
                 cause,
                 revision,
             } => {
-                if cause == RemovalCause::Expired
-                    && preservation.enabled()
-                    && index.entries.contains_key(&key)
-                {
-                    preservation.expire_later(key, revision);
-                    return;
-                }
-                preservation.forget(&key);
                 // A removal of a key we do not hold (a tombstone or marker expiring, a
                 // duplicate) changes nothing.
-                let Some(entry) = index.remove(&key) else {
-                    return;
-                };
-                self.registry.forget_write(entry.instance.id);
-                // The marker's revision is the same at every peer: one stored event.
-                events.push(self.removal_event(entry.instance, cause, revision, expiries));
+                if index.entries.contains_key(&key) {
+                    // The marker's revision is the same at every peer: one stored event.
+                    self.remove(index, preservation, key, cause, revision, events, expiries);
+                } else {
+                    preservation.forget(&key);
+                }
             }
         }
     }
@@ -437,16 +429,31 @@ impl ViewTask {
                 let revision = index.entries.get(&key).map_or(0, |e| e.revision);
                 (RemovalCause::Expired, revision)
             });
-            if cause == RemovalCause::Expired && preservation.enabled() {
-                preservation.expire_later(key, revision);
-                continue;
-            }
-            preservation.forget(&key);
-            let Some(entry) = index.remove(&key) else {
-                continue;
-            };
-            self.registry.forget_write(entry.instance.id);
             // Expiries that happened while we were away belong in the audit trail too.
+            self.remove(index, preservation, key, cause, revision, events, expiries);
+        }
+    }
+
+    /// Takes a held key out of the view with its event, unless self-preservation holds an
+    /// expiry back (`settle_expiries` decides it later).
+    #[allow(clippy::too_many_arguments)] // the view task's state, passed down as everywhere
+    fn remove(
+        &self,
+        index: &mut Index,
+        preservation: &mut Preservation,
+        key: String,
+        cause: RemovalCause,
+        revision: u64,
+        events: &mut Vec<MeshEvent>,
+        expiries: &mut Vec<ExpiryToPublish>,
+    ) {
+        if cause == RemovalCause::Expired && preservation.enabled() {
+            preservation.expire_later(key, revision);
+            return;
+        }
+        preservation.forget(&key);
+        if let Some(entry) = index.remove(&key) {
+            self.registry.forget_write(entry.instance.id);
             events.push(self.removal_event(entry.instance, cause, revision, expiries));
         }
     }
