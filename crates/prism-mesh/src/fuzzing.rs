@@ -24,6 +24,9 @@ use crate::protocol::{
 use crate::store::{bucket_change, KvChange, RemovalCause};
 use crate::view::decode_record;
 
+/// Whole seconds in Go's longest duration (2^63 - 1 ns).
+const GO_DURATION_SECONDS: u64 = i64::MAX as u64 / 1_000_000_000;
+
 /// The body of a KV value: decode, validate, then encode and decode again. A record a peer
 /// reads must survive being written back unchanged (expired events re-publish records).
 pub fn instance_record(data: &[u8]) {
@@ -67,13 +70,17 @@ pub fn instance_key(data: &[u8]) {
 }
 
 /// A `Nats-TTL` header value: what parses is non-zero, and what we write for it reads back
-/// as the whole seconds the server applies.
+/// as the whole seconds the server applies (within Go's durations, up to 2^63 ns: beyond,
+/// only bare seconds read, and we never write TTLs above a day).
 pub fn ttl_header(data: &[u8]) {
     let Ok(value) = std::str::from_utf8(data) else {
         return;
     };
     if let Some(ttl) = parse_ttl_header(value) {
         assert!(!ttl.is_zero(), "a zero TTL parsed from {value:?}");
+        if whole_seconds(ttl) > GO_DURATION_SECONDS {
+            return;
+        }
         let written = ttl_header_value(ttl);
         assert_eq!(
             parse_ttl_header(&written),
