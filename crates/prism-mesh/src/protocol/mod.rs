@@ -77,7 +77,8 @@ pub const MAX_INSTANCE_TTL: std::time::Duration = std::time::Duration::from_secs
 /// `1.5h`) truncated to whole seconds, or whole seconds (`30`); `None` for `never`, for less
 /// than a second and for anything else the server would refuse.
 pub fn parse_ttl_header(value: &str) -> Option<std::time::Duration> {
-    let value = value.trim();
+    // The server skips leading spaces of a header value; anything else is part of it.
+    let value = value.trim_start_matches(' ');
     if value.eq_ignore_ascii_case("never") {
         return None;
     }
@@ -136,13 +137,23 @@ fn go_duration_nanos(text: &str) -> Option<u64> {
             }
         }
         total += value * scale;
-        // Go keeps fraction digits while they fit and ignores the rest.
-        let (mut numerator, mut denominator) = (0u128, 1u128);
-        for digit in fraction.bytes().take(18) {
-            numerator = numerator * 10 + u128::from(digit - b'0');
-            denominator *= 10;
+        // As Go's `leadingFraction`: digits are kept while they fit, then scaled in f64,
+        // so `0.999999999999999999s` is 1 s there (and here), not 999999999 ns.
+        let (mut fraction_digits, mut fraction_scale) = (0u64, 1f64);
+        for digit in fraction.bytes() {
+            if fraction_digits > (i64::MAX as u64) / 10 {
+                break;
+            }
+            let next = fraction_digits * 10 + u64::from(digit - b'0');
+            if next > 1 << 63 {
+                break;
+            }
+            fraction_digits = next;
+            fraction_scale *= 10.0;
         }
-        total += numerator * scale / denominator;
+        if fraction_digits > 0 {
+            total += (fraction_digits as f64 * (scale as f64 / fraction_scale)) as u128;
+        }
         if total > MAX {
             return None;
         }
@@ -198,7 +209,11 @@ mod tests {
         for (value, expected) in [
             ("30s", secs(30)),
             ("30", secs(30)),
-            (" 30s ", secs(30)),
+            (" 30s", secs(30)),
+            ("30s ", None),
+            ("0.999999999999999999s", secs(1)), // Go scales fractions in f64
+            ("3600.999999999999999999s", secs(3601)),
+            ("1.0000000000000000000000001s", secs(1)),
             ("+30s", secs(30)),
             ("1m30s", secs(90)),
             ("1h1h", secs(7200)),

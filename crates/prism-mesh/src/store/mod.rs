@@ -182,9 +182,12 @@ impl Store {
                     .into_iter()
                     .filter(|e| since.is_none_or(|since| e.at >= since))
                     .collect();
-                // One step, but reported like a NATS replay's last one.
+                // One step, reported like a NATS replay's last one (which, like here, makes
+                // no call for an empty history).
                 let count = events.len() as u64;
-                progress(count, count);
+                if count > 0 {
+                    progress(count, count);
+                }
                 Ok((events, 0))
             }
             Store::Nats(store) => store.event_history(event_stream, since, progress).await,
