@@ -22,10 +22,9 @@ use std::time::SystemTime;
 use futures::StreamExt;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{EventBus, EventFilter, MeshEvent, RegistryView, ViewTask};
+use super::{EventBus, EventFilter, MeshEvent, ViewTask};
 use crate::instance::{InstanceStatus, ServiceInstance};
 use crate::protocol::{InstanceRecord, PROTOCOL_VERSION};
 use crate::store::{KvChange, RemovalCause, WatchItem};
@@ -298,20 +297,9 @@ fn run_view(items: Vec<WatchItem>) -> (Vec<Arc<ServiceInstance>>, Vec<MeshEvent>
         .build()
         .unwrap();
     runtime.block_on(async {
-        let registry = Arc::new(RegistryView::default());
         let bus = Arc::new(EventBus::default());
         let events = bus.subscribe(EventFilter::all());
-        let (task, _open) = ViewTask::for_test(registry.clone(), bus);
-        let (tx, rx) = mpsc::unbounded_channel();
-        for item in items {
-            tx.send(item).unwrap();
-        }
-        drop(tx);
-        task.run(rx).await;
-        let held = registry
-            .slot("svc")
-            .map(|slot| slot.load().instances().to_vec())
-            .unwrap_or_default();
+        let held = ViewTask::run_over(items, bus).await;
         (held, events.collect().await)
     })
 }

@@ -685,17 +685,19 @@ fn set_in_service(
 
 #[cfg(test)]
 impl ViewTask {
-    /// A view task over a memory store that nothing else uses, with no self-preservation
-    /// and no expired events published; feed it `WatchItem`s by hand. It runs while the
-    /// returned sender lives (dropping it is the mesh closing).
-    pub(crate) fn for_test(
-        registry: Arc<RegistryView>,
+    /// Runs a view task over `items` to their end and returns the instances of service
+    /// `svc` it holds then. The task has a memory store nothing else uses, no
+    /// self-preservation, publishes no expired events, and dispatches on `bus`.
+    pub(crate) async fn run_over(
+        items: Vec<WatchItem>,
         bus: Arc<EventBus>,
-    ) -> (ViewTask, watch::Sender<bool>) {
-        let (closing_tx, closing) = watch::channel(false);
+    ) -> Vec<Arc<ServiceInstance>> {
+        let registry = Arc::new(RegistryView::default());
+        // Held until the end: dropping it is the mesh closing.
+        let (_open, closing) = watch::channel(false);
         let task = ViewTask {
             store: Store::Memory(crate::store::MemoryStore::new()),
-            registry,
+            registry: registry.clone(),
             bus,
             stats: Arc::new(MeshStats::default()),
             ready: watch::channel(false).0,
@@ -705,7 +707,16 @@ impl ViewTask {
             applied: watch::channel(0).0,
             closing,
         };
-        (task, closing_tx)
+        let (tx, rx) = mpsc::unbounded_channel();
+        for item in items {
+            tx.send(item).unwrap();
+        }
+        drop(tx);
+        task.run(rx).await;
+        registry
+            .slot("svc")
+            .map(|slot| slot.load().instances().to_vec())
+            .unwrap_or_default()
     }
 }
 
@@ -745,18 +756,7 @@ mod tests {
 
     /// Runs a view task over `items` and returns the instances of `svc` it ends up holding.
     async fn instances_after(items: Vec<WatchItem>) -> Vec<Arc<ServiceInstance>> {
-        let registry = Arc::new(RegistryView::default());
-        let (task, _open) = ViewTask::for_test(registry.clone(), Arc::new(EventBus::default()));
-        let (tx, rx) = mpsc::unbounded_channel();
-        for item in items {
-            tx.send(item).unwrap();
-        }
-        drop(tx);
-        task.run(rx).await;
-        registry
-            .slot("svc")
-            .map(|slot| slot.load().instances().to_vec())
-            .unwrap_or_default()
+        ViewTask::run_over(items, Arc::new(EventBus::default())).await
     }
 
     #[tokio::test]
