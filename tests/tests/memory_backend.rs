@@ -415,11 +415,8 @@ async fn a_shutdown_racing_registrations_deregisters_every_instance_it_accepted(
 async fn an_event_history_replay_reports_its_progress_like_a_nats_replay() {
     let store = MemoryStore::new();
     let mesh = peer(&store).await;
-    for port in [8001, 8002, 8003] {
-        let instance = ServiceInstance::builder("orders", "10.0.0.1", port)
-            .build()
-            .unwrap();
-        mesh.register(instance).await.unwrap();
+    for _ in 0..3 {
+        mesh.register(instance("orders")).await.unwrap();
     }
     let calls = std::sync::Mutex::new(Vec::new());
     let history = mesh

@@ -751,7 +751,6 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
             format!("message without JetStream info: {e}"),
         )
     })?;
-    let revision = info.stream_sequence;
     let position = Position {
         pending: info.pending,
         stored_at_nanos: info.published.unix_timestamp_nanos(),
@@ -769,7 +768,7 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
     };
     let written_at =
         UNIX_EPOCH + Duration::from_nanos(u64::try_from(position.stored_at_nanos).unwrap_or(0));
-    let change = bucket_change(key, header, &message.payload, revision, written_at);
+    let change = bucket_change(key, header, &message.payload, position.sequence, written_at);
     Ok((Some(change), position))
 }
 
