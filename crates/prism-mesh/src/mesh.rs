@@ -23,7 +23,7 @@ use crate::signal::TerminationSignals;
 use crate::store::{MemoryStore, NatsStore, Store};
 use crate::view::{
     EventBus, EventFilter, EventStream, MeshEvent, RegistryView, SelfPreservation, ServiceSlot,
-    ViewTask,
+    ViewTask, Watermark,
 };
 
 /// Owned instances deregistered (or put in maintenance) at once when a mesh shuts down.
@@ -280,7 +280,7 @@ impl Mesh {
         let bus = Arc::new(EventBus::default());
         let stats = Arc::new(MeshStats::default());
         let (ready_tx, mut ready) = watch::channel(false);
-        let (applied_tx, applied) = watch::channel(0u64);
+        let applied = Arc::new(Watermark::default());
         let closing = watch::channel(false).0;
         let task = ViewTask {
             store: store.clone(),
@@ -291,7 +291,7 @@ impl Mesh {
             peer_id: peer_id.clone(),
             publish_expired: builder.publish_expired_events,
             self_preservation: builder.self_preservation,
-            applied: applied_tx,
+            applied: applied.clone(),
             closing: closing.subscribe(),
         };
         let span = tracing::info_span!("view", peer = %peer_id);

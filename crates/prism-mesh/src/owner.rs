@@ -28,6 +28,7 @@ use crate::instance::{InstanceStatus, ServiceInstance};
 use crate::metrics::MeshStats;
 use crate::protocol::{EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
 use crate::store::{Store, WriteCondition};
+use crate::view::Watermark;
 
 /// Longest wait for this mesh's own view to show a write before the call returns.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(2);
@@ -180,7 +181,7 @@ pub(crate) struct Owners {
     peer_id: String,
     closing: watch::Receiver<bool>,
     /// The highest revision the mesh's own view shows.
-    applied: watch::Receiver<u64>,
+    applied: Arc<Watermark>,
     /// New registrations, for the heartbeat scheduler.
     schedule: mpsc::UnboundedSender<Arc<OwnedInstance>>,
 }
@@ -224,7 +225,7 @@ impl Owners {
         stats: Arc<MeshStats>,
         peer_id: String,
         closing: watch::Receiver<bool>,
-        applied: watch::Receiver<u64>,
+        applied: Arc<Watermark>,
     ) -> Arc<Owners> {
         let (schedule, incoming) = mpsc::unbounded_channel();
         let owners = Arc::new(Owners {
@@ -628,12 +629,8 @@ impl OwnedInstance {
     /// Read-your-writes: waits (bounded) until this mesh's own view shows `revision`, so
     /// `discover` right after `register`, `set_status` or `deregister` sees the change.
     async fn until_visible(&self, revision: u64) {
-        let mut applied = self.owners.applied.clone();
-        let shown = applied.wait_for(|applied| *applied >= revision);
-        if tokio::time::timeout(READ_YOUR_WRITES_TIMEOUT, shown)
-            .await
-            .is_err()
-        {
+        let applied = &self.owners.applied;
+        if !applied.wait_for(revision, READ_YOUR_WRITES_TIMEOUT).await {
             debug!(
                 key = %self.key,
                 revision,

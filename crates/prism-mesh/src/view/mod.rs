@@ -9,12 +9,13 @@ mod events;
 mod history;
 mod preservation;
 mod registry;
+mod watermark;
 
 #[cfg(test)]
 mod convergence_tests;
 
 use std::collections::hash_map::Entry as Slot;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 // The index hashes every key of every change: foldhash (randomly seeded per map) is several
 // times faster than SipHash on these short keys.
@@ -25,15 +26,15 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use uuid::Uuid;
 
 pub(crate) use events::EventBus;
 pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
 pub use history::{diff_registries, registry_at, RegistryDiff};
 use preservation::Preservation;
 pub use preservation::SelfPreservation;
-pub(crate) use registry::RegistryView;
+pub(crate) use registry::{InstanceMap, RegistryView};
 pub use registry::{ServiceSlot, ServiceSnapshot};
+pub(crate) use watermark::Watermark;
 
 use crate::instance::ServiceInstance;
 use crate::metrics::MeshStats;
@@ -46,13 +47,15 @@ use crate::store::{KvChange, RemovalCause, Store, WatchItem};
 const MAX_BATCH: usize = 4096;
 
 /// After a flush that took `t`, the next one waits until `t * FLUSH_COST_FACTOR` has passed
-/// (collecting changes meanwhile), so rebuilding snapshots takes at most about a tenth of
-/// the task's time. Small views flush in microseconds and are not delayed noticeably.
+/// (collecting changes meanwhile), so publishing snapshots takes at most about a tenth of
+/// the task's time. Flushes cost microseconds (a snapshot shares its map with the index)
+/// and are not delayed.
 const FLUSH_COST_FACTOR: u32 = 10;
 
-/// Flushes cheaper than this are never throttled: only services of many thousands of
-/// instances cost this much, and below it the delay would cost more latency (tokio
-/// timers round up to whole milliseconds) than it saves CPU.
+/// Flushes cheaper than this are never throttled: one costs this much only when thousands
+/// of services changed at once, or when it drops big ordered slices readers asked of the
+/// snapshots it replaces. Below it the delay would cost more latency (tokio timers round
+/// up to whole milliseconds) than it saves CPU.
 const THROTTLED_FLUSH_COST: Duration = Duration::from_millis(1);
 
 #[derive(Debug)]
@@ -67,7 +70,7 @@ struct Entry {
 #[derive(Debug)]
 struct Index {
     entries: FastMap<String, Entry>,
-    by_service: FastMap<String, BTreeMap<Uuid, Arc<ServiceInstance>>>,
+    by_service: FastMap<String, InstanceMap>,
     dirty: FastSet<String>,
     /// Counts snapshots. Entries a snapshot names are marked with its number, so what it
     /// did not name is found without a set of 100k key copies.
@@ -97,7 +100,7 @@ pub(crate) struct ViewTask {
     pub(crate) publish_expired: bool,
     pub(crate) self_preservation: SelfPreservation,
     /// The highest revision readers can see, so writers can wait for their own writes.
-    pub(crate) applied: watch::Sender<u64>,
+    pub(crate) applied: Arc<Watermark>,
     /// True (or gone) once the mesh closes: the view stops and its event streams end,
     /// whatever the backend (a memory store's watch never closes by itself).
     pub(crate) closing: watch::Receiver<bool>,
@@ -184,7 +187,7 @@ impl ViewTask {
                             // watermark writers wait on starts again too.
                             index.forget_revisions();
                             high = 0;
-                            self.applied.send_replace(0);
+                            self.applied.reset();
                         }
                         WatchItem::Change(change) => {
                             high = high.max(change.revision());
@@ -204,12 +207,12 @@ impl ViewTask {
                     }
                 }
                 // While a snapshot streams in, publish nothing: readers keep the last complete
-                // view, and rebuilding every touched service per part would cost O(n^2).
+                // view (a snapshot is published whole, never half-applied).
                 if resync.is_some() {
                     continue 'items;
                 }
-                // Rebuilding a big service's snapshot per change would be O(n^2) under churn:
-                // keep collecting until the rebuild cost is a small share of the time.
+                // An expensive flush (see `THROTTLED_FLUSH_COST`) is not repeated per
+                // change: keep collecting until its cost is a small share of the time.
                 let due = last_flush.0 + last_flush.1 * FLUSH_COST_FACTOR;
                 let throttled = last_flush.1 >= THROTTLED_FLUSH_COST;
                 if throttled && batch < MAX_BATCH && Instant::now() < due {
@@ -229,11 +232,7 @@ impl ViewTask {
             let started = Instant::now();
             index.flush(&self.registry);
             last_flush = (Instant::now(), started.elapsed());
-            self.applied.send_if_modified(|applied| {
-                let newer = high > *applied;
-                *applied = (*applied).max(high);
-                newer
-            });
+            self.applied.raise(high);
             self.stats
                 .events_emitted
                 .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -640,11 +639,8 @@ impl Index {
     fn flush(&mut self, registry: &RegistryView) {
         registry.ensure_slots(self.dirty.iter().map(String::as_str));
         for service in self.dirty.drain() {
-            let instances = self
-                .by_service
-                .get(&service)
-                .map(|m| m.values().cloned().collect())
-                .unwrap_or_default();
+            // A cheap copy: the snapshot shares the map's nodes with the index.
+            let instances = self.by_service.get(&service).cloned().unwrap_or_default();
             registry
                 .slot_or_insert(&service)
                 .store(ServiceSnapshot::new(instances));
@@ -662,7 +658,7 @@ fn keep_held(index: &mut Index, removals: &HashMap<String, (RemovalCause, u64)>,
 
 /// Puts `instance` in its service's map and marks the service for the next flush.
 fn set_in_service(
-    by_service: &mut FastMap<String, BTreeMap<Uuid, Arc<ServiceInstance>>>,
+    by_service: &mut FastMap<String, InstanceMap>,
     dirty: &mut FastSet<String>,
     instance: &Arc<ServiceInstance>,
 ) {
@@ -674,7 +670,7 @@ fn set_in_service(
         None => {
             by_service.insert(
                 instance.service.clone(),
-                BTreeMap::from([(instance.id, instance.clone())]),
+                InstanceMap::unit(instance.id, instance.clone()),
             );
         }
     }
@@ -704,7 +700,7 @@ impl ViewTask {
             peer_id: "test".into(),
             publish_expired: false,
             self_preservation: SelfPreservation::disabled(),
-            applied: watch::channel(0).0,
+            applied: Arc::default(),
             closing,
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -724,6 +720,7 @@ impl ViewTask {
 mod tests {
     use super::*;
     use crate::protocol::InstanceRecord;
+    use uuid::Uuid;
 
     /// Instance `n` of service `svc`, on 10.0.0.n port n.
     fn instance(n: u8) -> ServiceInstance {

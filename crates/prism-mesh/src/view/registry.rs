@@ -3,26 +3,40 @@
 
 // Picks by name hash the service name: foldhash is several times faster than SipHash.
 use foldhash::HashMap as FastMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
 use crate::instance::{InstanceStatus, ServiceInstance};
 
 /// The instances of one service at one moment, ordered by instance id.
+///
+/// Publishing a snapshot costs the view next to nothing whatever the service's size: it
+/// shares its instance map with the view's index (a persistent map, copied only along the
+/// paths later changes touch). The ordered slice [`instances`](Self::instances) returns is
+/// built on the first call and kept, so a service of 100k instances under churn costs its
+/// O(n) copy only to readers of the slice, once per snapshot.
 #[derive(Debug, Default)]
 pub struct ServiceSnapshot {
-    instances: Vec<Arc<ServiceInstance>>,
+    by_id: InstanceMap,
+    ordered: OnceLock<Box<[Arc<ServiceInstance>]>>,
 }
 
+/// One service's instances by id, shared between the view's index and its snapshots.
+pub(crate) type InstanceMap = imbl::OrdMap<uuid::Uuid, Arc<ServiceInstance>>;
+
 impl ServiceSnapshot {
-    pub(crate) fn new(instances: Vec<Arc<ServiceInstance>>) -> Self {
-        ServiceSnapshot { instances }
+    pub(crate) fn new(by_id: InstanceMap) -> Self {
+        ServiceSnapshot {
+            by_id,
+            ordered: OnceLock::new(),
+        }
     }
 
     /// All instances, whatever their status.
     pub fn instances(&self) -> &[Arc<ServiceInstance>] {
-        &self.instances
+        self.ordered
+            .get_or_init(|| self.by_id.values().cloned().collect())
     }
 
     /// Instances with the given status.
@@ -30,17 +44,17 @@ impl ServiceSnapshot {
         &self,
         status: InstanceStatus,
     ) -> impl Iterator<Item = &Arc<ServiceInstance>> {
-        self.instances.iter().filter(move |i| i.status == status)
+        self.by_id.values().filter(move |i| i.status == status)
     }
 
     /// Number of instances.
     pub fn len(&self) -> usize {
-        self.instances.len()
+        self.by_id.len()
     }
 
     /// True when the service has no instance.
     pub fn is_empty(&self) -> bool {
-        self.instances.is_empty()
+        self.by_id.is_empty()
     }
 }
 
