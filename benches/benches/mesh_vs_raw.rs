@@ -6,6 +6,8 @@
 //! `docs/benchmarks.md` records results and how to read them.
 
 use prism_benches::{env_usize, percentile};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, kv};
@@ -20,6 +22,34 @@ const RAW_BUCKET: &str = "raw-bench";
 /// A bucket of its own, so the cold view holds exactly the populated instances.
 const COLD_BUCKET: &str = "prism-cold";
 const WINDOW: usize = 512;
+
+/// Counts allocations (every thread), for the allocations-per-registration figure.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
 
 fn rss_mib() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -195,10 +225,11 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
             }
         }
     });
-    let started = Instant::now();
+    let (started, allocated) = (Instant::now(), allocations());
     same_writes(js, "w", count).await;
     watcher.await.expect("raw watcher");
     let watched_rate = count as f64 / started.elapsed().as_secs_f64();
+    let raw_allocations = (allocations() - allocated) as f64 / count as f64;
 
     let mesh = Mesh::builder()
         .nats(options(url))
@@ -207,7 +238,7 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
         .connect()
         .await
         .expect("mesh");
-    let started = Instant::now();
+    let (started, allocated) = (Instant::now(), allocations());
     futures::stream::iter(0..count)
         .map(|n| {
             let mesh = mesh.clone();
@@ -223,6 +254,7 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
         .collect::<Vec<()>>()
         .await;
     let ours = count as f64 / started.elapsed().as_secs_f64();
+    let our_allocations = (allocations() - allocated) as f64 / count as f64;
     mesh.shutdown().await;
     let references = [
         (
@@ -246,6 +278,13 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
             ratio: ours / reference,
         });
     }
+    rows.push(Row {
+        figure: "allocations per registration, whole process (raw: the same writes + watcher)"
+            .into(),
+        mesh: format!("{our_allocations:.1}"),
+        raw: format!("{raw_allocations:.1}"),
+        ratio: our_allocations / raw_allocations,
+    });
 }
 
 /// The two acknowledged writes a registration makes, raw: a KV create (CAS on revision 0,
