@@ -394,7 +394,7 @@ impl Mesh {
         self.inner
             .registry
             .slot(service)
-            .map(|slot| slot.load().instances().to_vec())
+            .map(|slot| slot.load().iter().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -524,7 +524,7 @@ impl Mesh {
         let mut instances = Vec::new();
         for service in inner.registry.service_names() {
             if let Some(slot) = inner.registry.slot(&service) {
-                for (status, count) in count_by_status(slot.load().instances()) {
+                for (status, count) in count_by_status(slot.load().iter()) {
                     instances.push((service.clone(), status.as_str(), count as u64));
                 }
             }

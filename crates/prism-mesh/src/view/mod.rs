@@ -108,6 +108,8 @@ pub(crate) struct ViewTask {
 
 impl ViewTask {
     pub(crate) async fn run(self, mut items: mpsc::UnboundedReceiver<WatchItem>) {
+        // However this task ends (closed, failed, cancelled), writers stop waiting on it.
+        let _release_writers = watermark::CloseOnDrop(&self.applied);
         let mut index = Index {
             entries: FastMap::default(),
             by_service: FastMap::default(),

@@ -1,5 +1,6 @@
-//! The read side of the peer view: per-service snapshots swapped atomically, so reads take
-//! no lock and never touch the network.
+//! The read side of the peer view: per-service snapshots swapped atomically, so reads
+//! never touch the network and never wait for the view (only the first readers of a new
+//! snapshot's ordered slice wait for one of them to build it).
 
 // Picks by name hash the service name: foldhash is several times faster than SipHash.
 use foldhash::HashMap as FastMap;
@@ -33,10 +34,18 @@ impl ServiceSnapshot {
         }
     }
 
-    /// All instances, whatever their status.
+    /// All instances, whatever their status, ordered by id. The first call on a snapshot
+    /// builds the slice (O(n)); later calls, from any thread, return the same one. To
+    /// look at each instance once, [`iter`](Self::iter) builds nothing.
     pub fn instances(&self) -> &[Arc<ServiceInstance>] {
         self.ordered
             .get_or_init(|| self.by_id.values().cloned().collect())
+    }
+
+    /// All instances, whatever their status, ordered by id, straight from the snapshot's
+    /// map.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ServiceInstance>> {
+        self.by_id.values()
     }
 
     /// Instances with the given status.

@@ -20,29 +20,33 @@ pub(crate) struct Watermark {
 #[derive(Debug, Default)]
 struct State {
     applied: u64,
-    /// Waiters by the revision they wait for.
-    waiting: BTreeMap<u64, Vec<oneshot::Sender<()>>>,
+    /// Waiters by the revision they wait for, then by arrival (so each entry is one waiter,
+    /// and one that gives up removes exactly itself).
+    waiting: BTreeMap<(u64, u64), oneshot::Sender<()>>,
+    arrivals: u64,
+    /// The view ended: nothing will be applied any more, so nobody waits.
+    closed: bool,
 }
 
 impl Watermark {
-    #[cfg(test)]
-    fn applied(&self) -> u64 {
-        self.lock().applied
-    }
-
     /// Raises the mark to `revision` (never lowers it) and wakes whoever waited for it.
     pub(crate) fn raise(&self, revision: u64) {
-        let ready = {
+        let mut ready = Vec::new();
+        {
             let mut state = self.lock();
             if revision <= state.applied {
                 return;
             }
             state.applied = revision;
-            let later = state.waiting.split_off(&(revision + 1));
-            std::mem::replace(&mut state.waiting, later)
-        };
+            while let Some(entry) = state.waiting.first_entry() {
+                if entry.key().0 > revision {
+                    break;
+                }
+                ready.push(entry.remove());
+            }
+        }
         // Outside the lock: a woken waiter may run on another thread at once.
-        for waiter in ready.into_values().flatten() {
+        for waiter in ready {
             // A waiter that gave up has dropped its receiver; nothing to do for it.
             let _ = waiter.send(());
         }
@@ -51,38 +55,70 @@ impl Watermark {
     /// The bucket's log was replaced: its revisions start again, so the mark does too.
     /// Waiters keep waiting for their revision (in the new log) or their timeout.
     pub(crate) fn reset(&self) {
-        let mut state = self.lock();
-        state.applied = 0;
-        // Drop the waiters that already gave up: the new log may never reach their revision.
-        state.waiting.retain(|_, waiters| {
-            waiters.retain(|waiter| !waiter.is_closed());
-            !waiters.is_empty()
-        });
+        self.lock().applied = 0;
     }
 
-    /// Waits until readers see `revision`, at most `timeout`. True when they do.
+    /// The view ended (closed, or its task failed): releases every waiter, and later waits
+    /// return at once.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        // Dropping the senders wakes their receivers with an error: "not seen".
+        state.waiting.clear();
+    }
+
+    /// Waits until readers see `revision`, at most `timeout`. True when they do; false at
+    /// the timeout or when the view ended first.
     pub(crate) async fn wait_for(&self, revision: u64, timeout: Duration) -> bool {
-        let seen = {
+        let (seen, slot) = {
             let mut state = self.lock();
             if state.applied >= revision {
                 return true;
             }
+            if state.closed {
+                return false;
+            }
             let (tx, rx) = oneshot::channel();
-            state.waiting.entry(revision).or_default().push(tx);
-            rx
+            state.arrivals += 1;
+            let slot = (revision, state.arrivals);
+            state.waiting.insert(slot, tx);
+            (rx, slot)
         };
-        matches!(tokio::time::timeout(timeout, seen).await, Ok(Ok(())))
+        match tokio::time::timeout(timeout, seen).await {
+            Ok(result) => result.is_ok(),
+            Err(_) => {
+                // Gave up: leave no sender behind (the new log of a reset may never reach
+                // this revision).
+                self.lock().waiting.remove(&slot);
+                false
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // The state is a number and a map updated in single steps: a panic elsewhere
-        // while it was held cannot leave it half-changed.
+        // Every change to the state is a single step: a panic elsewhere while it was held
+        // cannot leave it half-changed.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     #[cfg(test)]
+    fn applied(&self) -> u64 {
+        self.lock().applied
+    }
+
+    #[cfg(test)]
     fn waiting(&self) -> usize {
-        self.lock().waiting.values().map(Vec::len).sum()
+        self.lock().waiting.len()
+    }
+}
+
+/// Closes a [`Watermark`] when dropped: the view task holds one, so its waiters are
+/// released however it ends, a panic included.
+pub(crate) struct CloseOnDrop<'a>(pub(crate) &'a Watermark);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -92,6 +128,12 @@ mod tests {
     use std::sync::Arc;
 
     const LONG: Duration = Duration::from_secs(30);
+
+    async fn until_waiting(mark: &Watermark, count: usize) {
+        while mark.waiting() < count {
+            tokio::task::yield_now().await;
+        }
+    }
 
     #[tokio::test]
     async fn a_revision_already_applied_is_seen_at_once() {
@@ -105,24 +147,23 @@ mod tests {
     #[tokio::test]
     async fn a_raise_wakes_exactly_the_waiters_it_satisfies() {
         let mark = Arc::new(Watermark::default());
-        let waiters: Vec<_> = [2u64, 5, 9]
+        let waiters: Vec<_> = [2u64, 5, 5, 9]
             .into_iter()
             .map(|revision| {
                 let mark = mark.clone();
                 tokio::spawn(async move { mark.wait_for(revision, LONG).await })
             })
             .collect();
-        while mark.waiting() < 3 {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&mark, 4).await;
         mark.raise(5);
         let mut waiters = waiters.into_iter();
-        assert!(waiters.next().unwrap().await.unwrap());
-        assert!(waiters.next().unwrap().await.unwrap());
+        for _ in 0..3 {
+            assert!(waiters.next().unwrap().await.unwrap());
+        }
         let last = waiters.next().unwrap();
         assert_eq!(mark.waiting(), 1, "the waiter for 9 still waits");
         assert!(!last.is_finished());
-        mark.raise(9);
+        mark.raise(u64::MAX);
         assert!(last.await.unwrap());
     }
 
@@ -138,11 +179,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_waiter_gives_up_at_its_timeout_and_a_reset_forgets_it() {
+    async fn a_waiter_that_gives_up_leaves_nothing_behind() {
         let mark = Watermark::default();
         assert!(!mark.wait_for(3, Duration::from_secs(2)).await);
-        assert_eq!(mark.waiting(), 1, "kept until a raise or a reset");
-        mark.reset();
+        assert_eq!(mark.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_releases_every_waiter_and_later_waits_return_at_once() {
+        let mark = Arc::new(Watermark::default());
+        let waiter = {
+            let mark = mark.clone();
+            tokio::spawn(async move { mark.wait_for(4, LONG).await })
+        };
+        until_waiting(&mark, 1).await;
+        drop(CloseOnDrop(&mark));
+        assert!(!waiter.await.unwrap(), "released as not seen");
+        assert!(!mark.wait_for(5, LONG).await);
         assert_eq!(mark.waiting(), 0);
     }
 }
