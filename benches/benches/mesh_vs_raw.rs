@@ -5,9 +5,7 @@
 //! PRISM_BENCH_SYNC=default|always). Prints a table of figures and ratios (mesh / raw);
 //! `docs/benchmarks.md` records results and how to read them.
 
-use prism_benches::{env_usize, percentile};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use prism_benches::{allocations, env_usize, percentile, CountingAllocator};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, kv};
@@ -23,35 +21,9 @@ const RAW_BUCKET: &str = "raw-bench";
 const COLD_BUCKET: &str = "prism-cold";
 const WINDOW: usize = 512;
 
-/// Counts allocations (every thread; a `realloc` counts as one), for the
-/// allocations-per-registration figure. Every figure of the run pays its shared atomic
-/// add per allocation, raw and prism-mesh alike (added 2026-11-26, seventh session).
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
+/// For the allocations-per-registration figure (added 2026-11-26, seventh session).
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.load(Ordering::Relaxed)
-}
 
 fn rss_mib() -> f64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();

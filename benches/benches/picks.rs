@@ -4,35 +4,13 @@
 //! `cargo bench -p prism-benches --bench picks` (env: PRISM_PICKS=5000000 picks per figure,
 //! PRISM_PICK_SERVICES=1000, PRISM_PICK_INSTANCES=100). Single thread: per core.
 
-use prism_benches::env_usize;
-use std::alloc::{GlobalAlloc, Layout, System};
+use prism_benches::{allocations, env_usize, CountingAllocator};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prism_mesh::{InstanceStatus, MemoryStore, Mesh, ServiceInstance, Strategy};
 
 /// Counts every allocation, so the table can show zero per pick.
-struct CountingAllocator;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
@@ -47,17 +25,17 @@ fn measure(name: String, count: usize, mut pick: impl FnMut(usize)) -> Figure {
     for n in 0..count / 10 {
         pick(n);
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocated = allocations();
     let started = Instant::now();
     for n in 0..count {
         pick(n);
     }
     let elapsed = started.elapsed();
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - allocations;
+    let allocated = allocations() - allocated;
     Figure {
         name,
         nanos_per_pick: elapsed.as_secs_f64() * 1e9 / count as f64,
-        allocations: allocations as f64 / count as f64,
+        allocations: allocated as f64 / count as f64,
     }
 }
 

@@ -1,6 +1,37 @@
 //! Helpers shared by the benchmark harnesses in `benches/benches/`.
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// A global allocator that counts allocations (every thread; a `realloc` counts as one), so
+/// a harness can print allocations per operation. A harness installs it with
+/// `#[global_allocator] static GLOBAL: CountingAllocator = CountingAllocator;`; every
+/// figure of that harness then pays one shared atomic add per allocation.
+pub struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Allocations so far in this process (zero unless [`CountingAllocator`] is installed).
+pub fn allocations() -> u64 {
+    ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
 
 /// The value of environment variable `name` as a number, or `default`.
 pub fn env_usize(name: &str, default: usize) -> usize {
