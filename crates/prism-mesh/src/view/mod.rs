@@ -106,10 +106,16 @@ pub(crate) struct ViewTask {
     pub(crate) closing: watch::Receiver<bool>,
 }
 
+impl Drop for ViewTask {
+    /// However the task ends (closed, failed, cancelled, even before it first ran),
+    /// writers stop waiting on it.
+    fn drop(&mut self) {
+        self.applied.close();
+    }
+}
+
 impl ViewTask {
     pub(crate) async fn run(self, mut items: mpsc::UnboundedReceiver<WatchItem>) {
-        // However this task ends (closed, failed, cancelled), writers stop waiting on it.
-        let _release_writers = watermark::CloseOnDrop(&self.applied);
         let mut index = Index {
             entries: FastMap::default(),
             by_service: FastMap::default(),

@@ -61,10 +61,14 @@ impl Watermark {
     /// The view ended (closed, or its task failed): releases every waiter, and later waits
     /// return at once.
     pub(crate) fn close(&self) {
-        let mut state = self.lock();
-        state.closed = true;
-        // Dropping the senders wakes their receivers with an error: "not seen".
-        state.waiting.clear();
+        let waiting = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.waiting)
+        };
+        // Outside the lock, as in `raise`: dropping the senders wakes their receivers with
+        // an error, "not seen".
+        drop(waiting);
     }
 
     /// Waits until readers see `revision`, at most `timeout`. True when they do; false at
@@ -84,14 +88,14 @@ impl Watermark {
             state.waiting.insert(slot, tx);
             (rx, slot)
         };
+        // However this wait ends (seen, timed out, or its future dropped by a caller that
+        // gave up), it leaves no sender behind: after a reset the new log may never reach
+        // this revision.
+        let _leave = Leave { mark: self, slot };
         match tokio::time::timeout(timeout, seen).await {
             Ok(result) => result.is_ok(),
-            Err(_) => {
-                // Gave up: leave no sender behind (the new log of a reset may never reach
-                // this revision).
-                self.lock().waiting.remove(&slot);
-                false
-            }
+            // A raise may have taken this waiter out just before the timeout fired.
+            Err(_) => self.lock().applied >= revision,
         }
     }
 
@@ -112,13 +116,15 @@ impl Watermark {
     }
 }
 
-/// Closes a [`Watermark`] when dropped: the view task holds one, so its waiters are
-/// released however it ends, a panic included.
-pub(crate) struct CloseOnDrop<'a>(pub(crate) &'a Watermark);
+/// Takes one waiter out of the watermark when its wait ends.
+struct Leave<'a> {
+    mark: &'a Watermark,
+    slot: (u64, u64),
+}
 
-impl Drop for CloseOnDrop<'_> {
+impl Drop for Leave<'_> {
     fn drop(&mut self) {
-        self.0.close();
+        self.mark.lock().waiting.remove(&self.slot);
     }
 }
 
@@ -186,6 +192,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_wait_dropped_by_its_caller_leaves_nothing_behind() {
+        let mark = Arc::new(Watermark::default());
+        let waiter = {
+            let mark = mark.clone();
+            tokio::spawn(async move { mark.wait_for(4, LONG).await })
+        };
+        until_waiting(&mark, 1).await;
+        waiter.abort();
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        assert_eq!(mark.waiting(), 0);
+    }
+
+    #[tokio::test]
     async fn closing_releases_every_waiter_and_later_waits_return_at_once() {
         let mark = Arc::new(Watermark::default());
         let waiter = {
@@ -193,7 +212,7 @@ mod tests {
             tokio::spawn(async move { mark.wait_for(4, LONG).await })
         };
         until_waiting(&mark, 1).await;
-        drop(CloseOnDrop(&mark));
+        mark.close();
         assert!(!waiter.await.unwrap(), "released as not seen");
         assert!(!mark.wait_for(5, LONG).await);
         assert_eq!(mark.waiting(), 0);
