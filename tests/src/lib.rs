@@ -151,6 +151,11 @@ impl NatsServer {
             .expect("server not running")
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, ...); see [`send_signal`].
+    pub fn signal(&self, name: &str) {
+        send_signal(self.pid(), name);
+    }
+
     /// Kills the server with SIGKILL (store kept).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -163,12 +168,7 @@ impl NatsServer {
     /// leadership of what it leads first) and waits for it to exit (store kept).
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let status = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status()
-                .expect("run kill");
-            assert!(status.success(), "kill -TERM {} failed", child.id());
+            send_signal(child.id(), "TERM");
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -445,14 +445,9 @@ impl PeerProcess {
         }
     }
 
-    /// Sends a signal by name (`TERM`, `INT`, `STOP`, `CONT`) with kill(1).
+    /// Sends a signal by name (`TERM`, `INT`, `STOP`, `CONT`); see [`send_signal`].
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} {} failed", self.child.id());
+        send_signal(self.child.id(), name);
     }
 
     /// Kills the process with SIGKILL and reaps it.
@@ -578,4 +573,45 @@ impl Drop for TestHttpServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Sends signal `name` (`TERM`, `INT`, `STOP`, `CONT`, ...) to process `pid` with kill(1).
+/// After `STOP` it returns only once every thread of the process is stopped: kill(1)
+/// returns when the signal is sent, and on a loaded machine a thread may still run for a
+/// moment after that, long enough for a server to answer a request the test meant to freeze.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+    if name != "STOP" {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all_threads_stopped(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} not stopped 5 s after SIGSTOP"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// True when every thread of `pid` is in state `T` (stopped) in /proc.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            // The state follows the parenthesised command name, which may hold spaces.
+            .and_then(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_string))
+            })
+            .is_some_and(|state| state == "T" || state == "t")
+    })
 }

@@ -620,20 +620,13 @@ async fn an_update_whose_caller_gives_up_still_completes_and_is_not_undone_by_he
         .await
         .unwrap();
     // The write goes out to a frozen server; the caller stops waiting before its ack.
-    let signal = |name: &str| {
-        let sent = std::process::Command::new("kill")
-            .args([format!("-{name}"), server.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success(), "kill -{name} failed");
-    };
-    signal("STOP");
+    server.signal("STOP");
     let gave_up = tokio::time::timeout(
         Duration::from_millis(300),
         me.set_status(InstanceStatus::Healthy, Some("ready")),
     )
     .await;
-    signal("CONT");
+    server.signal("CONT");
     if let Ok(finished) = gave_up {
         panic!("the update finished on a frozen server: {finished:?}");
     }
