@@ -6,7 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use prism_mesh::{EventKind, InstanceStatus, Mesh, MeshEvent, ServiceInstance};
 use prism_tests::{
-    fast_mesh, free_port, wait_event, wait_view, NatsServer, PeerProcess, TestHttpServer,
+    fast_mesh, free_port, send_signal, wait_event, wait_view, NatsServer, PeerProcess,
+    TestHttpServer,
 };
 use serde_json::Value;
 
@@ -340,12 +341,7 @@ async fn the_sidecar_registers_a_process_reports_health_and_passes_on_exit_codes
         }
         _ => unreachable!(),
     }
-    let pid = sidecar.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    send_signal(sidecar.id(), "TERM");
     let output = sidecar.wait_with_output().unwrap();
     assert_eq!(
         output.status.code(),

@@ -135,6 +135,12 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(30);
 
+    /// A task waiting (at most `LONG`) for `revision` to be applied.
+    fn spawn_waiter(mark: &Arc<Watermark>, revision: u64) -> tokio::task::JoinHandle<bool> {
+        let mark = mark.clone();
+        tokio::spawn(async move { mark.wait_for(revision, LONG).await })
+    }
+
     async fn until_waiting(mark: &Watermark, count: usize) {
         while mark.waiting() < count {
             tokio::task::yield_now().await;
@@ -155,10 +161,7 @@ mod tests {
         let mark = Arc::new(Watermark::default());
         let waiters: Vec<_> = [2u64, 5, 5, 9]
             .into_iter()
-            .map(|revision| {
-                let mark = mark.clone();
-                tokio::spawn(async move { mark.wait_for(revision, LONG).await })
-            })
+            .map(|revision| spawn_waiter(&mark, revision))
             .collect();
         until_waiting(&mark, 4).await;
         mark.raise(5);
@@ -194,10 +197,7 @@ mod tests {
     #[tokio::test]
     async fn a_wait_dropped_by_its_caller_leaves_nothing_behind() {
         let mark = Arc::new(Watermark::default());
-        let waiter = {
-            let mark = mark.clone();
-            tokio::spawn(async move { mark.wait_for(4, LONG).await })
-        };
+        let waiter = spawn_waiter(&mark, 4);
         until_waiting(&mark, 1).await;
         waiter.abort();
         assert!(waiter.await.unwrap_err().is_cancelled());
@@ -207,10 +207,7 @@ mod tests {
     #[tokio::test]
     async fn closing_releases_every_waiter_and_later_waits_return_at_once() {
         let mark = Arc::new(Watermark::default());
-        let waiter = {
-            let mark = mark.clone();
-            tokio::spawn(async move { mark.wait_for(4, LONG).await })
-        };
+        let waiter = spawn_waiter(&mark, 4);
         until_waiting(&mark, 1).await;
         mark.close();
         assert!(!waiter.await.unwrap(), "released as not seen");
