@@ -13,11 +13,13 @@ use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use prism_mesh::protocol::{InstanceRecord, PROTOCOL_VERSION};
+use prism_mesh::protocol::{EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
 use prism_mesh::{EventKind, Mesh, MeshEvent, NatsOptions, ServiceInstance};
 use prism_tests::NatsServer;
 
 const RAW_BUCKET: &str = "raw-bench";
+/// A fresh bucket for raw writes shaped like prism-mesh's (as fresh as the mesh's own).
+const SHAPED_BUCKET: &str = "raw-instances";
 /// A bucket of its own, so the cold view holds exactly the populated instances.
 const COLD_BUCKET: &str = "prism-cold";
 const WINDOW: usize = 512;
@@ -206,6 +208,12 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
     let watched_rate = count as f64 / started.elapsed().as_secs_f64();
     let raw_allocations = (allocations() - allocated) as f64 / count as f64;
 
+    // The same again, but the very messages prism-mesh sends: its subjects (uuid keys),
+    // headers and encoded records. The substrate's ceiling for this wire format.
+    let started = Instant::now();
+    mesh_shaped_writes(js, count).await;
+    let shaped_rate = count as f64 / started.elapsed().as_secs_f64();
+
     let mesh = Mesh::builder()
         .nats(options(url))
         .instance_ttl(Duration::from_secs(60))
@@ -243,6 +251,10 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
         (
             format!("registrations/s vs raw doing the same writes while a KV watcher on its connection follows them ({WINDOW} in flight)"),
             watched_rate,
+        ),
+        (
+            format!("registrations/s vs raw sending prism-mesh's own messages (subjects, headers, records) while a KV watcher follows them ({WINDOW} in flight)"),
+            shaped_rate,
         ),
     ];
     for (figure, reference) in references {
@@ -286,6 +298,97 @@ async fn same_writes(js: &jetstream::Context, prefix: &str, count: usize) {
         .buffer_unordered(WINDOW)
         .collect::<Vec<()>>()
         .await;
+}
+
+/// [`same_writes`] with the messages a registration sends, encoded up front: a KV create
+/// of `$KV.<fresh bucket>.throughput.<uuid>` carrying the instance record, then the
+/// `registered` event with its headers, while a KV watcher on the same connection follows
+/// the bucket. Only the library's own work is left out.
+async fn mesh_shaped_writes(js: &jetstream::Context, count: usize) {
+    js.create_stream(jetstream::stream::Config {
+        name: "RAW_SHAPED_EVENTS".into(),
+        subjects: vec!["shaped-events.>".into()],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("shaped event stream");
+    let bucket = js
+        .create_key_value(kv::Config {
+            bucket: SHAPED_BUCKET.to_string(),
+            history: 1,
+            limit_markers: Some(Duration::from_secs(60)),
+            ..Default::default()
+        })
+        .await
+        .expect("shaped bucket");
+    let origin = uuid::Uuid::new_v4().to_string();
+    let messages: Vec<_> = (0..count)
+        .map(|n| {
+            let instance = ServiceInstance::builder("throughput", "10.0.0.2", (n % 60000) as u16)
+                .build()
+                .expect("instance");
+            let instance = std::sync::Arc::new(instance);
+            let record = InstanceRecord {
+                v: PROTOCOL_VERSION,
+                instance: instance.clone(),
+                ttl_ms: 60_000,
+                reason: None,
+            };
+            let event = EventRecord {
+                v: PROTOCOL_VERSION,
+                event: EventName::Registered,
+                instance: instance.clone(),
+                previous_status: None,
+                reason: None,
+                at: SystemTime::now(),
+                origin: origin.clone(),
+            };
+            (
+                instance,
+                Bytes::from(record.encode().expect("record")),
+                Bytes::from(event.encode().expect("event")),
+            )
+        })
+        .collect();
+    let mut watch = bucket.watch(">").await.expect("raw watch");
+    let watcher = tokio::spawn(async move {
+        for _ in 0..count {
+            match watch.next().await {
+                Some(Ok(_)) => {}
+                other => panic!("raw watch ended: {other:?}"),
+            }
+        }
+    });
+    let origin = &origin;
+    futures::stream::iter(messages)
+        .map(|(instance, record, event)| async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-TTL", "60s");
+            headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+            let subject = format!("$KV.{SHAPED_BUCKET}.{}", instance.key());
+            let ack = js.publish_with_headers(subject, headers, record);
+            let revision = ack
+                .await
+                .expect("publish")
+                .await
+                .expect("create ack")
+                .sequence;
+            let mut headers = async_nats::HeaderMap::new();
+            let id = instance.id.to_string();
+            headers.insert("Nats-Msg-Id", format!("registered-{id}-{revision}"));
+            headers.insert("Prism-Service", instance.service.as_str());
+            headers.insert("Prism-Instance", id.as_str());
+            headers.insert("Prism-Status", instance.status.as_str());
+            headers.insert("Prism-Origin", origin.as_str());
+            let subject = format!("shaped-events.{}.{id}.registered", instance.service);
+            let ack = js.publish_with_headers(subject, headers, event);
+            ack.await.expect("publish").await.expect("event ack");
+        })
+        .buffer_unordered(WINDOW)
+        .collect::<Vec<()>>()
+        .await;
+    watcher.await.expect("raw watcher");
 }
 
 /// A new peer's view of `count` instances; raw: KV watch replay of `count` keys.

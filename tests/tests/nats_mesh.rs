@@ -427,6 +427,7 @@ async fn lifecycle_events_carry_readable_headers_on_the_discovery_subjects() {
         };
         assert_eq!(get("Prism-Service").as_deref(), Some("audit"));
         assert_eq!(get("Prism-Instance"), Some(me.id().to_string()));
+        assert_eq!(get("Prism-Origin").as_deref(), Some(mesh.peer_id()));
         assert!(get("Nats-Msg-Id").is_some());
         let record = protocol::EventRecord::decode(&msg.payload).unwrap();
         assert_eq!(record.instance.id, me.id());

@@ -22,8 +22,6 @@ pub mod headers {
     pub const SERVICE: &str = "Prism-Service";
     /// Instance id.
     pub const INSTANCE: &str = "Prism-Instance";
-    /// Event name (`registered`, `updated`, `status`, `deregistered`, `expired`).
-    pub const EVENT: &str = "Prism-Event";
     /// Current status of the instance.
     pub const STATUS: &str = "Prism-Status";
     /// Status before a status change.
@@ -32,8 +30,6 @@ pub mod headers {
     pub const REASON: &str = "Prism-Reason";
     /// Id of the peer that published the message.
     pub const ORIGIN: &str = "Prism-Origin";
-    /// Protocol version of the body.
-    pub const VERSION: &str = "Prism-Version";
     /// JetStream de-duplication id.
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
     /// Per-message TTL (nats-server 2.11+).

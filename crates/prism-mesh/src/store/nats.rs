@@ -19,7 +19,7 @@ use crate::config::{NatsOptions, StorageKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{
     event_subject, headers as h, parse_ttl_header, ttl_header_value, EventName, EventRecord,
-    InstanceRecord, MAX_INSTANCE_TTL, PROTOCOL_VERSION,
+    InstanceRecord, MAX_INSTANCE_TTL,
 };
 
 /// A connected NATS backend. Cheap to clone.
@@ -213,10 +213,9 @@ impl NatsStore {
         let payload = Bytes::from(record.encode()?);
         let headers = |expected: Option<u64>| {
             let mut headers = HeaderMap::new();
+            // Only what the server acts on: the record says the rest, and every header
+            // costs the writer, the server and every watching peer per write.
             headers.insert(name(h::NATS_TTL), ttl_header_value(ttl));
-            headers.insert(name(h::SERVICE), record.instance.service.as_str());
-            headers.insert(name(h::STATUS), record.instance.status.as_str());
-            headers.insert(name(h::VERSION), PROTOCOL_VERSION.to_string());
             if let Some(expected) = expected {
                 headers.insert(
                     name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE),
@@ -310,10 +309,9 @@ impl NatsStore {
         headers.insert(name(h::NATS_MSG_ID), msg_id);
         headers.insert(name(h::SERVICE), instance.service.as_str());
         headers.insert(name(h::INSTANCE), instance.id.to_string());
-        headers.insert(name(h::EVENT), record.event.as_str());
+        // The event name is the subject's last token and the version is in the body.
         headers.insert(name(h::STATUS), instance.status.as_str());
         headers.insert(name(h::ORIGIN), record.origin.as_str());
-        headers.insert(name(h::VERSION), PROTOCOL_VERSION.to_string());
         if let Some(previous) = record.previous_status {
             headers.insert(name(h::PREVIOUS_STATUS), previous.as_str());
         }
