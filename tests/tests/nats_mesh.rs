@@ -453,6 +453,80 @@ async fn lifecycle_events_carry_readable_headers_on_the_discovery_subjects() {
     assert_eq!(seen[2].3.as_deref(), Some("bye"));
 }
 
+async fn next_message(sub: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a message in time")
+        .expect("subscription open")
+}
+
+/// The header names of one message, sorted.
+fn header_names(msg: &async_nats::Message) -> Vec<String> {
+    let mut names: Vec<String> = msg
+        .headers
+        .iter()
+        .flat_map(|headers| headers.iter().map(|(name, _)| name.to_string()))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puts_carry_only_the_headers_the_server_acts_on_and_events_the_documented_ones() {
+    let server = NatsServer::start();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let mut puts = client
+        .subscribe(format!("$KV.{}.>", protocol::DEFAULT_BUCKET))
+        .await
+        .unwrap();
+    let mut events = client.subscribe("discovery.>").await.unwrap();
+    client.flush().await.unwrap();
+    let mesh = fast_mesh(&server.url()).connect().await.unwrap();
+    let me = mesh
+        .register(ServiceInstance::builder("wire", "h", 1).build().unwrap())
+        .await
+        .unwrap();
+    me.set_status(InstanceStatus::Healthy, Some("ready"))
+        .await
+        .unwrap();
+
+    // The registration is a create (expected revision 0); the status change is a
+    // compare-and-swap on the revision it replaces.
+    for _ in 0..2 {
+        let put = next_message(&mut puts).await;
+        assert_eq!(
+            header_names(&put),
+            ["Nats-Expected-Last-Subject-Sequence", "Nats-TTL"],
+            "headers on {}",
+            put.subject
+        );
+    }
+    let registered = next_message(&mut events).await;
+    assert_eq!(
+        header_names(&registered),
+        [
+            "Nats-Msg-Id",
+            "Prism-Instance",
+            "Prism-Origin",
+            "Prism-Service",
+            "Prism-Status"
+        ]
+    );
+    let status = next_message(&mut events).await;
+    assert_eq!(
+        header_names(&status),
+        [
+            "Nats-Msg-Id",
+            "Prism-Instance",
+            "Prism-Origin",
+            "Prism-Previous-Status",
+            "Prism-Reason",
+            "Prism-Service",
+            "Prism-Status"
+        ]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_reasserts_its_registration_after_the_server_comes_back() {
     let mut server = NatsServer::start();
