@@ -16,6 +16,7 @@ use futures::StreamExt;
 use prism_mesh::protocol::{EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
 use prism_mesh::{EventKind, Mesh, MeshEvent, NatsOptions, ServiceInstance};
 use prism_tests::NatsServer;
+use tokio::task::JoinHandle;
 
 const RAW_BUCKET: &str = "raw-bench";
 /// A fresh bucket for raw writes shaped like prism-mesh's (as fresh as the mesh's own).
@@ -50,8 +51,13 @@ fn ms(d: Duration) -> String {
 }
 
 async fn raw_bucket(js: &jetstream::Context) -> kv::Store {
+    bucket_with_ttls(js, RAW_BUCKET).await
+}
+
+/// A KV bucket as prism-mesh makes one: history 1, per-key TTLs with limit markers.
+async fn bucket_with_ttls(js: &jetstream::Context, name: &str) -> kv::Store {
     js.create_key_value(kv::Config {
-        bucket: RAW_BUCKET.to_string(),
+        bucket: name.to_string(),
         history: 1,
         limit_markers: Some(Duration::from_secs(60)),
         ..Default::default()
@@ -191,17 +197,7 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
     // every mesh peer (the registering one included) does: the substrate's ceiling for a
     // registration that its own peer sees.
     let bucket = js.get_key_value(RAW_BUCKET).await.expect("raw bucket");
-    let mut watch = bucket.watch(">").await.expect("raw watch");
-    let watcher = tokio::spawn(async move {
-        let mut seen = 0;
-        while seen < count {
-            match watch.next().await {
-                Some(Ok(entry)) if entry.key.starts_with('w') => seen += 1,
-                Some(_) => {}
-                None => panic!("raw watch ended"),
-            }
-        }
-    });
+    let watcher = follow(&bucket, "w", count).await;
     let (started, allocated) = (Instant::now(), allocations());
     same_writes(js, "w", count).await;
     watcher.await.expect("raw watcher");
@@ -313,15 +309,7 @@ async fn mesh_shaped_writes(js: &jetstream::Context, count: usize) {
     })
     .await
     .expect("shaped event stream");
-    let bucket = js
-        .create_key_value(kv::Config {
-            bucket: SHAPED_BUCKET.to_string(),
-            history: 1,
-            limit_markers: Some(Duration::from_secs(60)),
-            ..Default::default()
-        })
-        .await
-        .expect("shaped bucket");
+    let bucket = bucket_with_ttls(js, SHAPED_BUCKET).await;
     let origin = uuid::Uuid::new_v4().to_string();
     let messages: Vec<_> = (0..count)
         .map(|n| {
@@ -351,15 +339,7 @@ async fn mesh_shaped_writes(js: &jetstream::Context, count: usize) {
             )
         })
         .collect();
-    let mut watch = bucket.watch(">").await.expect("raw watch");
-    let watcher = tokio::spawn(async move {
-        for _ in 0..count {
-            match watch.next().await {
-                Some(Ok(_)) => {}
-                other => panic!("raw watch ended: {other:?}"),
-            }
-        }
-    });
+    let watcher = follow(&bucket, "", count).await;
     let origin = &origin;
     futures::stream::iter(messages)
         .map(|(instance, record, event)| async move {
@@ -389,6 +369,22 @@ async fn mesh_shaped_writes(js: &jetstream::Context, count: usize) {
         .collect::<Vec<()>>()
         .await;
     watcher.await.expect("raw watcher");
+}
+
+/// A KV watcher following `bucket` until it has seen `count` keys starting with `prefix`,
+/// as every mesh peer follows its bucket.
+async fn follow(bucket: &kv::Store, prefix: &'static str, count: usize) -> JoinHandle<()> {
+    let mut watch = bucket.watch(">").await.expect("raw watch");
+    tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < count {
+            match watch.next().await {
+                Some(Ok(entry)) if entry.key.starts_with(prefix) => seen += 1,
+                Some(Ok(_)) => {}
+                other => panic!("raw watch ended: {other:?}"),
+            }
+        }
+    })
 }
 
 /// A new peer's view of `count` instances; raw: KV watch replay of `count` keys.

@@ -397,6 +397,14 @@ async fn records_from_a_newer_protocol_version_with_unknown_fields_are_accepted(
     assert_eq!(watcher.stats().malformed_dropped, 0);
 }
 
+/// The next message on `sub`, within [`WAIT`].
+async fn next_message(sub: &mut async_nats::Subscriber) -> async_nats::Message {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a message in time")
+        .expect("subscription open")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_carry_readable_headers_on_the_discovery_subjects() {
     let server = NatsServer::start();
@@ -415,10 +423,7 @@ async fn lifecycle_events_carry_readable_headers_on_the_discovery_subjects() {
 
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let msg = tokio::time::timeout(WAIT, sub.next())
-            .await
-            .unwrap()
-            .unwrap();
+        let msg = next_message(&mut sub).await;
         let headers = msg.headers.clone().unwrap();
         let get = |name: &str| {
             headers
@@ -451,13 +456,6 @@ async fn lifecycle_events_carry_readable_headers_on_the_discovery_subjects() {
     );
     assert_eq!(seen[2].0, format!("discovery.audit.{id}.deregistered"));
     assert_eq!(seen[2].3.as_deref(), Some("bye"));
-}
-
-async fn next_message(sub: &mut async_nats::Subscriber) -> async_nats::Message {
-    tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("a message in time")
-        .expect("subscription open")
 }
 
 /// The header names of one message, sorted.
