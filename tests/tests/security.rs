@@ -189,20 +189,21 @@ async fn nkey_authentication_admits_the_key_holder_only_and_never_leaks_the_seed
 /// A CA, and a server certificate for 127.0.0.1 and localhost signed by it; also a
 /// client certificate. Returns (ca, server cert, server key, client cert, client key).
 fn make_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_key = KeyPair::generate().unwrap();
     let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
     let server_key = KeyPair::generate().unwrap();
     let server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
         .unwrap()
-        .signed_by(&server_key, &ca, &ca_key)
+        .signed_by(&server_key, &issuer)
         .unwrap();
     let client_key = KeyPair::generate().unwrap();
     let client = CertificateParams::new(vec!["prism-client".to_string()])
         .unwrap()
-        .signed_by(&client_key, &ca, &ca_key)
+        .signed_by(&client_key, &issuer)
         .unwrap();
     let write = |name: &str, pem: String| {
         let path = dir.join(name);

@@ -9,8 +9,8 @@ use crate::protocol::{DEFAULT_BUCKET, DEFAULT_EVENT_STREAM, DEFAULT_SUBJECT_PREF
 use crate::store::MemoryStore;
 
 /// A `tracing` filter directive to add to every subscriber of a process that uses NATS
-/// credentials. async-nats 0.42 prints them below INFO: its `CONNECT` line (token,
-/// password) at TRACE and server urls with their passwords at DEBUG. prism-mesh itself
+/// credentials. async-nats prints server urls, with any password in them, at DEBUG (its
+/// `CONNECT` line is redacted since 0.51). prism-mesh itself
 /// never logs a secret; the `prism` CLI adds this directive to whatever `PRISM_LOG` says.
 ///
 /// ```
@@ -19,6 +19,10 @@ use crate::store::MemoryStore;
 /// # drop(filter);
 /// ```
 pub const SECRET_SAFE_LOG_DIRECTIVE: &str = "async_nats=info";
+
+/// How long [`NatsOptions::connect_deadline`] is unless set: longer than nats-server's
+/// longest election timeout (9 s) plus a server's start-up.
+pub const DEFAULT_CONNECT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Which backend a mesh runs on.
 #[derive(Debug, Clone)]
@@ -70,8 +74,12 @@ pub struct NatsOptions {
     pub replicas: usize,
     /// Storage of the bucket and the stream.
     pub storage: StorageKind,
-    /// Bound on connecting to a server.
+    /// Bound on one attempt to connect to a server.
     pub connect_timeout: Duration,
+    /// How long connecting keeps trying (with backoff) while the servers are unreachable,
+    /// still starting, or electing a JetStream leader (4 to 9 s after a leader is lost)
+    /// before it reports what it could not reach. Default 30 s.
+    pub connect_deadline: Duration,
     /// Bound on each JetStream request (publish ack, stream info...).
     pub request_timeout: Duration,
     /// How long the server keeps the marker it writes when a key expires (min 1 s).
@@ -119,6 +127,7 @@ impl NatsOptions {
             replicas: 1,
             storage: StorageKind::File,
             connect_timeout: Duration::from_secs(5),
+            connect_deadline: DEFAULT_CONNECT_DEADLINE,
             request_timeout: Duration::from_secs(5),
             marker_ttl: Duration::from_secs(60),
             event_max_age: Duration::from_secs(7 * 24 * 3600),
@@ -169,6 +178,13 @@ impl NatsOptions {
     /// Sets the connect timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets how long connecting keeps trying before it gives up (see
+    /// [`connect_deadline`](NatsOptions::connect_deadline)).
+    pub fn connect_deadline(mut self, deadline: Duration) -> Self {
+        self.connect_deadline = deadline;
         self
     }
 

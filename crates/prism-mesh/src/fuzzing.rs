@@ -134,7 +134,7 @@ pub fn bucket_message(data: &[u8]) {
                 ttl.is_some_and(|ttl| ttl <= MAX_INSTANCE_TTL),
                 "a put applied with TTL {ttl:?}"
             );
-            if let Ok((instance, _reason)) = decode_record(&key, &value) {
+            if let Ok((instance, _reason, _ttl)) = decode_record(&key, &value) {
                 assert_eq!(
                     key_of(&instance.service, &instance.id),
                     key,

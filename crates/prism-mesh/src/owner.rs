@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use rand::Rng;
+use rand::RngExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -215,6 +215,23 @@ struct OwnedInstance {
 struct KeyState {
     /// The key's revision as last written by us.
     revision: u64,
+    /// When our last acknowledged write of the key was sent: the server stored it no
+    /// earlier, so the key lives at least a TTL from then.
+    sent: Instant,
+}
+
+impl KeyState {
+    /// Notes an acknowledged write at `revision`, sent at `sent`.
+    fn written(&mut self, revision: u64, sent: Instant) {
+        self.revision = revision;
+        self.sent = sent;
+    }
+
+    /// How long the key has left at least before it expires on the server (zero once it
+    /// may have).
+    fn left(&self, ttl: Duration) -> Duration {
+        ttl.saturating_sub(self.sent.elapsed())
+    }
 }
 
 impl Owners {
@@ -260,6 +277,7 @@ impl Owners {
         let key = instance.key();
         let instance = Arc::new(instance);
         let record = record(&instance, &self.timing, None);
+        let sent = Instant::now();
         let revision = self
             .store
             .put(
@@ -267,6 +285,7 @@ impl Owners {
                 &record,
                 self.timing.instance_ttl,
                 WriteCondition::Absent,
+                None,
             )
             .await
             .map_err(|e| {
@@ -287,7 +306,7 @@ impl Owners {
             owned_by,
             current: ArcSwap::new(instance.clone()),
             live: AtomicBool::new(true),
-            writer: tokio::sync::Mutex::new(KeyState { revision }),
+            writer: tokio::sync::Mutex::new(KeyState { revision, sent }),
         });
         if let Err(e) = owned
             .publish(&instance, EventName::Registered, None, None, revision)
@@ -395,7 +414,7 @@ async fn heartbeat_schedule(
                                 .await
                                 .unwrap_or_else(|_| {
                                     error!(key = %owned.key, "heartbeat panicked; retrying");
-                                    retry_delay(timing.heartbeat_interval)
+                                    retry_delay(timing.heartbeat_interval, Duration::ZERO)
                                 });
                             (owned, after)
                         });
@@ -458,26 +477,51 @@ impl OwnedInstance {
     /// One heartbeat; returns when the next one is due. While another write holds the key
     /// it is tried again soon rather than waited for: that write may be failing.
     async fn heartbeat(&self) -> Duration {
-        let interval = self.owners.timing.heartbeat_interval;
+        let timing = &self.owners.timing;
         let Ok(mut writer) = self.writer.try_lock() else {
-            return retry_delay(interval);
+            return retry_delay(timing.heartbeat_interval, Duration::ZERO);
         };
         // Deregistered while this heartbeat waited its turn: the tombstone must stay.
         if !self.live.load(Ordering::Acquire) {
-            return interval;
+            return timing.heartbeat_interval;
         }
-        match self.refresh(&mut writer).await {
-            Ok(()) => interval,
-            Err(_) => retry_delay(interval),
+        // Never wait for an acknowledgement past the key's expiry: by then a retry must be
+        // on its way. A key that may have expired already is re-asserted at leisure.
+        let left = writer.left(timing.instance_ttl);
+        let wait = if left.is_zero() {
+            timing.heartbeat_interval
+        } else {
+            left
+        };
+        match self.refresh(&mut writer, wait).await {
+            Ok(()) => timing.heartbeat_interval,
+            Err(e) => {
+                MeshStats::incr(&self.owners.stats.heartbeat_failures);
+                let left = writer.left(timing.instance_ttl);
+                let delay = retry_delay(timing.heartbeat_interval, left);
+                warn!(
+                    key = %self.key,
+                    timeout = ?wait,
+                    expires_in = ?left,
+                    retry_in = ?delay,
+                    error = %e,
+                    "heartbeat of {} failed (waited at most {}); the key expires in {} unless a retry lands",
+                    self.key,
+                    humantime::format_duration(round_ms(wait)),
+                    humantime::format_duration(round_ms(left)),
+                );
+                delay
+            }
         }
     }
 
     /// Refreshes the key; if it expired or was overwritten meanwhile, writes it again and
-    /// announces it.
-    async fn refresh(&self, writer: &mut KeyState) -> Result<()> {
+    /// announces it. Waits at most `wait` for each acknowledgement.
+    async fn refresh(&self, writer: &mut KeyState, wait: Duration) -> Result<()> {
         let owners = &*self.owners;
         let instance = self.current.load_full();
         let record = record(&instance, &owners.timing, None);
+        let sent = Instant::now();
         let written = owners
             .store
             .put(
@@ -485,26 +529,31 @@ impl OwnedInstance {
                 &record,
                 owners.timing.instance_ttl,
                 WriteCondition::Revision(writer.revision),
+                Some(wait),
             )
             .await;
         match written {
             Ok(revision) => {
-                writer.revision = revision;
+                writer.written(revision, sent);
                 Ok(())
             }
-            Err(e) if e.kind() == ErrorKind::Conflict => self.reassert(writer, &instance).await,
-            Err(e) => {
-                MeshStats::incr(&owners.stats.heartbeat_failures);
-                warn!(key = %self.key, error = %e, "heartbeat failed; retrying");
-                Err(e)
+            Err(e) if e.kind() == ErrorKind::Conflict => {
+                self.reassert(writer, &instance, wait).await
             }
+            Err(e) => Err(e),
         }
     }
 
-    async fn reassert(&self, writer: &mut KeyState, instance: &Arc<ServiceInstance>) -> Result<()> {
+    async fn reassert(
+        &self,
+        writer: &mut KeyState,
+        instance: &Arc<ServiceInstance>,
+        wait: Duration,
+    ) -> Result<()> {
         let owners = &*self.owners;
         let reason = "re-asserted by its owner after its key expired or was overwritten";
         let record = record(instance, &owners.timing, Some(reason));
+        let sent = Instant::now();
         let revision = owners
             .store
             .put(
@@ -512,9 +561,10 @@ impl OwnedInstance {
                 &record,
                 owners.timing.instance_ttl,
                 WriteCondition::Any,
+                Some(wait),
             )
             .await?;
-        writer.revision = revision;
+        writer.written(revision, sent);
         MeshStats::incr(&owners.stats.reasserts);
         info!(key = %self.key, revision, "re-asserted registration");
         self.publish(
@@ -553,6 +603,7 @@ impl OwnedInstance {
         next.updated_at = SystemTime::now();
         let next = Arc::new(next);
         let record = record(&next, &owners.timing, reason.as_deref());
+        let sent = Instant::now();
         let revision = match owners
             .store
             .put(
@@ -560,6 +611,7 @@ impl OwnedInstance {
                 &record,
                 owners.timing.instance_ttl,
                 WriteCondition::Revision(writer.revision),
+                None,
             )
             .await
         {
@@ -575,12 +627,13 @@ impl OwnedInstance {
                         &record,
                         owners.timing.instance_ttl,
                         WriteCondition::Any,
+                        None,
                     )
                     .await?
             }
             Err(e) => return Err(e),
         };
-        writer.revision = revision;
+        writer.written(revision, sent);
         self.current.store(next.clone());
         if previous.status != next.status {
             self.publish(
@@ -680,10 +733,26 @@ impl OwnedInstance {
     }
 }
 
-/// When a heartbeat that could not write is tried again: the key has TTL - elapsed left,
-/// not a full interval, so well before then.
-fn retry_delay(interval: Duration) -> Duration {
-    (interval / 3).max(Duration::from_millis(200))
+/// When a heartbeat that could not write is tried again: soon enough that several tries fit
+/// in the `left` its key has (a third of the interval at most), spread at random over the
+/// lower half so that the owners of a whole fleet, all failing at once in an outage or a
+/// leader election, do not retry in step.
+fn retry_delay(interval: Duration, left: Duration) -> Duration {
+    let most = if left.is_zero() {
+        interval / 3
+    } else {
+        (left / 4).min(interval / 3)
+    }
+    .max(MIN_RETRY_DELAY);
+    rand::random_range(most / 2..=most)
+}
+
+/// The shortest retry delay: below it, retries only add load to a server that is failing.
+const MIN_RETRY_DELAY: Duration = Duration::from_millis(50);
+
+/// `d` to whole milliseconds, for log lines.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn record(

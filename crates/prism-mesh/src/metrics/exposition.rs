@@ -133,8 +133,14 @@ where
         counter(
             e,
             "service_discovery_resyncs",
-            "Full view resynchronisations (start, reconnects)",
+            "Full view resynchronisations (start, long outages, a replaced bucket)",
             s.resyncs,
+        )?;
+        counter(
+            e,
+            "service_discovery_watch_resumes",
+            "Watch interruptions resumed from the last revision seen",
+            s.resumes,
         )?;
         counter(
             e,

@@ -15,6 +15,7 @@ pub(crate) struct MeshStats {
     pub(crate) events_emitted: AtomicU64,
     pub(crate) expiries: AtomicU64,
     pub(crate) resyncs: AtomicU64,
+    pub(crate) resumes: AtomicU64,
     pub(crate) registrations: AtomicU64,
     pub(crate) reasserts: AtomicU64,
     pub(crate) heartbeat_failures: AtomicU64,
@@ -54,6 +55,7 @@ impl MeshStats {
             events_emitted: get(&self.events_emitted),
             expiries: get(&self.expiries),
             resyncs: get(&self.resyncs),
+            resumes: get(&self.resumes),
             registrations: get(&self.registrations),
             reasserts: get(&self.reasserts),
             heartbeat_failures: get(&self.heartbeat_failures),
@@ -84,8 +86,12 @@ pub struct StatsSnapshot {
     pub events_emitted: u64,
     /// Instances seen expiring.
     pub expiries: u64,
-    /// Full resynchronisations of the view (start, reconnects).
+    /// Full resynchronisations of the view (start, a reconnect after a long outage, a
+    /// replaced bucket).
     pub resyncs: u64,
+    /// Watch interruptions (reconnects, consumers lost in a leader election) resumed from
+    /// the last revision seen, without a snapshot.
+    pub resumes: u64,
     /// Instances registered by this handle.
     pub registrations: u64,
     /// Owned keys found expired or overwritten and written again.

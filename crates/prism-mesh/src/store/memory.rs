@@ -167,13 +167,14 @@ impl MemoryStore {
         let cause = RemovalCause::Deregistered {
             reason: reason.map(|r| super::nats::header_safe(r).trim().to_string()),
         };
+        let at = std::time::SystemTime::now();
         state.keys.insert(
             key.to_string(),
             Slot {
                 value: None,
                 revision,
                 cause: Some(cause.clone()),
-                written_at: std::time::SystemTime::now(),
+                written_at: at,
             },
         );
         state.deadlines.push(Reverse((
@@ -185,6 +186,7 @@ impl MemoryStore {
             key: key.to_string(),
             revision,
             cause,
+            at,
         });
         revision
     }
@@ -291,6 +293,7 @@ impl State {
                     key,
                     revision,
                     cause: RemovalCause::Expired,
+                    at: std::time::SystemTime::now(),
                 });
             }
         }
@@ -310,6 +313,7 @@ impl Slot {
                 key: key.to_string(),
                 revision: self.revision,
                 cause: cause.clone().unwrap_or(RemovalCause::Purged),
+                at: self.written_at,
             },
         }
     }

@@ -58,6 +58,9 @@ pub(crate) enum KvChange {
         key: String,
         revision: u64,
         cause: RemovalCause,
+        /// When the backend stored the removal (for an expiry: when the server expired the
+        /// key, which tells an on-time expiry from one a stalled server caught up on).
+        at: std::time::SystemTime,
     },
     /// A write peers must not trust (for example a record that could never expire);
     /// handled like a malformed record.
@@ -93,6 +96,11 @@ pub(crate) enum WatchItem {
     SnapshotEnd,
     /// A change after the snapshot.
     Change(KvChange),
+    /// The watch was interrupted (a reconnect, a consumer lost in a leader election) and
+    /// resumed from the last revision it had delivered: nothing was missed, but owners may
+    /// have been cut off from the server meanwhile too, so expiries of keys not written
+    /// since are suspect. Changes follow, without a snapshot.
+    Resumed,
     /// The log was replaced (the bucket made again, as after a server restart with memory
     /// storage): its revisions start again from 1 and compare with none the view holds.
     /// A snapshot follows.
@@ -108,16 +116,19 @@ pub(crate) enum Store {
 
 impl Store {
     /// Writes `record` under `key` with a TTL, if `condition` holds; returns the new revision.
+    /// `wait` bounds the wait for the acknowledgement below the connection's request timeout
+    /// (a heartbeat waits no longer than its key has left).
     pub(crate) async fn put(
         &self,
         key: &str,
         record: &InstanceRecord,
         ttl: Duration,
         condition: WriteCondition,
+        wait: Option<Duration>,
     ) -> Result<u64> {
         match self {
             Store::Memory(store) => store.put(key, record, ttl, condition),
-            Store::Nats(store) => store.put(key, record, ttl, condition).await,
+            Store::Nats(store) => store.put(key, record, ttl, condition, wait).await,
         }
     }
 

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::time::Instant;
+
 use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use async_nats::{ConnectOptions, HeaderMap, ServerAddr};
@@ -151,39 +153,65 @@ impl NatsStore {
             connect = connect.require_tls(true);
         }
 
-        // The overall bound covers DNS, TLS and auth, not only the TCP connect.
-        let bound = options.connect_timeout + Duration::from_secs(1);
-        let client = match tokio::time::timeout(bound, connect.connect(addrs)).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => {
-                let kind = match e.kind() {
-                    async_nats::ConnectErrorKind::AuthorizationViolation => {
-                        ErrorKind::PermissionDenied
+        // Servers still starting, a JetStream leader election: wait them out with backoff
+        // until the deadline, then say what could not be reached.
+        let mut retry = Retry::within(options.connect_deadline);
+        let client = loop {
+            // The per-attempt bound covers DNS, TLS and auth, not only the TCP connect.
+            let bound = options.connect_timeout + Duration::from_secs(1);
+            let error = match tokio::time::timeout(bound, connect.clone().connect(addrs.clone()))
+                .await
+            {
+                Ok(Ok(client)) => break client,
+                Ok(Err(e)) => {
+                    let kind = match e.kind() {
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Authentication => {
+                            ErrorKind::PermissionDenied
+                        }
+                        async_nats::ConnectErrorKind::TimedOut => ErrorKind::Timeout,
+                        _ => ErrorKind::Connect,
+                    };
+                    // Waiting does not fix credentials, certificates or a malformed url.
+                    let lasting = matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                            | async_nats::ConnectErrorKind::Tls
+                            | async_nats::ConnectErrorKind::ServerParse
+                    );
+                    let error =
+                        Error::with_source(kind, format!("cannot connect to NATS at {urls}"), e);
+                    if lasting {
+                        return Err(error);
                     }
-                    async_nats::ConnectErrorKind::TimedOut => ErrorKind::Timeout,
-                    _ => ErrorKind::Connect,
-                };
-                return Err(Error::with_source(
-                    kind,
-                    format!("cannot connect to NATS at {urls}"),
-                    e,
-                ));
-            }
-            Err(_) => {
-                return Err(Error::new(
+                    error
+                }
+                Err(_) => Error::new(
                     ErrorKind::Timeout,
                     format!(
                         "cannot connect to NATS at {urls}: no answer within {}",
                         humantime::format_duration(bound)
                     ),
-                ))
-            }
+                ),
+            };
+            retry.wait_or_give_up(error, "NATS servers").await?;
         };
         let mut js = jetstream::new(client.clone());
         js.set_timeout(options.request_timeout);
 
-        let kv_stream = ensure_bucket(&js, options).await?;
-        ensure_event_stream(&js, options).await?;
+        let kv_stream = loop {
+            match ensure_bucket(&js, options).await {
+                Ok(name) => break name,
+                Err(e) => retry.wait_or_give_up(e, "JetStream (KV bucket)").await?,
+            }
+        };
+        loop {
+            match ensure_event_stream(&js, options).await {
+                Ok(()) => break,
+                Err(e) => retry.wait_or_give_up(e, "JetStream (event stream)").await?,
+            }
+        }
 
         Ok(NatsStore {
             inner: Arc::new(Inner {
@@ -209,6 +237,7 @@ impl NatsStore {
         record: &InstanceRecord,
         ttl: Duration,
         condition: WriteCondition,
+        wait: Option<Duration>,
     ) -> Result<u64> {
         let payload = Bytes::from(record.encode()?);
         let headers = |expected: Option<u64>| {
@@ -231,7 +260,7 @@ impl NatsStore {
         };
         let subject = || format!("{}{key}", self.inner.kv_prefix);
         match self
-            .publish(subject(), headers(expected), payload.clone())
+            .publish(subject(), headers(expected), payload.clone(), wait)
             .await
         {
             Err(e) if e.kind() == ErrorKind::Conflict && condition == WriteCondition::Absent => {
@@ -240,7 +269,7 @@ impl NatsStore {
                 let subject = subject();
                 match self.last_removal_revision(&subject).await? {
                     Some(revision) => {
-                        self.publish(subject, headers(Some(revision)), payload)
+                        self.publish(subject, headers(Some(revision)), payload, wait)
                             .await
                     }
                     None => Err(e),
@@ -293,7 +322,7 @@ impl NatsStore {
             headers.insert(name(h::REASON), header_safe(reason));
         }
         let subject = format!("{}{key}", self.inner.kv_prefix);
-        self.publish(subject, headers, Bytes::new()).await
+        self.publish(subject, headers, Bytes::new(), None).await
     }
 
     #[tracing::instrument(name = "nats.publish_event", skip_all, fields(event = record.event.as_str(), msg_id = msg_id))]
@@ -321,12 +350,20 @@ impl NatsStore {
         if record.event == EventName::Expired && record.reason.is_none() {
             headers.insert(name(h::REASON), "ttl");
         }
-        self.publish(subject, headers, Bytes::from(record.encode()?))
+        self.publish(subject, headers, Bytes::from(record.encode()?), None)
             .await
             .map(|_| ())
     }
 
-    async fn publish(&self, subject: String, headers: HeaderMap, payload: Bytes) -> Result<u64> {
+    /// Publishes and waits for the stream's acknowledgement: at most `wait` if given, else
+    /// the connection's request timeout.
+    async fn publish(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+        wait: Option<Duration>,
+    ) -> Result<u64> {
         let mut violations = self.inner.violations.subscribe();
         // async-nats takes the subject by value; it is kept as bytes for the error paths.
         let subject = async_nats::Subject::from(subject);
@@ -345,8 +382,24 @@ impl NatsStore {
                 }
             }
         };
+        let ack = async {
+            let ack = std::future::IntoFuture::into_future(ack);
+            match wait {
+                Some(wait) => tokio::time::timeout(wait, ack).await.map_err(|_| {
+                    Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "publish to {subject}: no acknowledgement within {}",
+                            humantime::format_duration(wait)
+                        ),
+                    )
+                })?,
+                None => ack.await,
+            }
+            .map_err(|e| publish_error(&subject, e))
+        };
         tokio::select! {
-            ack = std::future::IntoFuture::into_future(ack) => Ok(ack.map_err(|e| publish_error(&subject, e))?.sequence),
+            ack = ack => Ok(ack?.sequence),
             text = denied => Err(Error::new(
                 ErrorKind::PermissionDenied,
                 format!("the server refused the write to {subject}: {text}"),
@@ -472,22 +525,31 @@ async fn ensure_bucket(js: &jetstream::Context, options: &NatsOptions) -> Result
     if let Err(create_error) = js.create_key_value(config).await {
         // Another peer may have created it with other limits; that is fine as long as
         // per-key TTLs are on.
-        let mut stream = js.get_stream(&stream_name).await.map_err(|_| {
-            Error::with_source(
-                ErrorKind::Setup,
-                format!(
-                    "cannot create KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
-                    options.bucket
-                ),
-                create_error,
-            )
-        })?;
+        let mut stream = match js.get_stream(&stream_name).await {
+            Ok(stream) => stream,
+            Err(get_error) => {
+                let kind = if transient(&create_error) || transient(&get_error) {
+                    ErrorKind::Timeout
+                } else {
+                    ErrorKind::Setup
+                };
+                return Err(Error::with_source(
+                    kind,
+                    format!(
+                        "cannot create KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
+                        options.bucket
+                    ),
+                    create_error,
+                ));
+            }
+        };
         let info = stream.info().await.map_err(|e| {
-            Error::with_source(
-                ErrorKind::Setup,
-                format!("cannot read stream {stream_name}"),
-                e,
-            )
+            let kind = if transient(&e) {
+                ErrorKind::Timeout
+            } else {
+                ErrorKind::Setup
+            };
+            Error::with_source(kind, format!("cannot read stream {stream_name}"), e)
         })?;
         if !info.config.allow_message_ttl || info.config.subject_delete_marker_ttl.is_none() {
             return Err(Error::new(
@@ -501,6 +563,29 @@ async fn ensure_bucket(js: &jetstream::Context, options: &NatsOptions) -> Result
         }
     }
     Ok(stream_name)
+}
+
+/// An error JetStream gives while it cannot answer yet (starting, electing a leader,
+/// placing replicas on a forming cluster), as opposed to one that waiting does not fix.
+fn transient(error: &dyn std::error::Error) -> bool {
+    const PASSING: [&str; 8] = [
+        "timed out",
+        "temporarily unavailable",
+        "no responders",
+        "does not exist",
+        "insufficient resources",
+        "no suitable peers",
+        "not current",
+        "broken pipe",
+    ];
+    let mut text = error.to_string().to_lowercase();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push(' ');
+        text.push_str(&cause.to_string().to_lowercase());
+        source = cause.source();
+    }
+    PASSING.iter().any(|p| text.contains(p))
 }
 
 async fn ensure_event_stream(js: &jetstream::Context, options: &NatsOptions) -> Result<()> {
@@ -518,8 +603,13 @@ async fn ensure_event_stream(js: &jetstream::Context, options: &NatsOptions) -> 
         ..Default::default()
     };
     if let Err(create_error) = js.get_or_create_stream(config).await {
+        let kind = if transient(&create_error) {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Setup
+        };
         return Err(Error::with_source(
-            ErrorKind::Setup,
+            kind,
             format!(
                 "cannot create or open event stream {:?} on {}.>",
                 options.event_stream, options.subject_prefix
@@ -528,6 +618,59 @@ async fn ensure_event_stream(js: &jetstream::Context, options: &NatsOptions) -> 
         ));
     }
     Ok(())
+}
+
+/// Backoff for start-up: retries what may be transient (a server still starting, a leader
+/// election) until a deadline; errors that waiting cannot fix end it at once.
+struct Retry {
+    deadline: Instant,
+    total: Duration,
+    delay: Duration,
+    attempts: u32,
+}
+
+impl Retry {
+    fn within(total: Duration) -> Retry {
+        Retry {
+            deadline: Instant::now() + total,
+            total,
+            delay: Duration::from_millis(100),
+            attempts: 0,
+        }
+    }
+
+    /// Sleeps before the next attempt after `error`, or returns the error when it is lasting
+    /// or the deadline has come, saying what could not be reached and for how long it was tried.
+    async fn wait_or_give_up(&mut self, error: Error, what: &str) -> Result<()> {
+        self.attempts += 1;
+        let lasting = matches!(
+            error.kind(),
+            ErrorKind::PermissionDenied | ErrorKind::InvalidConfig | ErrorKind::Setup
+        );
+        let now = Instant::now();
+        if lasting {
+            return Err(error);
+        }
+        if now >= self.deadline {
+            let kind = error.kind();
+            return Err(Error::with_source(
+                kind,
+                format!(
+                    "{what} not reachable within the connect deadline of {} ({} attempts)",
+                    humantime::format_duration(self.total),
+                    self.attempts
+                ),
+                error,
+            ));
+        }
+        // Jitter: every process of a restarted fleet must not retry in step.
+        let delay = rand::random_range(self.delay / 2..=self.delay);
+        let delay = delay.min(self.deadline - now);
+        info!(error = %error, retry_in = ?delay, attempt = self.attempts, "{what} not reachable yet; retrying");
+        tokio::time::sleep(delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(2));
+        Ok(())
+    }
 }
 
 fn storage_type(kind: StorageKind) -> stream::StorageType {
@@ -539,14 +682,22 @@ fn storage_type(kind: StorageKind) -> stream::StorageType {
 
 fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError) -> Error {
     use async_nats::jetstream::context::PublishErrorKind as K;
-    let kind = match e.kind() {
-        K::WrongLastSequence => ErrorKind::Conflict,
-        K::TimedOut => ErrorKind::Timeout,
-        K::StreamNotFound => ErrorKind::Setup,
-        _ if e.to_string().to_lowercase().contains("permission") => ErrorKind::PermissionDenied,
-        _ => ErrorKind::Transport,
+    let (kind, what) = match e.kind() {
+        K::WrongLastSequence => (ErrorKind::Conflict, "failed"),
+        K::TimedOut => (ErrorKind::Timeout, "got no acknowledgement in time"),
+        // 503 "no responders": nobody stores this subject right now. During a leader
+        // election or while JetStream starts that is transient, so it is not a setup error.
+        K::StreamNotFound => (
+            ErrorKind::Transport,
+            "found no JetStream stream answering (a leader election, JetStream still \
+             starting, or the stream is gone)",
+        ),
+        _ if e.to_string().to_lowercase().contains("permission") => {
+            (ErrorKind::PermissionDenied, "failed")
+        }
+        _ => (ErrorKind::Transport, "failed"),
     };
-    Error::with_source(kind, format!("publish to {subject} failed"), e)
+    Error::with_source(kind, format!("publish to {subject} {what}"), e)
 }
 
 /// Header values cannot hold line breaks.
@@ -557,8 +708,10 @@ pub(crate) fn header_safe(text: &str) -> String {
         .collect()
 }
 
-/// Snapshot (last message per key) then live changes; again from a fresh snapshot after
-/// every reconnect, because markers removed while we were away would otherwise be missed.
+/// Snapshot (last message per key) then live changes. After an interruption (a reconnect,
+/// a consumer lost in a leader election) the watch resumes from the last revision it
+/// delivered while the log still holds every removal since (see
+/// `WatchedLog::resume_point`), and takes a fresh snapshot otherwise.
 async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
     let mut reconnects = inner.reconnects.clone();
     let mut closed = inner.closed.subscribe();
@@ -577,11 +730,11 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
         match outcome {
             Ok(WatchEnd::ReceiverGone) => return,
             Ok(WatchEnd::Reconnected) => {
-                info!("resynchronising the view after a reconnect");
+                info!("reconnected: resuming the bucket watch");
                 backoff = Duration::from_millis(100);
             }
             Err(e) => {
-                warn!(error = %e, retry_in = ?backoff, "bucket watch failed; resynchronising");
+                warn!(error = %e, retry_in = ?backoff, "bucket watch interrupted; resuming or resynchronising");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     // Back: try now, not after the rest of the backoff.
@@ -604,9 +757,42 @@ struct WatchedLog {
     /// log, even with the same creation time (a clustered memory stream after a full
     /// restart, a restored backup).
     delivered: u64,
+    /// When the server stored the message at `delivered` (unix nanoseconds).
+    delivered_at: i128,
     /// "Gone" was already logged as a warning in this outage.
     warned_gone: bool,
 }
+
+impl WatchedLog {
+    /// The sequence to resume from after an interruption, if nothing the view must see can
+    /// have left the log since: every removal after `delivered` was stored after
+    /// `delivered_at`, and stays in the log at least the bucket's marker TTL (a tombstone
+    /// or an expired put is followed by the server's marker, which lives that long). Past
+    /// that, or on another log, only a snapshot is safe.
+    fn resume_point(&self, stream: &stream::Info) -> Option<u64> {
+        if self.delivered == 0 || stream.state.last_sequence < self.delivered {
+            return None;
+        }
+        let marker_ttl = stream.config.subject_delete_marker_ttl?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let since = Duration::from_nanos(u64::try_from(now - self.delivered_at).unwrap_or(0));
+        // Margin for clocks and for the time the consumer takes to start.
+        (since + RESUME_MARGIN < marker_ttl).then_some(self.delivered + 1)
+    }
+
+    fn delivered(&mut self, position: &Position) {
+        if position.sequence > self.delivered {
+            self.delivered = position.sequence;
+            self.delivered_at = position.stored_at_nanos;
+        }
+    }
+}
+
+/// How much sooner than the marker TTL a resumed watch must start (see
+/// `WatchedLog::resume_point`).
+const RESUME_MARGIN: Duration = Duration::from_secs(5);
 
 enum WatchEnd {
     ReceiverGone,
@@ -663,14 +849,15 @@ async fn watch_once(
             return Ok(WatchEnd::ReceiverGone);
         }
     }
+    let resume = log.resume_point(info);
     // With history 1 (the buckets prism-mesh creates) every stored message is its key's
     // last, so delivering all of them is the same snapshot; the server then reads the log in
     // order instead of looking up each key's last message first, which costs it a third
     // more CPU on a 100k-key cold start.
-    let deliver_policy = if info.config.max_messages_per_subject == 1 {
-        consumer::DeliverPolicy::All
-    } else {
-        consumer::DeliverPolicy::LastPerSubject
+    let deliver_policy = match resume {
+        Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
+        None if info.config.max_messages_per_subject == 1 => consumer::DeliverPolicy::All,
+        None => consumer::DeliverPolicy::LastPerSubject,
     };
     let consumer = stream
         .create_consumer(consumer::push::OrderedConfig {
@@ -688,22 +875,29 @@ async fn watch_once(
         .messages()
         .await
         .map_err(|e| Error::with_source(ErrorKind::Transport, "cannot start watch consumer", e))?;
+    let mut near_timer = tokio::time::interval(Duration::from_secs(1));
+    near_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    if let Some(start) = resume {
+        debug!(start, "bucket watch resumed without a snapshot");
+        if tx.send(WatchItem::Resumed).is_err() {
+            return Ok(WatchEnd::ReceiverGone);
+        }
+        return follow(inner, tx, log, &mut messages, &mut near_timer).await;
+    }
     if tx.send(WatchItem::SnapshotBegin).is_err() {
         return Ok(WatchEnd::ReceiverGone);
     }
     // Stream the snapshot in parts: the view decodes one part while the next arrives.
     let mut part = Vec::with_capacity(SNAPSHOT_PART);
     let mut keys = 0usize;
-    let mut near_timer = tokio::time::interval(Duration::from_secs(1));
-    near_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if initially_pending > 0 {
         while let Some(message) = next_message(&mut messages, &mut near_timer).await {
             let message = message.map_err(|e| {
                 Error::with_source(ErrorKind::Transport, "watch consumer failed", e)
             })?;
             let (change, position) = to_change(&inner.kv_prefix, &message)?;
-            log.delivered = log.delivered.max(position.sequence);
+            log.delivered(&position);
             let pending = position.pending;
             part.extend(change);
             if part.len() >= SNAPSHOT_PART {
@@ -723,11 +917,22 @@ async fn watch_once(
     if tx.send(WatchItem::SnapshotPart(part)).is_err() || tx.send(WatchItem::SnapshotEnd).is_err() {
         return Ok(WatchEnd::ReceiverGone);
     }
-    while let Some(message) = next_message(&mut messages, &mut near_timer).await {
+    follow(inner, tx, log, &mut messages, &mut near_timer).await
+}
+
+/// Hands the consumer's changes to the view until it fails or the view is gone.
+async fn follow(
+    inner: &Inner,
+    tx: &mpsc::UnboundedSender<WatchItem>,
+    log: &mut WatchedLog,
+    messages: &mut consumer::push::Ordered,
+    near_timer: &mut tokio::time::Interval,
+) -> Result<WatchEnd> {
+    while let Some(message) = next_message(messages, near_timer).await {
         let message = message
             .map_err(|e| Error::with_source(ErrorKind::Transport, "watch consumer failed", e))?;
         let (change, position) = to_change(&inner.kv_prefix, &message)?;
-        log.delivered = log.delivered.max(position.sequence);
+        log.delivered(&position);
         inner.lag.record(&position);
         if let Some(change) = change {
             if tx.send(WatchItem::Change(change)).is_err() {
@@ -822,6 +1027,7 @@ pub(crate) fn bucket_change<'h>(
             key,
             revision,
             cause,
+            at: written_at,
         },
         None => match header(h::NATS_TTL).map(parse_ttl_header) {
             Some(Some(ttl)) if ttl <= MAX_INSTANCE_TTL => KvChange::Put {

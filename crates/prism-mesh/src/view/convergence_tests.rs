@@ -98,6 +98,7 @@ fn change(write: Write, index: usize) -> KvChange {
         key: key.clone(),
         revision,
         cause,
+        at: SystemTime::now(),
     };
     match write {
         Write::Put(i, version) => KvChange::Put {

@@ -30,8 +30,8 @@ use tracing::{debug, warn};
 pub(crate) use events::EventBus;
 pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
 pub use history::{diff_registries, registry_at, RegistryDiff};
-use preservation::Preservation;
 pub use preservation::SelfPreservation;
+use preservation::{ExpiryFacts, Preservation, Verdict};
 pub(crate) use registry::{InstanceMap, RegistryView};
 pub use registry::{ServiceSlot, ServiceSnapshot};
 pub(crate) use watermark::Watermark;
@@ -62,6 +62,10 @@ const THROTTLED_FLUSH_COST: Duration = Duration::from_millis(1);
 struct Entry {
     instance: Arc<ServiceInstance>,
     revision: u64,
+    /// When the key was last written (the server's time) and the TTL it was written with:
+    /// what self-preservation judges its expiry by.
+    written_at: SystemTime,
+    ttl: Duration,
     /// The last snapshot (see `Index::snapshot`) that named this key.
     seen_in: u64,
 }
@@ -81,6 +85,15 @@ struct Index {
 #[derive(Debug, Default)]
 struct Resync {
     removals: HashMap<String, (RemovalCause, u64)>,
+}
+
+/// A removal to apply to a held key: why, at which revision, and when the server stored it
+/// (`None` for a key a resynchronising snapshot no longer names).
+struct Removal {
+    key: String,
+    cause: RemovalCause,
+    revision: u64,
+    at: Option<SystemTime>,
 }
 
 /// What applying a removal should also publish on the event stream.
@@ -157,7 +170,14 @@ impl ViewTask {
                 while let Some(item) = next.take() {
                     match item {
                         WatchItem::SnapshotBegin => {
+                            if synced {
+                                preservation.interrupted();
+                            }
                             resync = Some(self.begin_snapshot(&mut index));
+                        }
+                        WatchItem::Resumed => {
+                            MeshStats::incr(&self.stats.resumes);
+                            preservation.interrupted();
                         }
                         WatchItem::SnapshotPart(changes) => {
                             let top = changes.iter().map(KvChange::revision).max();
@@ -271,15 +291,7 @@ impl ViewTask {
         if !preservation.enabled() {
             return;
         }
-        let (apply, held) = preservation.due(index.entries.len());
-        if held > 0 {
-            MeshStats::incr(&self.stats.preservation_activations);
-            warn!(
-                held,
-                view = index.entries.len(),
-                "mass expiry: keeping these instances while their owners re-assert"
-            );
-        }
+        let apply = preservation.due();
         for (key, revision) in apply {
             // Written again since (its revision moved past the expiry's): it lives.
             if index
@@ -320,11 +332,11 @@ impl ViewTask {
                 revision,
                 written_at,
             } => {
-                if let Some((instance, reason)) = self.decode(&key, &value, revision) {
+                if let Some((instance, reason, ttl)) = self.decode(&key, &value, revision) {
                     // Written again: an expiry waiting on it is void.
                     preservation.forget(&key);
                     self.registry.record_write(instance.id, written_at);
-                    index.upsert(key, instance, revision, reason, events);
+                    index.upsert(key, instance, revision, reason, (written_at, ttl), events);
                 }
             }
             KvChange::Refused { key, revision, why } => self.refuse(&key, revision, &why),
@@ -332,12 +344,19 @@ impl ViewTask {
                 key,
                 cause,
                 revision,
+                at,
             } => {
                 // A removal of a key we do not hold (a tombstone or marker expiring, a
                 // duplicate) changes nothing.
                 if index.entries.contains_key(&key) {
                     // The marker's revision is the same at every peer: one stored event.
-                    self.remove(index, preservation, key, cause, revision, events, expiries);
+                    let removal = Removal {
+                        key,
+                        cause,
+                        revision,
+                        at: Some(at),
+                    };
+                    self.remove(index, preservation, removal, events, expiries);
                 } else {
                     preservation.forget(&key);
                 }
@@ -369,12 +388,19 @@ impl ViewTask {
                     written_at,
                 } => {
                     match self.decode(&key, &value, revision) {
-                        Some((instance, reason)) => {
+                        Some((instance, reason, ttl)) => {
                             writes.push((instance.id, written_at));
                             // Written again: an earlier removal and a waiting expiry are void.
                             removals.remove(&key);
                             preservation.forget(&key);
-                            index.upsert(key, instance, revision, reason, events);
+                            index.upsert(
+                                key,
+                                instance,
+                                revision,
+                                reason,
+                                (written_at, ttl),
+                                events,
+                            );
                         }
                         None => keep_held(index, removals, &key),
                     }
@@ -383,6 +409,7 @@ impl ViewTask {
                     key,
                     cause,
                     revision,
+                    at: _,
                 } => {
                     // Removed after this snapshot named it: `finish_snapshot` removes it.
                     index.unmark_seen(&key);
@@ -437,26 +464,65 @@ impl ViewTask {
                 (RemovalCause::Expired, revision)
             });
             // Expiries that happened while we were away belong in the audit trail too.
-            self.remove(index, preservation, key, cause, revision, events, expiries);
+            let removal = Removal {
+                key,
+                cause,
+                revision,
+                at: None,
+            };
+            self.remove(index, preservation, removal, events, expiries);
         }
     }
 
     /// Takes a held key out of the view with its event, unless self-preservation holds an
     /// expiry back (`settle_expiries` decides it later).
-    #[allow(clippy::too_many_arguments)] // the view task's state, passed down as everywhere
     fn remove(
         &self,
         index: &mut Index,
         preservation: &mut Preservation,
-        key: String,
-        cause: RemovalCause,
-        revision: u64,
+        removal: Removal,
         events: &mut Vec<MeshEvent>,
         expiries: &mut Vec<ExpiryToPublish>,
     ) {
+        let Removal {
+            key,
+            cause,
+            revision,
+            at,
+        } = removal;
         if cause == RemovalCause::Expired && preservation.enabled() {
-            preservation.expire_later(key, revision);
-            return;
+            if let Some(entry) = index.entries.get(&key) {
+                let facts = ExpiryFacts {
+                    written_at: entry.written_at,
+                    ttl: entry.ttl,
+                    marker_at: at,
+                };
+                let view_size = index.entries.len();
+                let verdict =
+                    preservation.expire(key.clone(), revision, facts, view_size, |at, enough| {
+                        index.overdue_besides(&key, at, enough)
+                    });
+                match verdict {
+                    Verdict::Apply => {}
+                    Verdict::Settle => return,
+                    Verdict::Hold { why, first } => {
+                        if first {
+                            MeshStats::incr(&self.stats.preservation_activations);
+                        }
+                        warn!(
+                            key,
+                            revision,
+                            grace = ?self.self_preservation.grace,
+                            "holding an expiry ({why}); the instance stays while its owner may write it again"
+                        );
+                        self.stats.preserved.store(
+                            preservation.held() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        return;
+                    }
+                }
+            }
         }
         preservation.forget(&key);
         if let Some(entry) = index.remove(&key) {
@@ -497,7 +563,7 @@ impl ViewTask {
         key: &str,
         value: &[u8],
         revision: u64,
-    ) -> Option<(Arc<ServiceInstance>, Option<String>)> {
+    ) -> Option<(Arc<ServiceInstance>, Option<String>, Duration)> {
         match decode_record(key, value) {
             Ok(decoded) => Some(decoded),
             Err(why) => {
@@ -536,10 +602,11 @@ impl ViewTask {
 
 /// The instance a put holds, with its reason, if the record decodes, is valid and belongs
 /// to its key (`<service>.<instance id>` naming the same instance as the body); else why not.
+/// The TTL is the one the record states (its owner's), which peers judge expiries by.
 pub(crate) fn decode_record(
     key: &str,
     value: &[u8],
-) -> std::result::Result<(Arc<ServiceInstance>, Option<String>), String> {
+) -> std::result::Result<(Arc<ServiceInstance>, Option<String>, Duration), String> {
     let Some((service, id)) = parse_instance_key(key) else {
         return Err("key is not <service>.<uuid>".to_string());
     };
@@ -554,7 +621,11 @@ pub(crate) fn decode_record(
         .instance
         .validate_received(value.len())
         .map_err(|e| e.to_string())?;
-    Ok((record.instance, record.reason))
+    Ok((
+        record.instance,
+        record.reason,
+        Duration::from_millis(record.ttl_ms),
+    ))
 }
 
 impl Index {
@@ -564,6 +635,7 @@ impl Index {
         instance: Arc<ServiceInstance>,
         revision: u64,
         reason: Option<String>,
+        (written_at, ttl): (SystemTime, Duration),
         events: &mut Vec<MeshEvent>,
     ) {
         let snapshot = self.snapshot;
@@ -575,6 +647,8 @@ impl Index {
                     return; // already applied (resync overlap)
                 }
                 entry.revision = revision;
+                entry.written_at = written_at;
+                entry.ttl = ttl;
                 if entry.instance.same_content(&instance) {
                     return; // a heartbeat
                 }
@@ -604,6 +678,8 @@ impl Index {
                 slot.insert(Entry {
                     instance: instance.clone(),
                     revision,
+                    written_at,
+                    ttl,
                     seen_in: snapshot,
                 });
                 events.push(MeshEvent::Registered { instance });
@@ -631,6 +707,27 @@ impl Index {
             // Snapshot numbers start at 1: 0 is "named by none".
             entry.seen_in = 0;
         }
+    }
+
+    /// How many keys other than `key` were unwritten for half their TTL or more at `at`,
+    /// counting up to `enough`.
+    fn overdue_besides(&self, key: &str, at: SystemTime, enough: usize) -> usize {
+        if enough == 0 {
+            return 0;
+        }
+        let mut overdue = 0;
+        for (other, entry) in &self.entries {
+            let age = at
+                .duration_since(entry.written_at)
+                .unwrap_or(Duration::ZERO);
+            if age >= entry.ttl / 2 && other != key {
+                overdue += 1;
+                if overdue >= enough {
+                    break;
+                }
+            }
+        }
+        overdue
     }
 
     fn remove(&mut self, key: &str) -> Option<Entry> {
@@ -809,6 +906,7 @@ mod tests {
             key: instance.key(),
             cause: RemovalCause::Deregistered { reason: None },
             revision,
+            at: SystemTime::now(),
         }
     }
 

@@ -1,45 +1,69 @@
-//! Self-preservation: a peer does not empty its view because many keys expired at once.
+//! Self-preservation: a peer reports an expiry as soon as the server's marker arrives, unless
+//! what it knows says the owner may well be alive; then it holds the instance for a grace
+//! period in which the owner can write its key again.
 //!
-//! A single server that was down for longer than the TTL expires every key in one sweep
-//! when it comes back, though most owners are alive and about to re-assert. So an expiry
-//! is not applied at once: it waits `settle` to see whether it is part of a burst (with
-//! every expiry still waiting at that moment). A burst of at least `min_instances` expiries covering at least `threshold` of the view is held
-//! for `grace`: those instances stay in the view (and keep being picked); each one whose
-//! owner writes its key again in that time simply stays, the others expire when the grace
-//! ends. Isolated expiries are applied after `settle`.
+//! A server expires a key one TTL after its last write. Most expiries are exactly that: an
+//! owner died, and the peer applies the marker at once. Some are not, and the peer can tell:
+//!
+//! - **Late:** the marker came well after the key's TTL ran out. The server was not
+//!   expiring on time: a new stream leader after an election, or a server that was down
+//!   and sweeps everything when it returns. The same stall kept owners from writing.
+//! - **Early:** the marker came before the key's TTL could have run out. The server never
+//!   does that; someone wrote the marker by hand.
+//! - **Cut off:** the peer's own watch was interrupted (a reconnect, a consumer lost in an
+//!   election) and the key was not written since it resumed. Whatever cut the peer off may
+//!   have cut its owner off too. Keys a resynchronising snapshot no longer names are held
+//!   for the same reason.
+//! - **Burst:** when the marker arrives, many other keys (at least `min_instances`, and at
+//!   least `threshold` of the view) are overdue too: unwritten for half their TTL. A frozen
+//!   host or a partition is under way, and their markers are coming.
+//!
+//! A held instance stays in the view (and keeps being picked); if its owner writes the key
+//! within `grace`, it simply stays, with no event; otherwise it expires when the grace ends.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 /// The self-preservation rule (see the module documentation). Tunable on
 /// [`MeshBuilder::self_preservation`](crate::MeshBuilder::self_preservation).
+///
+/// ```
+/// use std::time::Duration;
+/// use prism_mesh::SelfPreservation;
+///
+/// let rule = SelfPreservation { grace: Duration::from_secs(30), ..SelfPreservation::default() };
+/// assert!(rule.enabled);
+/// assert_eq!(rule.settle, Duration::ZERO); // isolated expiries are reported at once
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SelfPreservation {
     /// Off: every expiry is applied as soon as it is seen.
     pub enabled: bool,
-    /// How long an expiry waits to see whether it is part of a burst (default 500 ms;
-    /// it adds to failure detection time). Expiries still arriving when it ends join the
-    /// burst.
+    /// How long an expiry that nothing makes suspect waits before it is applied (default
+    /// zero: at once). It adds to failure detection time.
     pub settle: Duration,
-    /// Share of the view expiring in one burst that counts as a mass expiry (default 0.5).
+    /// Share of the view that must be overdue at once to count as a burst (default 0.5).
     pub threshold: f64,
-    /// Smallest burst that counts as a mass expiry (default 4).
+    /// Smallest burst (default 4).
     pub min_instances: usize,
-    /// How long instances of a mass expiry are kept for their owners to re-assert
-    /// (default 15 s).
+    /// How long a held instance is kept for its owner to write its key again (default 15 s).
     pub grace: Duration,
+    /// How far a marker may miss one TTL after the key's last write (either way) and still
+    /// count as on time (default 1 s; the server is seen up to 0.2 s late under load).
+    pub tolerance: Duration,
 }
 
 impl Default for SelfPreservation {
     fn default() -> Self {
         SelfPreservation {
             enabled: true,
-            settle: Duration::from_millis(500),
+            settle: Duration::ZERO,
             threshold: 0.5,
             min_instances: 4,
             grace: Duration::from_secs(15),
+            tolerance: Duration::from_secs(1),
         }
     }
 }
@@ -54,12 +78,35 @@ impl SelfPreservation {
     }
 }
 
+/// What the view knows of an expiring key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExpiryFacts {
+    /// When the key was last written (the server's time).
+    pub(crate) written_at: SystemTime,
+    /// The key's TTL.
+    pub(crate) ttl: Duration,
+    /// When the server stored the expiry marker; `None` when a resynchronising snapshot
+    /// simply no longer names the key.
+    pub(crate) marker_at: Option<SystemTime>,
+}
+
+/// What to do with an expiry now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Apply it: the instance is gone.
+    Apply,
+    /// Wait `settle`, then apply it.
+    Settle,
+    /// Hold the instance for the grace period; `first` when no other was held.
+    Hold { why: &'static str, first: bool },
+}
+
 /// An expiry not yet applied: the marker's revision, and since when it waits.
 #[derive(Debug, Clone, Copy)]
 struct Waiting {
     since: Instant,
     revision: u64,
-    /// Held as part of a mass expiry (until `since + grace`), rather than settling.
+    /// Held for `grace`, rather than settling.
     held: bool,
 }
 
@@ -68,6 +115,8 @@ struct Waiting {
 pub(crate) struct Preservation {
     rule: SelfPreservation,
     waiting: HashMap<String, Waiting>,
+    /// When the watch last resumed after an interruption (local clock).
+    resumed_at: Option<SystemTime>,
 }
 
 impl Preservation {
@@ -75,6 +124,7 @@ impl Preservation {
         Preservation {
             rule,
             waiting: HashMap::new(),
+            resumed_at: None,
         }
     }
 
@@ -82,13 +132,73 @@ impl Preservation {
         self.rule.enabled
     }
 
-    /// Notes an expiry of `key` at `revision` (kept if it already waits).
-    pub(crate) fn expire_later(&mut self, key: String, revision: u64) {
-        self.waiting.entry(key).or_insert(Waiting {
-            since: Instant::now(),
-            revision,
-            held: false,
-        });
+    /// The watch was interrupted and resumes now.
+    pub(crate) fn interrupted(&mut self) {
+        self.resumed_at = Some(SystemTime::now());
+    }
+
+    /// Decides an expiry of `key` at `revision`. `overdue(at, enough)` counts the other
+    /// keys of the view unwritten for half their TTL at `at`, stopping at `enough`.
+    pub(crate) fn expire(
+        &mut self,
+        key: String,
+        revision: u64,
+        facts: ExpiryFacts,
+        view_size: usize,
+        overdue: impl FnOnce(SystemTime, usize) -> usize,
+    ) -> Verdict {
+        let verdict = self.judge(facts, view_size, overdue);
+        let held = matches!(verdict, Verdict::Hold { .. });
+        if verdict != Verdict::Apply {
+            self.waiting.entry(key).or_insert(Waiting {
+                since: Instant::now(),
+                revision,
+                held,
+            });
+        }
+        verdict
+    }
+
+    fn judge(
+        &self,
+        facts: ExpiryFacts,
+        view_size: usize,
+        overdue: impl FnOnce(SystemTime, usize) -> usize,
+    ) -> Verdict {
+        let rule = &self.rule;
+        if !rule.enabled {
+            return Verdict::Apply;
+        }
+        let first = !self.waiting.values().any(|w| w.held);
+        let hold = |why| Verdict::Hold { why, first };
+        let Some(marker_at) = facts.marker_at else {
+            return hold("absent from the snapshot after a resync");
+        };
+        // A clock that moved backwards between the write and the marker counts as no age.
+        let age = marker_at
+            .duration_since(facts.written_at)
+            .unwrap_or(Duration::ZERO);
+        if age > facts.ttl + rule.tolerance {
+            return hold("expired late: the server was not expiring on time");
+        }
+        if age + rule.tolerance < facts.ttl {
+            return hold("expired before its TTL could have run out");
+        }
+        if self.resumed_at.is_some_and(|at| facts.written_at < at) {
+            return hold("not written since this peer's watch resumed");
+        }
+        let enough = rule
+            .min_instances
+            .max((rule.threshold * view_size as f64).ceil() as usize)
+            .max(1);
+        if 1 + overdue(marker_at, enough.saturating_sub(1)) >= enough {
+            return hold("one of many keys overdue at once");
+        }
+        if rule.settle.is_zero() {
+            Verdict::Apply
+        } else {
+            Verdict::Settle
+        }
     }
 
     /// The key was written again (re-asserted) or removed otherwise: nothing to apply.
@@ -96,7 +206,7 @@ impl Preservation {
         self.waiting.remove(key).is_some()
     }
 
-    /// Instances kept by a mass expiry right now.
+    /// Instances held right now.
     pub(crate) fn held(&self) -> usize {
         self.waiting.values().filter(|w| w.held).count()
     }
@@ -115,59 +225,92 @@ impl Preservation {
             }
     }
 
-    /// Decides what is due: returns the expiries to apply now (key, revision), and how
-    /// many were newly held as a mass expiry. `view_size` counts the view's instances,
-    /// waiting ones included.
-    pub(crate) fn due(&mut self, view_size: usize) -> (Vec<(String, u64)>, usize) {
+    /// The expiries whose wait is over, to apply now: (key, revision).
+    pub(crate) fn due(&mut self) -> Vec<(String, u64)> {
         let now = Instant::now();
-        let settled: Vec<String> = self
-            .waiting
-            .iter()
-            .filter(|(_, w)| !w.held && self.deadline(w) <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        // A burst is everything waiting when the oldest settles: expiries still arriving
-        // belong to it too, so a burst spread over the server's 1 s expiry ticks is caught.
-        let burst: Vec<String> = if settled.is_empty() {
-            Vec::new()
-        } else {
-            self.waiting
-                .iter()
-                .filter(|(_, w)| !w.held)
-                .map(|(k, _)| k.clone())
-                .collect()
-        };
-        let mass = burst.len() >= self.rule.min_instances
-            && burst.len() as f64 >= self.rule.threshold * view_size.max(1) as f64;
-        let mut apply = Vec::new();
-        if mass {
-            for key in &burst {
-                if let Some(w) = self.waiting.get_mut(key) {
-                    *w = Waiting {
-                        since: now,
-                        revision: w.revision,
-                        held: true,
-                    };
-                }
-            }
-        } else {
-            for key in settled {
-                if let Some(w) = self.waiting.remove(&key) {
-                    apply.push((key, w.revision));
-                }
-            }
-        }
         let ended: Vec<String> = self
             .waiting
             .iter()
-            .filter(|(_, w)| w.held && self.deadline(w) <= now)
+            .filter(|(_, w)| self.deadline(w) <= now)
             .map(|(k, _)| k.clone())
             .collect();
-        for key in ended {
-            if let Some(w) = self.waiting.remove(&key) {
-                apply.push((key, w.revision));
-            }
+        ended
+            .into_iter()
+            .filter_map(|key| self.waiting.remove(&key).map(|w| (key, w.revision)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(3);
+
+    fn facts(written_ago: Duration, marker_after_write: Option<Duration>) -> ExpiryFacts {
+        let written_at = SystemTime::now() - written_ago;
+        ExpiryFacts {
+            written_at,
+            ttl: TTL,
+            marker_at: marker_after_write.map(|d| written_at + d),
         }
-        (apply, if mass { burst.len() } else { 0 })
+    }
+
+    fn judge(preservation: &Preservation, facts: ExpiryFacts, overdue: usize) -> Verdict {
+        preservation.judge(facts, 10, |_, _| overdue)
+    }
+
+    #[test]
+    fn an_on_time_isolated_expiry_is_applied_at_once() {
+        let p = Preservation::new(SelfPreservation::default());
+        let on_time = facts(TTL, Some(TTL + Duration::from_millis(200)));
+        assert_eq!(judge(&p, on_time, 0), Verdict::Apply);
+    }
+
+    #[test]
+    fn a_late_or_early_marker_is_held() {
+        let p = Preservation::new(SelfPreservation::default());
+        let late = facts(TTL * 3, Some(TTL + Duration::from_secs(2)));
+        assert!(matches!(judge(&p, late, 0), Verdict::Hold { .. }));
+        let early = facts(Duration::from_secs(1), Some(Duration::from_secs(1)));
+        assert!(matches!(judge(&p, early, 0), Verdict::Hold { .. }));
+    }
+
+    #[test]
+    fn a_key_not_written_since_the_watch_resumed_is_held_one_written_after_is_not() {
+        let mut p = Preservation::new(SelfPreservation::default());
+        let before = facts(TTL, Some(TTL));
+        p.interrupted();
+        assert!(matches!(judge(&p, before, 0), Verdict::Hold { .. }));
+        let mut after = facts(Duration::ZERO, Some(TTL));
+        after.written_at = SystemTime::now() + Duration::from_millis(10);
+        after.marker_at = Some(after.written_at + TTL);
+        assert_eq!(judge(&p, after, 0), Verdict::Apply);
+    }
+
+    #[test]
+    fn an_expiry_among_many_overdue_keys_is_held() {
+        let p = Preservation::new(SelfPreservation::default());
+        let on_time = facts(TTL, Some(TTL));
+        // View of 10, threshold 0.5: five overdue in all make a burst, four do not.
+        assert!(matches!(judge(&p, on_time, 4), Verdict::Hold { .. }));
+        assert_eq!(judge(&p, on_time, 3), Verdict::Apply);
+    }
+
+    #[test]
+    fn held_expiries_are_due_after_the_grace_and_forgotten_when_written_again() {
+        let rule = SelfPreservation {
+            grace: Duration::ZERO,
+            ..SelfPreservation::default()
+        };
+        let mut p = Preservation::new(rule);
+        let late = facts(TTL * 3, Some(TTL * 2));
+        for key in ["a", "b"] {
+            let verdict = p.expire(key.into(), 7, late, 10, |_, _| 0);
+            assert!(matches!(verdict, Verdict::Hold { .. }));
+        }
+        assert!(p.forget("a"));
+        assert_eq!(p.due(), vec![("b".to_string(), 7)]);
+        assert_eq!(p.held(), 0);
     }
 }
