@@ -62,10 +62,19 @@ fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
 
 /// A free TCP port on 127.0.0.1 (the listener is closed before returning).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on loopback")
+    free_ports(1)[0]
+}
+
+/// `n` distinct free TCP ports on 127.0.0.1: all are held open until all are found, so the
+/// kernel cannot hand the same one out twice.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("no free port on loopback"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound listener").port())
+        .collect()
 }
 
 fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
@@ -105,8 +114,16 @@ impl NatsServer {
     /// Starts a server with extra text inside the `jetstream {}` block (e.g.
     /// `sync_interval: always`) and extra top-level configuration.
     pub fn start_with(jetstream_extra: &str, extra: &str) -> NatsServer {
+        Self::start_at(free_port(), jetstream_extra, extra)
+    }
+
+    /// Starts a plain JetStream server on `port` (one a test reserved with [`free_port`]).
+    pub fn start_on(port: u16) -> NatsServer {
+        Self::start_at(port, "", "")
+    }
+
+    fn start_at(port: u16, jetstream_extra: &str, extra: &str) -> NatsServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
         let config = dir.path().join("server.conf");
         let text = format!(
             "listen: 127.0.0.1:{port}\nserver_name: test-{port}\njetstream {{\n  store_dir: {:?}\n  {jetstream_extra}\n}}\n{extra}\n",
@@ -232,7 +249,8 @@ pub struct NatsCluster {
 impl NatsCluster {
     /// Starts a three-node cluster and waits until it has a meta leader.
     pub fn start() -> NatsCluster {
-        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports = free_ports(6);
+        let (cluster_ports, client_ports) = ports.split_at(3);
         let routes = cluster_ports
             .iter()
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
@@ -240,9 +258,9 @@ impl NatsCluster {
             .join(", ");
         let nodes = cluster_ports
             .iter()
-            .map(|port| {
+            .zip(client_ports)
+            .map(|(port, &client_port)| {
                 let dir = tempfile::tempdir().expect("temp dir");
-                let client_port = free_port();
                 let config = dir.path().join("server.conf");
                 let text = LOOPBACK_CLUSTER_CONFIG
                     .replace("{{NAME}}", &format!("n{port}"))
@@ -454,6 +472,11 @@ impl PeerProcess {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Waits for the process to exit; returns its exit code.

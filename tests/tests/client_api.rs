@@ -7,7 +7,7 @@ use std::time::Duration;
 use prism_mesh::{
     ClientOptions, DiscoveryClient, ErrorKind, InstanceStatus, Metadata, Selection, ServiceInstance,
 };
-use prism_tests::{fast_mesh, wait_view, NatsServer};
+use prism_tests::{fast_mesh, test_options, wait_view, NatsServer};
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -200,9 +200,10 @@ async fn process_wide_functions_use_the_default_client_once_configured() {
 async fn connecting_the_client_to_an_unreachable_server_names_the_url_within_bounded_time() {
     let url = format!("nats://127.0.0.1:{}", prism_tests::free_port());
     let started = std::time::Instant::now();
-    let err = DiscoveryClient::connect(fast_mesh(&url)).await.unwrap_err();
+    let builder = fast_mesh(&url).nats(test_options(&url).connect_deadline(Duration::from_secs(2)));
+    let err = DiscoveryClient::connect(builder).await.unwrap_err();
     assert!(
-        started.elapsed() < Duration::from_secs(6),
+        started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
     );

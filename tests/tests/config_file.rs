@@ -149,7 +149,7 @@ fn shipped_production_file_loads_cluster_tls_and_creds_from_required_variables()
     assert_eq!(nats.client_name.as_deref(), Some("orders-api"));
     assert_eq!(nats.token, None);
     assert_eq!(nats.user_password, None);
-    assert_eq!(settings.instance_ttl, Duration::from_secs(15));
+    assert_eq!(settings.instance_ttl, Duration::from_secs(20));
     assert_eq!(settings.heartbeat_interval, Duration::from_secs(5));
     assert_eq!(settings.tombstone_ttl, Duration::from_secs(300));
     assert_eq!(settings.drain_period, Duration::from_secs(10));

@@ -9,7 +9,7 @@ use prism_mesh::{
     protocol, ErrorKind, EventKind, InstanceStatus, Mesh, MeshEvent, ServiceInstance,
     MAX_METADATA_BYTES,
 };
-use prism_tests::{fast_mesh, next_event, wait_event, NatsServer, PeerProcess};
+use prism_tests::{fast_mesh, next_event, test_options, wait_event, NatsServer, PeerProcess};
 use serde_json::Value;
 
 const PEER: &str = env!("CARGO_BIN_EXE_mesh-peer");
@@ -250,21 +250,45 @@ async fn bad_service_names_and_oversized_metadata_are_rejected_before_any_networ
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connecting_to_an_unreachable_server_fails_fast_naming_the_url() {
+async fn connecting_to_an_unreachable_server_retries_until_the_deadline_then_names_the_url() {
     let port = prism_tests::free_port();
     let url = format!("nats://127.0.0.1:{port}");
     let started = std::time::Instant::now();
-    let err = fast_mesh(&url).connect().await.unwrap_err();
+    let err = fast_mesh(&url)
+        .nats(test_options(&url).connect_deadline(Duration::from_secs(2)))
+        .connect()
+        .await
+        .unwrap_err();
     assert!(
         matches!(err.kind(), ErrorKind::Connect | ErrorKind::Timeout),
         "{err}"
     );
     assert!(err.to_string().contains(&url), "{err}");
+    assert!(err.to_string().contains("connect deadline of 2s"), "{err}");
+    let elapsed = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "{:?}",
-        started.elapsed()
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(10),
+        "gave up after {elapsed:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_waits_for_a_server_that_is_still_starting() {
+    let port = prism_tests::free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let connecting = tokio::spawn(fast_mesh(&url).connect());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !connecting.is_finished(),
+        "connect gave up on a server not yet started"
+    );
+    let _server = NatsServer::start_on(port);
+    let mesh = tokio::time::timeout(Duration::from_secs(30), connecting)
+        .await
+        .expect("connect returned within 30 s of the server starting")
+        .unwrap()
+        .expect("connected once the server was up");
+    mesh.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,10 @@ pub struct ConnectArgs {
     /// CA certificate for TLS.
     #[arg(long, env = "NATS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// How long to keep trying while the servers are unreachable, still starting or
+    /// electing a leader, before giving up with exit code 3.
+    #[arg(long, env = "PRISM_CONNECT_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub connect_deadline: Duration,
     /// Print JSON (one object per line for streams).
     #[arg(long)]
     pub json: bool,
@@ -145,7 +149,9 @@ impl ConnectArgs {
         if let (Some(_), Some(url)) = (&self.config, &self.url) {
             options.urls = url.split(',').map(|u| u.trim().to_string()).collect();
         }
-        options = options.client_name("prism-cli");
+        options = options
+            .client_name("prism-cli")
+            .connect_deadline(self.connect_deadline);
         if let Some(token) = &self.token {
             options = options.token(token);
         }

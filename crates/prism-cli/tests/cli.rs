@@ -109,7 +109,18 @@ async fn ls_and_get_show_the_view_as_tables_and_json_with_meaningful_exit_codes(
     );
     assert_clean_error(&prism(&["get", "bad.name", "--url", &url]), 1, "'.'");
     let dead = format!("nats://127.0.0.1:{}", free_port());
-    assert_clean_error(&prism(&["ls", "--url", &dead]), 3, &dead);
+    let started = std::time::Instant::now();
+    assert_clean_error(
+        &prism(&["ls", "--url", &dead, "--connect-deadline", "2s"]),
+        3,
+        &dead,
+    );
+    // It kept trying for the deadline (a server still starting would have been waited for).
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     assert_clean_error(
         &prism(&["replay", "--since", "the day before", "--url", &url]),
         2,
@@ -259,6 +270,66 @@ async fn replay_at_and_diff_rebuild_the_past_from_the_event_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_starts_its_command_while_the_mesh_is_unreachable_and_registers_once_it_is_up()
+{
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let mut sidecar = Command::new(PRISM)
+        .args([
+            "register",
+            "--service",
+            "patient",
+            "--port",
+            "8402",
+            "--url",
+            &url,
+            "--connect-deadline",
+            "1s",
+            "--ttl",
+            "2s",
+            "--heartbeat",
+            "500ms",
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {}; sleep 60", started.display()),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The command runs although no server listens yet.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command did not start while the mesh was unreachable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sidecar.try_wait().unwrap().is_none(), "the sidecar gave up");
+    let server = NatsServer::start_on(port);
+    let watcher = fast_mesh(&server.url()).connect().await.unwrap();
+    // It retries with backoff (1 s, 2 s, 4 s ... after each 1 s connect deadline).
+    wait_view(
+        &watcher,
+        "patient",
+        Duration::from_secs(20),
+        "the sidecar's instance",
+        |v| v.len() == 1,
+    )
+    .await;
+    send_signal(sidecar.id(), "TERM");
+    let status = sidecar.wait().unwrap();
+    // sh ends on SIGTERM: 128 + 15, passed through.
+    assert_eq!(status.code(), Some(143));
+    wait_view(&watcher, "patient", WAIT, "deregistered", |v| v.is_empty()).await;
+    watcher.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_registers_a_process_reports_health_and_passes_on_exit_codes_and_sigterm() {
     let server = NatsServer::start();
     let url = server.url();
@@ -282,7 +353,8 @@ async fn the_sidecar_registers_a_process_reports_health_and_passes_on_exit_codes
             "--",
             "sh",
             "-c",
-            "sleep 0.5; exit 7",
+            // Long enough to be registered: the sidecar joins the mesh while it runs.
+            "sleep 2; exit 7",
         ])
         .output()
         .unwrap();

@@ -357,6 +357,15 @@ pub struct Timing {
     pub tombstone_ttl: Duration,
 }
 
+/// nats-server's longest raft election timeout: after the leader of a replicated stream is
+/// lost (SIGKILL, a crashed host), writes to it fail for 4 to 9 s until a follower takes
+/// over. A graceful stop hands leadership over in about a second.
+pub const MAX_ELECTION_TIMEOUT: Duration = Duration::from_secs(9);
+
+/// The `>` operator's one-second slack in [`Timing::cluster_min_ttl`]: the new leader's first
+/// writes and the owner's acknowledgement.
+const ELECTION_SLACK: Duration = Duration::from_secs(1);
+
 /// The longest [`Timing::tombstone_ttl`]: tombstones are what churn leaves in the bucket,
 /// so they must go within a bounded time.
 pub const MAX_TOMBSTONE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -372,6 +381,33 @@ impl Default for Timing {
 }
 
 impl Timing {
+    /// The shortest instance TTL with which no key can expire on a replicated bucket while
+    /// its stream elects a new leader: the last heartbeat before the leader is lost is at most
+    /// one interval old, writes fail for up to [`MAX_ELECTION_TIMEOUT`], and a failed heartbeat
+    /// is retried within a third of the interval (plus a second of slack), in whole seconds.
+    ///
+    /// Shorter TTLs still work on a cluster: keys may then expire on the server in an
+    /// election, and peers hold those expiries (late, cut-off or burst, see
+    /// [`SelfPreservation`](crate::SelfPreservation)) while owners write their keys again.
+    /// That protection does not cover a mesh of fewer than `min_instances` instances whose
+    /// expiries come on time.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use prism_mesh::Timing;
+    ///
+    /// let timing = Timing { heartbeat_interval: Duration::from_secs(1), ..Timing::default() };
+    /// assert_eq!(timing.cluster_min_ttl(), Duration::from_secs(12));
+    /// ```
+    pub fn cluster_min_ttl(&self) -> Duration {
+        let least = self.heartbeat_interval
+            + self.heartbeat_interval / 3
+            + MAX_ELECTION_TIMEOUT
+            + ELECTION_SLACK;
+        let whole = least.as_secs() + u64::from(least.subsec_nanos() > 0);
+        Duration::from_secs(whole)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let show = |d: Duration| humantime::format_duration(d).to_string();
         if self.instance_ttl < Duration::from_secs(1) {

@@ -49,8 +49,8 @@ pub use client::{
     get_service_url, register_service, ClientOptions, DiscoveryClient,
 };
 pub use config::{
-    BackendConfig, NatsOptions, StorageKind, Timing, DEFAULT_CONNECT_DEADLINE, MAX_TOMBSTONE_TTL,
-    SECRET_SAFE_LOG_DIRECTIVE,
+    BackendConfig, NatsOptions, StorageKind, Timing, DEFAULT_CONNECT_DEADLINE,
+    MAX_ELECTION_TIMEOUT, MAX_TOMBSTONE_TTL, SECRET_SAFE_LOG_DIRECTIVE,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};

@@ -189,13 +189,43 @@ impl MeshBuilder {
         self
     }
 
+    /// Checks the timing and backend options as `connect` does first, without connecting.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = prism_mesh::Mesh::builder()
+    ///     .instance_ttl(Duration::from_secs(2))
+    ///     .heartbeat_interval(Duration::from_secs(3));
+    /// assert_eq!(builder.validate().unwrap_err().kind(), prism_mesh::ErrorKind::InvalidConfig);
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        self.timing.validate()?;
+        if let BackendConfig::Nats(options) = &self.backend {
+            options.validate()?;
+        }
+        Ok(())
+    }
+
     /// Connects, loads the current view and starts watching. When this returns, reads see
     /// every instance that was live at the time.
     pub async fn connect(self) -> Result<Mesh> {
-        self.timing.validate()?;
+        self.validate()?;
         let store = match &self.backend {
             BackendConfig::Memory(store) => Store::Memory(store.clone()),
-            BackendConfig::Nats(options) => Store::Nats(NatsStore::connect(options).await?),
+            BackendConfig::Nats(options) => {
+                let least = self.timing.cluster_min_ttl();
+                if options.replicas > 1 && self.timing.instance_ttl < least {
+                    warn!(
+                        ttl = ?self.timing.instance_ttl,
+                        heartbeat_interval = ?self.timing.heartbeat_interval,
+                        cluster_min_ttl = ?least,
+                        "instance_ttl is below what outlasts a leader election of the replicated \
+                         bucket: keys may expire on the server while it elects; peers hold such \
+                         expiries while owners re-assert (see Timing::cluster_min_ttl)"
+                    );
+                }
+                Store::Nats(NatsStore::connect(options).await?)
+            }
         };
         Mesh::start(store, self).await
     }

@@ -590,6 +590,7 @@ struct RawNats {
     replicas: Option<Scalar>,
     storage: Option<Scalar>,
     connect_timeout: Option<Scalar>,
+    connect_deadline: Option<Scalar>,
     request_timeout: Option<Scalar>,
     client_name: Option<Scalar>,
 }
@@ -1230,6 +1231,11 @@ impl<'a> Loader<'a> {
                 "backend_config.nats.connect_timeout",
                 raw.connect_timeout,
                 &mut nats.connect_timeout,
+            ),
+            (
+                "backend_config.nats.connect_deadline",
+                raw.connect_deadline,
+                &mut nats.connect_deadline,
             ),
             (
                 "backend_config.nats.request_timeout",

@@ -60,23 +60,24 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         builder = builder.metadata(prism_mesh::health::HEALTH_ENDPOINT_KEY, path.as_str());
     }
     let instance = builder.build()?;
-    let mesh = Mesh::builder()
-        .nats(args.connect.options()?)
+    // Everything that can be wrong with the arguments is found before the child starts.
+    let options = args.connect.options()?;
+    let mesh_builder = Mesh::builder()
+        .nats(options)
         .instance_ttl(args.ttl)
-        .heartbeat_interval(args.heartbeat)
-        .connect()
-        .await?;
+        .heartbeat_interval(args.heartbeat);
+    mesh_builder.validate()?;
 
     let (program, rest) = args
         .command
         .split_first()
         .ok_or_else(|| CliError::Usage("no command given after --".into()))?;
-    // From before the child starts: a SIGTERM during registration is passed on once we
-    // wait for the child, instead of killing us and orphaning it. (Registration ends in
-    // seconds either way: its writes time out.)
+    // From before the child starts: a SIGTERM while registering is passed on once we wait
+    // for the child, instead of killing us and orphaning it.
     let mut signals = TerminationSignals::listen()?;
+    // The service starts whether or not the mesh is reachable: a sidecar must never keep
+    // it from running. It joins the mesh as soon as it can.
     let mut child = tokio::process::Command::new(program)
-        // If registration fails we return early: the child must not outlive us.
         .kill_on_drop(true)
         .args(rest)
         .stdin(Stdio::inherit())
@@ -84,30 +85,14 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| CliError::Other(format!("cannot start {program:?}: {e}")))?;
-    let me = mesh.register(instance).await?;
-    let _monitor = match &args.check_http {
-        Some(_) => Some(mesh.monitor_health(
-            &me,
-            HealthCheck::http(),
-            HealthPolicy {
-                interval: args.check_interval,
-                rise: 1,
-                fall: 2,
-                ..HealthPolicy::default()
-            },
-        )?),
-        None => {
-            me.set_status(InstanceStatus::Healthy, Some("process started"))
-                .await?;
-            None
-        }
-    };
-    eprintln!(
-        "prism: {} registered as {}/{}",
-        program,
-        args.service,
-        me.id()
-    );
+    let joining = tokio::spawn(join(
+        mesh_builder,
+        instance,
+        args.check_http.is_some(),
+        args.check_interval,
+        program.clone(),
+        args.service.clone(),
+    ));
 
     let status = wait_passing_signals(&mut child, &mut signals).await?;
     let reason = match (status.code(), signal_of(&status)) {
@@ -115,17 +100,107 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         (None, Some(signal)) => format!("process killed by signal {signal}"),
         _ => "process exited".to_string(),
     };
-    if let Err(e) = me.set_status(InstanceStatus::Stopping, Some(&reason)).await {
-        warn!(error = %e, "could not announce stopping");
+    // Registered by now, or still trying: then there is nothing to take back.
+    let joined = if joining.is_finished() {
+        joining.await.ok()
+    } else {
+        joining.abort();
+        eprintln!("prism: {program} exited before it could join the mesh ({reason})");
+        None
+    };
+    if let Some(Joined { mesh, me, _monitor }) = joined {
+        if let Err(e) = me.set_status(InstanceStatus::Stopping, Some(&reason)).await {
+            warn!(error = %e, "could not announce stopping");
+        }
+        me.deregister(Some(&reason)).await?;
+        mesh.shutdown().await;
     }
-    me.deregister(Some(&reason)).await?;
-    mesh.shutdown().await;
     // Like a shell: the child's code, or 128 + the signal that ended it.
     let code = status
         .code()
         .or_else(|| signal_of(&status).map(|s| 128 + s))
         .unwrap_or(1);
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// The sidecar's place in the mesh once it joined.
+struct Joined {
+    mesh: Mesh,
+    me: prism_mesh::Registration,
+    _monitor: Option<prism_mesh::HealthMonitor>,
+}
+
+/// Connects and registers, trying again (each try waits out the connect deadline) until it
+/// works: the child runs meanwhile.
+async fn join(
+    builder: prism_mesh::MeshBuilder,
+    instance: ServiceInstance,
+    check_http: bool,
+    check_interval: Duration,
+    program: String,
+    service: String,
+) -> Joined {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match register(
+            builder.clone(),
+            instance.clone(),
+            check_http,
+            check_interval,
+        )
+        .await
+        {
+            Ok(joined) => {
+                eprintln!(
+                    "prism: {program} registered as {service}/{}",
+                    joined.me.id()
+                );
+                return joined;
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "cannot join the mesh yet; the process runs meanwhile");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+async fn register(
+    builder: prism_mesh::MeshBuilder,
+    instance: ServiceInstance,
+    check_http: bool,
+    check_interval: Duration,
+) -> Result<Joined, prism_mesh::Error> {
+    let mesh = builder.connect().await?;
+    let me = match mesh.register(instance).await {
+        Ok(me) => me,
+        Err(e) => {
+            mesh.shutdown().await;
+            return Err(e);
+        }
+    };
+    let monitor = if check_http {
+        Some(mesh.monitor_health(
+            &me,
+            HealthCheck::http(),
+            HealthPolicy {
+                interval: check_interval,
+                rise: 1,
+                fall: 2,
+                ..HealthPolicy::default()
+            },
+        )?)
+    } else {
+        me.set_status(InstanceStatus::Healthy, Some("process started"))
+            .await?;
+        None
+    };
+    Ok(Joined {
+        mesh,
+        me,
+        _monitor: monitor,
+    })
 }
 
 #[cfg(unix)]

@@ -165,20 +165,29 @@ impl NatsStore {
                 Ok(Ok(client)) => break client,
                 Ok(Err(e)) => {
                     let kind = match e.kind() {
-                        async_nats::ConnectErrorKind::AuthorizationViolation
-                        | async_nats::ConnectErrorKind::Authentication => {
+                        async_nats::ConnectErrorKind::AuthorizationViolation => {
                             ErrorKind::PermissionDenied
                         }
                         async_nats::ConnectErrorKind::TimedOut => ErrorKind::Timeout,
                         _ => ErrorKind::Connect,
                     };
                     // Waiting does not fix credentials, certificates or a malformed url.
+                    // (A TLS handshake refused by either side comes as an I/O error.)
                     let lasting = matches!(
                         e.kind(),
                         async_nats::ConnectErrorKind::AuthorizationViolation
                             | async_nats::ConnectErrorKind::Authentication
                             | async_nats::ConnectErrorKind::Tls
                             | async_nats::ConnectErrorKind::ServerParse
+                    ) || mentions_any(
+                        &e,
+                        &[
+                            "certificate",
+                            "tls",
+                            "handshake",
+                            "alert",
+                            "corrupt message",
+                        ],
                     );
                     let error =
                         Error::with_source(kind, format!("cannot connect to NATS at {urls}"), e);
@@ -565,19 +574,9 @@ async fn ensure_bucket(js: &jetstream::Context, options: &NatsOptions) -> Result
     Ok(stream_name)
 }
 
-/// An error JetStream gives while it cannot answer yet (starting, electing a leader,
-/// placing replicas on a forming cluster), as opposed to one that waiting does not fix.
-fn transient(error: &dyn std::error::Error) -> bool {
-    const PASSING: [&str; 8] = [
-        "timed out",
-        "temporarily unavailable",
-        "no responders",
-        "does not exist",
-        "insufficient resources",
-        "no suitable peers",
-        "not current",
-        "broken pipe",
-    ];
+/// True when the text of `error` or of any of its causes contains one of `words`
+/// (lowercase).
+fn mentions_any(error: &dyn std::error::Error, words: &[&str]) -> bool {
     let mut text = error.to_string().to_lowercase();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -585,7 +584,25 @@ fn transient(error: &dyn std::error::Error) -> bool {
         text.push_str(&cause.to_string().to_lowercase());
         source = cause.source();
     }
-    PASSING.iter().any(|p| text.contains(p))
+    words.iter().any(|w| text.contains(w))
+}
+
+/// An error JetStream gives while it cannot answer yet (starting, electing a leader,
+/// placing replicas on a forming cluster), as opposed to one that waiting does not fix.
+fn transient(error: &dyn std::error::Error) -> bool {
+    mentions_any(
+        error,
+        &[
+            "timed out",
+            "temporarily unavailable",
+            "no responders",
+            "does not exist",
+            "insufficient resources",
+            "no suitable peers",
+            "not current",
+            "broken pipe",
+        ],
+    )
 }
 
 async fn ensure_event_stream(js: &jetstream::Context, options: &NatsOptions) -> Result<()> {
