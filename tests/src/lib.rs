@@ -638,3 +638,56 @@ fn all_threads_stopped(pid: u32) -> bool {
             .is_some_and(|state| state == "T" || state == "t")
     })
 }
+
+/// A log sink for tests: what `tracing` emits, as text.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        let sink = self.clone();
+        // Everything at TRACE, except what async-nats itself prints below INFO (server
+        // urls with their passwords), which SECRET_SAFE_LOG_DIRECTIVE caps.
+        let filter = tracing_subscriber::EnvFilter::new("trace").add_directive(
+            prism_mesh::SECRET_SAFE_LOG_DIRECTIVE
+                .parse()
+                .expect("directive"),
+        );
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish()
+    }
+
+    /// Captures what this thread emits until the guard is dropped (a current-thread
+    /// runtime's tasks included).
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        tracing::subscriber::set_default(self.subscriber())
+    }
+
+    /// Captures what every thread of the process emits (once per test process).
+    pub fn install_global(&self) {
+        tracing::subscriber::set_global_default(self.subscriber())
+            .expect("no global subscriber installed yet");
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.lock()).into_owned()
+    }
+}

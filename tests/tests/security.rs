@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prism_mesh::{ErrorKind, InstanceStatus, Mesh, NatsOptions, ServiceInstance};
-use prism_tests::{test_options, wait_view, NatsServer};
+use prism_tests::{test_options, wait_view, Captured, NatsServer};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -53,39 +53,6 @@ async fn refused(options: NatsOptions, secrets: &[&str]) -> prism_mesh::Error {
         );
     }
     err
-}
-
-/// A log sink for one test: everything `tracing` emits on this thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let sink = self.clone();
-        // Everything at TRACE, except what async-nats itself prints at TRACE (its CONNECT
-        // line, credentials included), which SECRET_SAFE_LOG_DIRECTIVE caps.
-        let filter = tracing_subscriber::EnvFilter::new("trace")
-            .add_directive(prism_mesh::SECRET_SAFE_LOG_DIRECTIVE.parse().unwrap());
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(move || sink.clone())
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
 }
 
 fn assert_never_logged(logs: &Captured, secrets: &[&str]) {
