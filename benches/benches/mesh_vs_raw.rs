@@ -2,8 +2,9 @@
 //!
 //! `cargo bench -p prism-benches` (env: PRISM_BENCH_SAMPLES=2000, PRISM_BENCH_COLD=100000,
 //! PRISM_BENCH_REGISTRATIONS=20000, PRISM_BENCH_COLD_ROUNDS=5,
-//! PRISM_BENCH_ONLY=latency,throughput,expiry,cold,
-//! PRISM_BENCH_SYNC=default|always). Prints a table of figures and ratios (mesh / raw);
+//! PRISM_BENCH_ONLY=latency,throughput,expiry,cold,failover,
+//! PRISM_BENCH_SYNC=default|always, PRISM_BENCH_FAILOVER_CHANGES=4,
+//! PRISM_BENCH_FAILOVER_TTL=3s). Prints a table of figures and ratios (mesh / raw);
 //! `docs/benchmarks.md` records results and how to read them.
 
 use prism_benches::{allocations, env_usize, percentile, CountingAllocator};
@@ -17,6 +18,8 @@ use prism_mesh::protocol::{EventName, EventRecord, InstanceRecord, PROTOCOL_VERS
 use prism_mesh::{EventKind, Mesh, MeshEvent, NatsOptions, ServiceInstance};
 use prism_tests::NatsServer;
 use tokio::task::JoinHandle;
+
+mod failover;
 
 const RAW_BUCKET: &str = "raw-bench";
 /// A fresh bucket for raw writes shaped like prism-mesh's (as fresh as the mesh's own).
@@ -515,8 +518,7 @@ async fn expiry(url: &str, js: &jetstream::Context, ttl_secs: u64, rows: &mut Ve
     .expect("publish")
     .await
     .expect("ack");
-    // The put itself, then the server's MaxAge marker (which async-nats 0.42 reports as
-    // an empty entry rather than a purge).
+    // The put itself, then the server's MaxAge marker.
     watch.next().await.expect("put").expect("put entry");
     watch.next().await.expect("marker").expect("marker entry");
     let raw = started.elapsed();
@@ -553,6 +555,13 @@ async fn expiry(url: &str, js: &jetstream::Context, ttl_secs: u64, rows: &mut Ve
 
 #[tokio::main]
 async fn main() {
+    // PRISM_BENCH_LOG=<filter> prints the library's logs (warnings of held expiries...).
+    if let Ok(filter) = std::env::var("PRISM_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     // `cargo bench` passes --bench; a filter argument is ignored.
     let samples = env_usize("PRISM_BENCH_SAMPLES", 2000);
     let cold = env_usize("PRISM_BENCH_COLD", 100_000);
@@ -572,7 +581,7 @@ async fn main() {
         humantime::format_rfc3339_seconds(SystemTime::now())
     );
 
-    // PRISM_BENCH_ONLY=latency,throughput,expiry,cold runs a subset (default: all).
+    // PRISM_BENCH_ONLY=latency,throughput,expiry,cold,failover runs a subset (default: all).
     let only = std::env::var("PRISM_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut rows = Vec::new();
@@ -594,6 +603,15 @@ async fn main() {
     if run("cold") {
         eprintln!("cold start ({cold} instances)...");
         cold_start(&url, &js, cold, &mut rows).await;
+    }
+    if run("failover") {
+        let changes = env_usize("PRISM_BENCH_FAILOVER_CHANGES", 4);
+        let ttl = std::env::var("PRISM_BENCH_FAILOVER_TTL")
+            .ok()
+            .and_then(|t| humantime::parse_duration(&t).ok())
+            .unwrap_or(Duration::from_secs(3));
+        eprintln!("failover ({changes} leader changes on a three-node cluster, TTL {ttl:?})...");
+        failover::failover(&mut rows, changes, ttl).await;
     }
 
     println!("\n| figure | prism-mesh | raw async-nats | ratio |\n|---|---|---|---|");

@@ -2,9 +2,8 @@
 //! made here (server-only and mutual), token, user/password and NKey authentication.
 //! Secrets never show in errors, Debug output or logs.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use prism_mesh::{ErrorKind, InstanceStatus, Mesh, NatsOptions, ServiceInstance};

@@ -33,8 +33,14 @@ use crate::view::Watermark;
 /// Longest wait for this mesh's own view to show a write before the call returns.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How often a lifecycle event publish is tried before the call reports failure.
-const EVENT_PUBLISH_ATTEMPTS: u32 = 3;
+/// How long a write waits to see itself in its own view before it asks the watch whether
+/// it is stuck.
+const STALL_PROBE: Duration = Duration::from_millis(250);
+
+/// How long a lifecycle event publish keeps being retried on transient failures before the
+/// call reports failure (and a registration is rolled back): long enough to ride out the
+/// election of a new leader of the event stream.
+const EVENT_PUBLISH_PATIENCE: Duration = Duration::from_secs(12);
 
 /// Heartbeats in flight at once per mesh; the rest wait their turn in the schedule. Large
 /// enough that a slow server (1 s per write, as during a leader election) still refreshes
@@ -683,7 +689,16 @@ impl OwnedInstance {
     /// `discover` right after `register`, `set_status` or `deregister` sees the change.
     async fn until_visible(&self, revision: u64) {
         let applied = &self.owners.applied;
-        if !applied.wait_for(revision, READ_YOUR_WRITES_TIMEOUT).await {
+        if applied.wait_for(revision, STALL_PROBE).await {
+            return;
+        }
+        // Not shown yet: if the watch is stuck on a consumer lost with its stream leader,
+        // it resumes now rather than after the consumer's missed heartbeats.
+        self.owners.store.watch_stalled(revision);
+        if !applied
+            .wait_for(revision, READ_YOUR_WRITES_TIMEOUT - STALL_PROBE)
+            .await
+        {
             debug!(
                 key = %self.key,
                 revision,
@@ -712,16 +727,21 @@ impl OwnedInstance {
             origin: owners.peer_id.clone(),
         };
         let msg_id = format!("{}-{}-{revision}", event.as_str(), self.id);
-        let mut attempt = 1;
+        let give_up = Instant::now() + EVENT_PUBLISH_PATIENCE;
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1u32;
         loop {
+            // The same id every time: the stream stores the event once, however many
+            // attempts reached it.
             match owners.store.publish_event(&record, &msg_id).await {
                 Ok(()) => return Ok(()),
                 Err(e)
-                    if attempt < EVENT_PUBLISH_ATTEMPTS
-                        && e.kind() != ErrorKind::PermissionDenied =>
+                    if Instant::now() + delay < give_up
+                        && matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Transport) =>
                 {
                     debug!(error = %e, attempt, "event publish failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                    tokio::time::sleep(rand::random_range(delay / 2..=delay)).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
                     attempt += 1;
                 }
                 Err(e) => {

@@ -161,6 +161,14 @@ impl Store {
         }
     }
 
+    /// This mesh wrote `revision` and its own view has not shown it yet: a watch that has
+    /// gone silent meanwhile resumes at once (the memory store's never stalls).
+    pub(crate) fn watch_stalled(&self, revision: u64) {
+        if let Store::Nats(store) = self {
+            store.watch_stalled(revision);
+        }
+    }
+
     /// Counts reconnections of the underlying connection (never changes in memory).
     pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
         match self {

@@ -44,6 +44,8 @@ struct Inner {
     lag: WatchLag,
     /// Permission violations the server reported on this connection.
     violations: broadcast::Sender<String>,
+    /// The highest revision this mesh wrote and waited in vain to see (see `watch_stalled`).
+    awaited: watch::Sender<u64>,
     /// To make the bucket and the event stream again if they vanish.
     options: NatsOptions,
 }
@@ -53,17 +55,37 @@ struct Inner {
 struct WatchLag {
     pending: AtomicU64,
     delay_micros: AtomicU64,
+    /// The last revision the live watch delivered, and when (unix microseconds).
+    delivered: AtomicU64,
+    delivered_at_micros: AtomicU64,
 }
 
 impl WatchLag {
     fn record(&self, position: &Position) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
-        let delay = u64::try_from((now - position.stored_at_nanos) / 1000).unwrap_or(0);
+        let now = unix_micros();
+        let stored = u64::try_from(position.stored_at_nanos / 1000).unwrap_or(0);
         self.pending.store(position.pending, Ordering::Relaxed);
-        self.delay_micros.store(delay, Ordering::Relaxed);
+        self.delay_micros
+            .store(now.saturating_sub(stored), Ordering::Relaxed);
+        self.delivered
+            .fetch_max(position.sequence, Ordering::Relaxed);
+        self.delivered_at_micros.store(now, Ordering::Relaxed);
     }
+
+    /// True when the live watch has not delivered `revision` and has been silent for
+    /// `quiet`: its consumer is probably gone (its server lost, or no longer leading).
+    fn stalled_before(&self, revision: u64, quiet: Duration) -> bool {
+        let silent_for =
+            unix_micros().saturating_sub(self.delivered_at_micros.load(Ordering::Relaxed));
+        self.delivered.load(Ordering::Relaxed) < revision
+            && Duration::from_micros(silent_for) >= quiet
+    }
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl NatsStore {
@@ -234,6 +256,7 @@ impl NatsStore {
                 urls,
                 lag: WatchLag::default(),
                 violations,
+                awaited: watch::channel(0).0,
                 options: options.clone(),
             }),
         })
@@ -435,6 +458,17 @@ impl NatsStore {
 
     pub(crate) fn reconnects(&self) -> watch::Receiver<u64> {
         self.inner.reconnects.clone()
+    }
+
+    /// This mesh wrote `revision` and its own watch has not shown it yet. If the watch has
+    /// also been silent meanwhile, its consumer was likely lost with a stream leader: the
+    /// watch resumes at once instead of waiting for the consumer's missed heartbeats.
+    pub(crate) fn watch_stalled(&self, revision: u64) {
+        self.inner.awaited.send_if_modified(|awaited| {
+            let raised = revision > *awaited;
+            *awaited = (*awaited).max(revision);
+            raised
+        });
     }
 
     /// Reads the event stream from `since` (or its start) to its current end.
@@ -731,6 +765,7 @@ pub(crate) fn header_safe(text: &str) -> String {
 /// `WatchedLog::resume_point`), and takes a fresh snapshot otherwise.
 async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
     let mut reconnects = inner.reconnects.clone();
+    let mut awaited = inner.awaited.subscribe();
     let mut closed = inner.closed.subscribe();
     let mut backoff = Duration::from_millis(100);
     let mut log = WatchedLog::default();
@@ -739,6 +774,7 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
         let outcome = tokio::select! {
             outcome = watch_once(&inner, &tx, &mut log) => outcome,
             _ = reconnects.changed() => Ok(WatchEnd::Reconnected),
+            revision = stalled(&inner, &mut awaited) => Ok(WatchEnd::Stalled(revision)),
             _ = crate::util::until_true(&mut closed) => return,
             // The view is gone (its mesh dropped without `shutdown`): stop now, not at the
             // next bucket message, which may never come; this task holds the connection.
@@ -749,6 +785,12 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
             Ok(WatchEnd::Reconnected) => {
                 info!("reconnected: resuming the bucket watch");
                 backoff = Duration::from_millis(100);
+            }
+            Ok(WatchEnd::Stalled(revision)) => {
+                info!(
+                    revision,
+                    "the bucket watch fell silent without showing this mesh's write; resuming it"
+                );
             }
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "bucket watch interrupted; resuming or resynchronising");
@@ -814,6 +856,25 @@ const RESUME_MARGIN: Duration = Duration::from_secs(5);
 enum WatchEnd {
     ReceiverGone,
     Reconnected,
+    /// The watch showed nothing, not even a write of this mesh's, for `STALL_QUIET`.
+    Stalled(u64),
+}
+
+/// How long a watch must have been silent, with a write of its own mesh unseen, before it
+/// counts as stalled: longer than a busy watch's pause between messages.
+const STALL_QUIET: Duration = Duration::from_millis(250);
+
+/// Resolves with the revision awaited once the live watch stalls before showing it.
+async fn stalled(inner: &Inner, awaited: &mut watch::Receiver<u64>) -> u64 {
+    loop {
+        if awaited.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        let revision = *awaited.borrow_and_update();
+        if inner.lag.stalled_before(revision, STALL_QUIET) {
+            return revision;
+        }
+    }
 }
 
 async fn watch_once(
@@ -821,12 +882,13 @@ async fn watch_once(
     tx: &mpsc::UnboundedSender<WatchItem>,
     log: &mut WatchedLog,
 ) -> Result<WatchEnd> {
-    let cannot_open = |e| {
-        Error::with_source(
-            ErrorKind::Setup,
-            format!("cannot open stream {}", inner.kv_stream),
-            e,
-        )
+    let cannot_open = |e: jetstream::context::GetStreamError| {
+        let kind = if transient(&e) {
+            ErrorKind::Timeout
+        } else {
+            ErrorKind::Setup
+        };
+        Error::with_source(kind, format!("cannot open stream {}", inner.kv_stream), e)
     };
     let stream = match inner.js.get_stream(&inner.kv_stream).await {
         Ok(stream) => stream,
