@@ -285,6 +285,74 @@ impl NatsCluster {
         NatsCluster { nodes }
     }
 
+    /// A JetStream context on the nodes that run.
+    pub async fn admin(&self) -> async_nats::jetstream::Context {
+        let running: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|node| node.is_running())
+            .map(|node| node.url())
+            .collect();
+        let client = async_nats::connect(running.as_slice())
+            .await
+            .expect("connect to the running nodes");
+        async_nats::jetstream::new(client)
+    }
+
+    /// `stream`'s leader and its replicas (name, current), once it has a leader (60 s at most).
+    pub async fn stream_cluster(&self, stream: &str) -> (String, Vec<(String, bool)>) {
+        let js = self.admin().await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut handle) = js.get_stream(stream).await {
+                if let Ok(info) = handle.info().await {
+                    if let Some(c) = info.cluster.as_ref() {
+                        if let Some(leader) = c.leader.clone() {
+                            let replicas = c
+                                .replicas
+                                .iter()
+                                .map(|r| (r.name.clone(), r.current))
+                                .collect();
+                            return (leader, replicas);
+                        }
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{stream} has no leader after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Index in `nodes` of the node leading `stream`.
+    pub async fn stream_leader(&self, stream: &str) -> usize {
+        let (leader, _) = self.stream_cluster(stream).await;
+        self.nodes
+            .iter()
+            .position(|node| node.is_running() && node.server_name() == leader)
+            .expect("the leader is a running node")
+    }
+
+    /// Waits (60 s at most) until node `index` leads `stream` or is a current replica of it
+    /// again, as after a restart.
+    pub async fn until_current(&self, index: usize, stream: &str) {
+        let name = self.nodes[index].server_name();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (leader, replicas) = self.stream_cluster(stream).await;
+            if leader == name || replicas.iter().any(|(n, current)| *n == name && *current) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {index} did not catch up on {stream} within 60 s: {replicas:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// All client URLs, comma-separated.
     pub fn urls(&self) -> String {
         self.nodes
@@ -293,6 +361,15 @@ impl NatsCluster {
             .collect::<Vec<_>>()
             .join(",")
     }
+}
+
+/// The headers of a bucket put as owners send it: a bounded `Nats-TTL`. Peers refuse a put
+/// without one before they look at its body, so a test of what peers make of a body must
+/// send this.
+pub fn put_headers(ttl: &str) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-TTL", ttl);
+    headers
 }
 
 /// Options for a test mesh on `url`: short timings so expiry shows within seconds.
@@ -472,6 +549,11 @@ impl PeerProcess {
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Every line received so far, in the order printed.
+    pub fn lines(&self) -> &[serde_json::Value] {
+        &self.seen
     }
 
     /// True while the process runs.
@@ -690,4 +772,104 @@ impl Captured {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.lock()).into_owned()
     }
+}
+
+/// Registers an instance of `service` every `every` on `mesh` until dropped or aborted;
+/// keeps the acknowledged registrations and, per attempt, when it started and ended and
+/// whether it was acknowledged. For measuring write gaps in fault tests.
+pub struct Registrar {
+    acknowledged: std::sync::Arc<std::sync::Mutex<Vec<prism_mesh::Registration>>>,
+    attempts: std::sync::Arc<std::sync::Mutex<Vec<(Instant, Instant, bool)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Registrar {
+    /// Starts registering (each attempt bounded by 20 s; the next starts `every` after the
+    /// last one started, or when it ends if it took longer).
+    pub fn start(mesh: Mesh, service: &str, every: Duration) -> Registrar {
+        let acknowledged: std::sync::Arc<std::sync::Mutex<Vec<prism_mesh::Registration>>> =
+            std::sync::Arc::default();
+        let attempts: std::sync::Arc<std::sync::Mutex<Vec<(Instant, Instant, bool)>>> =
+            std::sync::Arc::default();
+        let (acks, tries) = (
+            std::sync::Arc::clone(&acknowledged),
+            std::sync::Arc::clone(&attempts),
+        );
+        let service = service.to_string();
+        let task = tokio::spawn(async move {
+            for n in 0u16.. {
+                let instance = prism_mesh::ServiceInstance::builder(&service, "127.0.0.1", n)
+                    .build()
+                    .expect("instance");
+                let started = Instant::now();
+                let result =
+                    tokio::time::timeout(Duration::from_secs(20), mesh.register(instance)).await;
+                let ok = matches!(result, Ok(Ok(_)));
+                if let Ok(Ok(registration)) = result {
+                    lock(&acks).push(registration);
+                }
+                lock(&tries).push((started, Instant::now(), ok));
+                tokio::time::sleep(every.saturating_sub(started.elapsed())).await;
+            }
+        });
+        Registrar {
+            acknowledged,
+            attempts,
+            task,
+        }
+    }
+
+    /// The registrations acknowledged so far.
+    pub fn acknowledged(&self) -> Vec<prism_mesh::Registration> {
+        lock(&self.acknowledged).clone()
+    }
+
+    /// Waits until `count` registrations were acknowledged in all (at most 60 s).
+    pub async fn until_acknowledged(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while lock(&self.acknowledged).len() < count {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {count} registrations acknowledged after 60 s",
+                lock(&self.acknowledged).len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// From `since` to the acknowledgement of the first registration that started after it
+    /// (one in flight at `since` does not count): the gap a fault left in writes.
+    pub async fn resumed_after(&self, since: Instant) -> Duration {
+        let deadline = since + Duration::from_secs(60);
+        loop {
+            let first = lock(&self.attempts)
+                .iter()
+                .filter(|(started, _, ok)| *ok && *started > since)
+                .map(|(_, ended, _)| *ended)
+                .min();
+            if let Some(at) = first {
+                return at - since;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "registrations never resumed within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops registering.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Registrar {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

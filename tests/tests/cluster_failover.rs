@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use prism_mesh::protocol::DEFAULT_BUCKET;
 use prism_mesh::{
-    EventFilter, EventKind, Mesh, MeshEvent, NatsOptions, Registration, SelfPreservation,
-    ServiceInstance, Timing,
+    EventFilter, EventKind, Mesh, MeshEvent, NatsOptions, SelfPreservation, ServiceInstance, Timing,
 };
-use prism_tests::{wait_view, NatsCluster, PeerProcess};
+use prism_tests::{wait_view, NatsCluster, PeerProcess, Registrar};
 
 const PEER: &str = env!("CARGO_BIN_EXE_mesh-peer");
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -79,132 +78,6 @@ fn removals(peer: &Mesh) -> Arc<Mutex<Vec<MeshEvent>>> {
     seen
 }
 
-/// Registers an instance of `written` every second; keeps what was acknowledged and, for
-/// each attempt, when it started and whether it was acknowledged.
-struct Writer {
-    acknowledged: Arc<Mutex<Vec<Registration>>>,
-    attempts: Arc<Mutex<Vec<(Instant, Instant, bool)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Writer {
-    fn start(mesh: Mesh) -> Writer {
-        let acknowledged = Arc::new(Mutex::new(Vec::new()));
-        let attempts = Arc::new(Mutex::new(Vec::new()));
-        let (acks, tries) = (acknowledged.clone(), attempts.clone());
-        let task = tokio::spawn(async move {
-            for n in 0u16.. {
-                let instance = ServiceInstance::builder("written", "127.0.0.1", 20_000 + n)
-                    .build()
-                    .unwrap();
-                let started = Instant::now();
-                let result =
-                    tokio::time::timeout(Duration::from_secs(20), mesh.register(instance)).await;
-                let ok = matches!(result, Ok(Ok(_)));
-                if let Ok(Ok(registration)) = result {
-                    acks.lock().unwrap().push(registration);
-                }
-                tries.lock().unwrap().push((started, Instant::now(), ok));
-                tokio::time::sleep(Duration::from_secs(1).saturating_sub(started.elapsed())).await;
-            }
-        });
-        Writer {
-            acknowledged,
-            attempts,
-            task,
-        }
-    }
-
-    /// From `since` to the acknowledgement of the first registration started after it: a
-    /// registration in flight at `since` does not count.
-    async fn resumed_after(&self, since: Instant) -> Duration {
-        let deadline = since + Duration::from_secs(60);
-        loop {
-            let first = self
-                .attempts
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(started, _, ok)| *ok && *started > since)
-                .map(|(_, acked, _)| *acked);
-            if let Some(at) = first {
-                return at - since;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "registrations never resumed after the leader change"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// A client of its own on the running nodes, for stream information.
-async fn admin(cluster: &NatsCluster) -> async_nats::jetstream::Context {
-    let running: Vec<String> = cluster
-        .nodes
-        .iter()
-        .filter(|node| node.is_running())
-        .map(|node| node.url())
-        .collect();
-    let client = async_nats::connect(running.as_slice()).await.unwrap();
-    async_nats::jetstream::new(client)
-}
-
-/// The cluster view of `stream`: (leader, replicas current), once it has a leader.
-async fn stream_cluster(cluster: &NatsCluster, stream: &str) -> (String, Vec<(String, bool)>) {
-    let js = admin(cluster).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut handle) = js.get_stream(stream).await {
-            if let Ok(info) = handle.info().await {
-                if let Some(c) = info.cluster.as_ref() {
-                    if let Some(leader) = c.leader.clone() {
-                        let replicas = c
-                            .replicas
-                            .iter()
-                            .map(|r| (r.name.clone(), r.current))
-                            .collect();
-                        return (leader, replicas);
-                    }
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{stream} has no leader after 60 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Index in `cluster.nodes` of the node leading the bucket's stream.
-async fn bucket_leader(cluster: &NatsCluster) -> usize {
-    let (leader, _) = stream_cluster(cluster, &format!("KV_{DEFAULT_BUCKET}")).await;
-    cluster
-        .nodes
-        .iter()
-        .position(|node| node.is_running() && node.server_name() == leader)
-        .expect("the leader is a running node")
-}
-
-/// Waits until node `index` is back as a current replica of the bucket's stream.
-async fn until_current(cluster: &NatsCluster, index: usize) {
-    let name = cluster.nodes[index].server_name();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (leader, replicas) = stream_cluster(cluster, &format!("KV_{DEFAULT_BUCKET}")).await;
-        if leader == name || replicas.iter().any(|(n, current)| *n == name && *current) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {index} did not catch up within 60 s: {replicas:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn changes() -> usize {
     std::env::var("PRISM_FAILOVER_CHANGES")
         .ok()
@@ -216,6 +89,7 @@ fn changes() -> usize {
 async fn leader_changes_report_no_live_instance_dead_and_lose_nothing_acknowledged() {
     let mut cluster = NatsCluster::start();
     let urls = cluster.urls();
+    let bucket = format!("KV_{DEFAULT_BUCKET}");
     let peers = [
         cluster_mesh(&rotated(&urls, 1)).await,
         cluster_mesh(&rotated(&urls, 2)).await,
@@ -231,7 +105,7 @@ async fn leader_changes_report_no_live_instance_dead_and_lose_nothing_acknowledg
         let registration = mesh.register(instance).await.expect("owner registers");
         owners.push((mesh, registration));
     }
-    let writer = Writer::start(cluster_mesh(&urls).await);
+    let writer = Registrar::start(cluster_mesh(&urls).await, "written", Duration::from_secs(1));
     for peer in &peers {
         wait_view(peer, "owned", Duration::from_secs(10), "every owner", |v| {
             v.len() == usize::from(OWNERS)
@@ -240,7 +114,7 @@ async fn leader_changes_report_no_live_instance_dead_and_lose_nothing_acknowledg
     }
 
     for change in 0..changes() {
-        let victim = bucket_leader(&cluster).await;
+        let victim = cluster.stream_leader(&bucket).await;
         let stopped = Instant::now();
         let how = if change % 2 == 0 {
             cluster.nodes[victim].kill();
@@ -272,12 +146,12 @@ async fn leader_changes_report_no_live_instance_dead_and_lose_nothing_acknowledg
             stopped.elapsed()
         );
         cluster.nodes[victim].restart();
-        until_current(&cluster, victim).await;
+        cluster.until_current(victim, &bucket).await;
     }
     // Held expiries would be applied once the grace ends: let any run out before counting.
     tokio::time::sleep(GRACE + Duration::from_secs(2)).await;
-    writer.task.abort();
-    let acknowledged: Vec<Registration> = writer.acknowledged.lock().unwrap().clone();
+    writer.stop();
+    let acknowledged = writer.acknowledged();
 
     for (n, removed) in seen.iter().enumerate() {
         // A registration whose event could not be stored is rolled back and its caller

@@ -66,5 +66,27 @@ async fn a_frozen_peer_catches_up_without_losing_events() {
         assert!(registered.contains(&id));
         healthy.insert(id);
     }
+    // In order per instance: each status line comes after that instance's registration,
+    // and says starting -> healthy.
+    let lines = lagging.lines();
+    for (at, line) in lines.iter().enumerate() {
+        if line["event"] != "status" {
+            continue;
+        }
+        let id = &line["id"];
+        let registered_at = lines
+            .iter()
+            .position(|l| l["event"] == "registered" && l["id"] == *id)
+            .unwrap_or_else(|| panic!("status of {id} without a registration: {line}"));
+        assert!(
+            registered_at < at,
+            "the status of {id} (line {at}) came before its registration (line {registered_at})"
+        );
+        assert_eq!(
+            (line["previous"].as_str(), line["current"].as_str()),
+            (Some("starting"), Some("healthy")),
+            "{line}"
+        );
+    }
     owner.shutdown().await;
 }

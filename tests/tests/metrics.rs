@@ -121,7 +121,11 @@ async fn metrics_follow_registrations_lookups_malformed_input_and_reconnects() {
     // Garbage on the bucket is counted.
     let client = async_nats::connect(server.url()).await.unwrap();
     let key = format!("$KV.prism-instances.metered.{}", uuid::Uuid::new_v4());
-    client.publish(key, "not msgpack".into()).await.unwrap();
+    // With a TTL, as an owner's put: the body itself is what the peer must refuse.
+    client
+        .publish_with_headers(key, prism_tests::put_headers("60s"), "not msgpack".into())
+        .await
+        .unwrap();
     client.flush().await.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     while sample(

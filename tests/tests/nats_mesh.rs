@@ -352,7 +352,12 @@ async fn malformed_messages_are_counted_and_ignored_without_damaging_the_view() 
     ];
     let count = garbage.len() as u64;
     for (subject, payload) in garbage {
-        js.publish(subject, payload).await.unwrap().await.unwrap();
+        // With a TTL, as an owner's put: the body itself is what peers must refuse.
+        js.publish_with_headers(subject, prism_tests::put_headers("60s"), payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     // Garbage on the event subjects is stored in the audit stream but never read by views.
     client

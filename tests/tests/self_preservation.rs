@@ -88,13 +88,19 @@ async fn a_mass_expiry_keeps_owners_that_come_back_and_drops_the_dead_after_the_
     let mut expired = HashSet::new();
     while expired.len() < dead_ids.len() {
         let event = next_event(&mut expiries, GRACE + WAIT, "a dead instance's expiry").await;
+        // Each one as it comes: not one may expire before the grace ended.
+        assert!(
+            stopped.elapsed() >= GRACE,
+            "{} expired {:?} after the owners stopped, before the grace ended",
+            event.instance().id,
+            stopped.elapsed()
+        );
         expired.insert(event.instance().id.to_string());
     }
     assert_eq!(
         expired, dead_ids,
         "exactly the dead owner's instances expired"
     );
-    assert!(stopped.elapsed() >= GRACE, "expired before the grace ended");
     wait_view(&peer, "preserved", WAIT, "the frozen owner's ten", |v| {
         v.len() == 10 && v.iter().all(|i| frozen_ids.contains(&i.id.to_string()))
     })

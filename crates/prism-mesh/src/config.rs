@@ -284,6 +284,31 @@ impl NatsOptions {
                 format!("replicas must be 1 to 5, got {}", self.replicas),
             ));
         }
+        // Named here, before connecting: async-nats reports an unreadable file as a bare
+        // I/O or TLS error, without the path.
+        let files = [
+            ("tls_ca", self.tls_ca.as_ref()),
+            (
+                "tls client certificate",
+                self.tls_client_cert.as_ref().map(|(c, _)| c),
+            ),
+            (
+                "tls client key",
+                self.tls_client_cert.as_ref().map(|(_, k)| k),
+            ),
+            ("credentials file", self.credentials_file.as_ref()),
+        ];
+        for (what, path) in files {
+            if let Some(path) = path {
+                std::fs::File::open(path).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig,
+                        format!("cannot read the {what} {}", path.display()),
+                        e,
+                    )
+                })?;
+            }
+        }
         if self.marker_ttl < Duration::from_secs(1) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,

@@ -400,9 +400,10 @@ impl Mesh {
         if !*accepting {
             return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
         }
-        // In the caller's task: a task per registration costs measurable latency. Being
-        // scheduled for heartbeats and being listed happen with no await in between, so a
-        // cancelled call never leaves an instance heartbeated but unlisted.
+        // In the caller's task: a task per registration costs measurable latency. A call
+        // cancelled before it returns stops its heartbeats again, and being acknowledged
+        // and being listed happen with no await in between, so no instance is ever
+        // heartbeated but unlisted.
         let registration = self
             .inner
             .owners

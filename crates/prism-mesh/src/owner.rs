@@ -35,7 +35,7 @@ const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a write waits to see itself in its own view before it asks the watch whether
 /// it is stuck.
-const STALL_PROBE: Duration = Duration::from_millis(250);
+const STALL_PROBE: Duration = Duration::from_millis(50);
 
 /// How long a lifecycle event publish keeps being retried on transient failures before the
 /// call reports failure (and a registration is rolled back): long enough to ride out the
@@ -116,8 +116,14 @@ impl Registration {
         to_completion(async move {
             let mut writer = owned.writer().await?;
             let updated = owned.update(&mut writer, edit, reason).await?;
-            owned.until_visible(writer.revision).await;
-            Ok(updated)
+            // Events go out in the order of their writes, but without the key's lock: its
+            // heartbeats must go on while an event waits out an election.
+            let in_order = owned.events.lock().await;
+            drop(writer);
+            owned.announce(&updated).await?;
+            drop(in_order);
+            owned.until_visible(updated.revision).await;
+            Ok(updated.instance)
         })
         .await
     }
@@ -215,6 +221,17 @@ struct OwnedInstance {
     live: AtomicBool,
     /// Held by whoever writes the key: one write at a time, in order.
     writer: tokio::sync::Mutex<KeyState>,
+    /// Held by whoever publishes an update's events, taken before the writer is released:
+    /// events in the order of their writes.
+    events: tokio::sync::Mutex<()>,
+}
+
+/// An update written: the instance now, its revision, and the events to publish for it.
+struct Updated {
+    instance: Arc<ServiceInstance>,
+    revision: u64,
+    events: Vec<(EventName, Option<InstanceStatus>)>,
+    reason: Option<String>,
 }
 
 /// What the writer of a key knows about it.
@@ -313,12 +330,23 @@ impl Owners {
             current: ArcSwap::new(instance.clone()),
             live: AtomicBool::new(true),
             writer: tokio::sync::Mutex::new(KeyState { revision, sent }),
+            events: tokio::sync::Mutex::new(()),
         });
+        // Heartbeats from now on: the event may take an election to store, and the key must
+        // not expire meanwhile. Should the caller give up before this returns, they stop
+        // again, and the unowned key expires at its TTL.
+        let unlisted = StopUnlessListed(Some(owned.clone()));
+        if self.schedule.send(owned.clone()).is_err() {
+            // The mesh closed meanwhile: like a crashed owner, the key expires at its TTL.
+            owned.live.store(false, Ordering::Release);
+        }
         if let Err(e) = owned
             .publish(&instance, EventName::Registered, None, None, revision)
             .await
         {
-            // Nothing half-done: without its event the registration is rolled back.
+            // Nothing half-done: without its event the registration is rolled back, under
+            // the key's lock so that no heartbeat in flight writes the key again.
+            let _writer = owned.writer.lock().await;
             owned.live.store(false, Ordering::Release);
             if let Err(undo) = self
                 .store
@@ -336,11 +364,25 @@ impl Owners {
         MeshStats::incr(&self.stats.registrations);
         owned.until_visible(revision).await;
         // No await from here until the caller lists the registration (see `Mesh::register`).
-        if self.schedule.send(owned.clone()).is_err() {
-            // The mesh closed meanwhile: like a crashed owner, the key expires at its TTL.
+        unlisted.listed();
+        Ok(Registration { owned })
+    }
+}
+
+/// Ends the heartbeats of a registration dropped before its caller could list it.
+struct StopUnlessListed(Option<Arc<OwnedInstance>>);
+
+impl StopUnlessListed {
+    fn listed(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopUnlessListed {
+    fn drop(&mut self) {
+        if let Some(owned) = self.0.take() {
             owned.live.store(false, Ordering::Release);
         }
-        Ok(Registration { owned })
     }
 }
 
@@ -588,7 +630,7 @@ impl OwnedInstance {
         writer: &mut KeyState,
         edit: impl FnOnce(&mut ServiceInstance),
         reason: Option<String>,
-    ) -> Result<Arc<ServiceInstance>> {
+    ) -> Result<Updated> {
         let owners = &*self.owners;
         let previous = self.current.load_full();
         let mut next = ServiceInstance::clone(&previous);
@@ -604,7 +646,12 @@ impl OwnedInstance {
         }
         next.validate()?;
         if next.same_content(&previous) {
-            return Ok(previous);
+            return Ok(Updated {
+                instance: previous,
+                revision: writer.revision,
+                events: Vec::new(),
+                reason,
+            });
         }
         next.updated_at = SystemTime::now();
         let next = Arc::new(next);
@@ -641,23 +688,36 @@ impl OwnedInstance {
         };
         writer.written(revision, sent);
         self.current.store(next.clone());
+        let mut events = Vec::with_capacity(2);
         if previous.status != next.status {
-            self.publish(
-                &next,
-                EventName::Status,
-                Some(previous.status),
-                reason.clone(),
-                revision,
-            )
-            .await?;
+            events.push((EventName::Status, Some(previous.status)));
         }
         let mut without_status = ServiceInstance::clone(&previous);
         without_status.status = next.status;
         if !without_status.same_content(&next) {
-            self.publish(&next, EventName::Updated, None, reason, revision)
-                .await?;
+            events.push((EventName::Updated, None));
         }
-        Ok(next)
+        Ok(Updated {
+            instance: next,
+            revision,
+            events,
+            reason,
+        })
+    }
+
+    /// Publishes an update's events, in order.
+    async fn announce(&self, update: &Updated) -> Result<()> {
+        for (event, previous) in &update.events {
+            self.publish(
+                &update.instance,
+                *event,
+                *previous,
+                update.reason.clone(),
+                update.revision,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Writes the tombstone, then the event; says whether the tombstone was written.

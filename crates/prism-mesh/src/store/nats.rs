@@ -860,9 +860,10 @@ enum WatchEnd {
     Stalled(u64),
 }
 
-/// How long a watch must have been silent, with a write of its own mesh unseen, before it
-/// counts as stalled: longer than a busy watch's pause between messages.
-const STALL_QUIET: Duration = Duration::from_millis(250);
+/// How long a watch must have been silent, with a write of its own mesh acknowledged and
+/// unseen, before it counts as stalled. A healthy watch shows such a write within a
+/// millisecond or so, and a busy one is not silent; a false alarm costs one resume.
+const STALL_QUIET: Duration = Duration::from_millis(50);
 
 /// Resolves with the revision awaited once the live watch stalls before showing it.
 async fn stalled(inner: &Inner, awaited: &mut watch::Receiver<u64>) -> u64 {
@@ -871,8 +872,12 @@ async fn stalled(inner: &Inner, awaited: &mut watch::Receiver<u64>) -> u64 {
             std::future::pending::<()>().await;
         }
         let revision = *awaited.borrow_and_update();
-        if inner.lag.stalled_before(revision, STALL_QUIET) {
-            return revision;
+        // Watch the watch until it shows the write, or stays silent long enough.
+        while inner.lag.delivered.load(Ordering::Relaxed) < revision {
+            if inner.lag.stalled_before(revision, STALL_QUIET) {
+                return revision;
+            }
+            tokio::time::sleep(STALL_QUIET / 5).await;
         }
     }
 }
