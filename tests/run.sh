@@ -22,6 +22,13 @@ else
 fi
 cargo test --workspace --all-features --doc
 tests/run-examples.sh
+# Every benchmark once with tiny counts, in the dev build made above: a bench that panics
+# fails the build. Figures come from `cargo bench` (docs/benchmarks.md), not from this.
+PRISM_BENCH_SAMPLES=20 PRISM_BENCH_REGISTRATIONS=300 PRISM_BENCH_COLD=300 \
+  PRISM_BENCH_COLD_ROUNDS=1 PRISM_BENCH_EXPIRY_TTLS=1 PRISM_BENCH_FAILOVER_CHANGES=2 \
+  PRISM_BENCH_FAILOVER_TAIL_SECS=1 \
+  cargo bench --profile dev -p prism-benches --bench mesh_vs_raw
+PRISM_PICKS=2000 PRISM_PICK_SERVICES=10 cargo bench --profile dev -p prism-benches --bench picks
 if [ -n "${PRISM_FUZZ_SECONDS:-}" ]; then
   fuzz/run.sh "$PRISM_FUZZ_SECONDS"
 fi

@@ -3,8 +3,9 @@
 //! `cargo bench -p prism-benches` (env: PRISM_BENCH_SAMPLES=2000, PRISM_BENCH_COLD=100000,
 //! PRISM_BENCH_REGISTRATIONS=20000, PRISM_BENCH_COLD_ROUNDS=5,
 //! PRISM_BENCH_ONLY=latency,throughput,expiry,cold,failover,
-//! PRISM_BENCH_SYNC=default|always, PRISM_BENCH_FAILOVER_CHANGES=4,
-//! PRISM_BENCH_FAILOVER_TTL=3s). Prints a table of figures and ratios (mesh / raw);
+//! PRISM_BENCH_SYNC=default|always, PRISM_BENCH_EXPIRY_TTLS=1,2,10,
+//! PRISM_BENCH_FAILOVER_CHANGES=4, PRISM_BENCH_FAILOVER_TTL=3s,
+//! PRISM_BENCH_FAILOVER_TAIL_SECS=17). Prints a table of figures and ratios (mesh / raw);
 //! `docs/benchmarks.md` records results and how to read them.
 
 use prism_benches::{allocations, env_usize, percentile, CountingAllocator};
@@ -209,8 +210,10 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
 
     // The same again, but the very messages prism-mesh sends: its subjects (uuid keys),
     // headers and encoded records. The substrate's ceiling for this wire format.
+    // Streams, bucket, encoded messages and the watcher are made before the clock starts.
+    let shaped = prepare_mesh_shaped(js, count).await;
     let started = Instant::now();
-    mesh_shaped_writes(js, count).await;
+    send_mesh_shaped(js, shaped).await;
     let shaped_rate = count as f64 / started.elapsed().as_secs_f64();
 
     let mesh = Mesh::builder()
@@ -303,7 +306,15 @@ async fn same_writes(js: &jetstream::Context, prefix: &str, count: usize) {
 /// of `$KV.<fresh bucket>.throughput.<uuid>` carrying the instance record, then the
 /// `registered` event with its headers, while a KV watcher on the same connection follows
 /// the bucket. Only the library's own work is left out.
-async fn mesh_shaped_writes(js: &jetstream::Context, count: usize) {
+/// prism-mesh's own messages for `count` registrations, encoded, with the stream, bucket
+/// and watcher they go to: everything but the sending.
+struct Shaped {
+    messages: Vec<(std::sync::Arc<ServiceInstance>, Bytes, Bytes)>,
+    origin: String,
+    watcher: JoinHandle<()>,
+}
+
+async fn prepare_mesh_shaped(js: &jetstream::Context, count: usize) -> Shaped {
     js.create_stream(jetstream::stream::Config {
         name: "RAW_SHAPED_EVENTS".into(),
         subjects: vec!["shaped-events.>".into()],
@@ -343,6 +354,21 @@ async fn mesh_shaped_writes(js: &jetstream::Context, count: usize) {
         })
         .collect();
     let watcher = follow(&bucket, "", count).await;
+    Shaped {
+        messages,
+        origin,
+        watcher,
+    }
+}
+
+/// Sends what `prepare_mesh_shaped` made, 512 registrations in flight, until the watcher
+/// has seen every key.
+async fn send_mesh_shaped(js: &jetstream::Context, shaped: Shaped) {
+    let Shaped {
+        messages,
+        origin,
+        watcher,
+    } = shaped;
     let origin = &origin;
     futures::stream::iter(messages)
         .map(|(instance, record, event)| async move {
@@ -596,7 +622,8 @@ async fn main() {
     }
     if run("expiry") {
         eprintln!("expiry...");
-        for ttl_secs in [1, 2, 10] {
+        let ttls = std::env::var("PRISM_BENCH_EXPIRY_TTLS").unwrap_or_else(|_| "1,2,10".into());
+        for ttl_secs in ttls.split(',').filter_map(|t| t.trim().parse().ok()) {
             expiry(&url, &js, ttl_secs, &mut rows).await;
         }
     }
@@ -611,7 +638,9 @@ async fn main() {
             .and_then(|t| humantime::parse_duration(&t).ok())
             .unwrap_or(Duration::from_secs(3));
         eprintln!("failover ({changes} leader changes on a three-node cluster, TTL {ttl:?})...");
-        failover::failover(&mut rows, changes, ttl).await;
+        // Held expiries are applied after the default grace (15 s): wait them out.
+        let tail = Duration::from_secs(env_usize("PRISM_BENCH_FAILOVER_TAIL_SECS", 17) as u64);
+        failover::failover(&mut rows, changes, ttl, tail).await;
     }
 
     println!("\n| figure | prism-mesh | raw async-nats | ratio |\n|---|---|---|---|");

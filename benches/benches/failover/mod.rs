@@ -154,7 +154,7 @@ fn median(mut values: Vec<Duration>) -> Duration {
     values[values.len() / 2]
 }
 
-pub(crate) async fn failover(rows: &mut Vec<Row>, changes: usize, ttl: Duration) {
+pub(crate) async fn failover(rows: &mut Vec<Row>, changes: usize, ttl: Duration, tail: Duration) {
     let mut cluster = NatsCluster::start();
     let urls = cluster.urls();
     let options = |n: usize| {
@@ -287,8 +287,8 @@ pub(crate) async fn failover(rows: &mut Vec<Row>, changes: usize, ttl: Duration)
         cluster.nodes[victim].restart();
     }
     align(&cluster).await;
-    // Held expiries run out after the default grace (15 s): count them too.
-    tokio::time::sleep(Duration::from_secs(17)).await;
+    // Held expiries run out after the grace: count them too.
+    tokio::time::sleep(tail).await;
     mesh_task.abort();
     raw_task.abort();
     both_task.abort();

@@ -271,21 +271,10 @@ impl NatsOptions {
             .join(",")
     }
 
-    pub(crate) fn validate(&self) -> Result<()> {
-        if self.urls.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                "no NATS server url given",
-            ));
-        }
-        if self.replicas == 0 || self.replicas > 5 {
-            return Err(Error::new(
-                ErrorKind::InvalidConfig,
-                format!("replicas must be 1 to 5, got {}", self.replicas),
-            ));
-        }
-        // Named here, before connecting: async-nats reports an unreadable file as a bare
-        // I/O or TLS error, without the path.
+    /// Checks that the files the options name can be read, naming the one that cannot:
+    /// async-nats reports an unreadable file as a bare I/O or TLS error, without its path.
+    /// Done when connecting, not when a configuration is loaded (which may happen elsewhere).
+    pub(crate) fn check_files(&self) -> Result<()> {
         let files = [
             ("tls_ca", self.tls_ca.as_ref()),
             (
@@ -308,6 +297,22 @@ impl NatsOptions {
                     )
                 })?;
             }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.urls.is_empty() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "no NATS server url given",
+            ));
+        }
+        if self.replicas == 0 || self.replicas > 5 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("replicas must be 1 to 5, got {}", self.replicas),
+            ));
         }
         if self.marker_ttl < Duration::from_secs(1) {
             return Err(Error::new(

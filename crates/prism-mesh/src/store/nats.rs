@@ -93,6 +93,7 @@ impl NatsStore {
     #[tracing::instrument(name = "nats.connect", skip_all, fields(urls = %options.redacted_urls()))]
     pub(crate) async fn connect(options: &NatsOptions) -> Result<NatsStore> {
         options.validate()?;
+        options.check_files()?;
         let urls = options.redacted_urls();
         let addrs = options
             .urls
