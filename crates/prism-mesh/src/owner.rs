@@ -801,7 +801,7 @@ impl OwnedInstance {
                 {
                     debug!(error = %e, attempt, "event publish failed; retrying");
                     tokio::time::sleep(rand::random_range(delay / 2..=delay)).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
+                    delay = (delay * 2).min(Duration::from_millis(500));
                     attempt += 1;
                 }
                 Err(e) => {

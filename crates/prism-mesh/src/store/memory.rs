@@ -107,6 +107,15 @@ impl MemoryStore {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The revision of `key`'s last write and whether it holds a value; `None` when the
+    /// store has nothing for it.
+    pub(crate) fn last_write(&self, key: &str) -> Option<(u64, bool)> {
+        self.lock()
+            .keys
+            .get(key)
+            .map(|slot| (slot.revision, slot.value.is_some()))
+    }
+
     pub(crate) fn put(
         &self,
         key: &str,

@@ -132,6 +132,16 @@ impl Store {
         }
     }
 
+    /// The revision of `key`'s last write in the backend and whether it holds a value
+    /// (`None`: nothing stored for it). A read from the source of truth, for decisions a
+    /// view must not take on what its watch has shown alone.
+    pub(crate) async fn last_write(&self, key: &str) -> Result<Option<(u64, bool)>> {
+        match self {
+            Store::Memory(store) => Ok(store.last_write(key)),
+            Store::Nats(store) => store.last_write(key).await,
+        }
+    }
+
     /// Deletes `key`, leaving a tombstone that itself expires after `tombstone_ttl`.
     pub(crate) async fn delete(
         &self,

@@ -312,6 +312,35 @@ impl NatsStore {
         }
     }
 
+    /// The revision of `key`'s last message and whether it holds a value (a put), read
+    /// from the stream; `None` when the key has no message at all.
+    pub(crate) async fn last_write(&self, key: &str) -> Result<Option<(u64, bool)>> {
+        let subject = format!("{}{key}", self.inner.kv_prefix);
+        let stream = self
+            .inner
+            .js
+            .get_stream(&self.inner.kv_stream)
+            .await
+            .map_err(|e| {
+                Error::with_source(ErrorKind::Transport, "cannot look up the bucket stream", e)
+            })?;
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(last) => {
+                let removed = last.headers.get(name(h::NATS_MARKER_REASON)).is_some()
+                    || last.headers.get(name(h::KV_OPERATION)).is_some();
+                Ok(Some((last.sequence, !removed)))
+            }
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(e) => Err(Error::with_source(
+                ErrorKind::Transport,
+                format!("cannot read the last message of {subject}"),
+                e,
+            )),
+        }
+    }
+
     /// Revision of the key's last message if that message is a removal; 0 if the key has
     /// no message any more (its tombstone or marker expired since the conflict).
     async fn last_removal_revision(&self, subject: &str) -> Result<Option<u64>> {
@@ -797,12 +826,14 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
                 warn!(error = %e, retry_in = ?backoff, "bucket watch interrupted; resuming or resynchronising");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    // Back: try now, not after the rest of the backoff.
+                    // Back, or this mesh wrote and waits to see it: try now, not after the
+                    // rest of the backoff.
                     _ = reconnects.changed() => {}
+                    _ = stalled(&inner, &mut awaited) => {}
                     _ = crate::util::until_true(&mut closed) => return,
                     () = tx.closed() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }

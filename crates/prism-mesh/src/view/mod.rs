@@ -96,6 +96,10 @@ struct Removal {
     at: Option<SystemTime>,
 }
 
+/// A held expiry's key, and what the store said of it: its last write's revision and
+/// whether it holds a value (`Some(None)`: nothing stored; `None`: could not be asked).
+type Confirmation = (String, Option<Option<(u64, bool)>>);
+
 /// What applying a removal should also publish on the event stream.
 struct ExpiryToPublish {
     instance: Arc<ServiceInstance>,
@@ -145,6 +149,8 @@ impl ViewTask {
         // The highest revision applied so far (published after each flush).
         let mut high = 0u64;
         let mut closing = self.closing.clone();
+        // What the store says of held expiries whose grace ended (see `settle_expiries`).
+        let (confirm_tx, mut confirmations) = mpsc::unbounded_channel::<Confirmation>();
         'items: loop {
             // Wake for the next item, or when a waiting expiry must be decided.
             // Not while a snapshot streams in: expiries are decided after it, and waking
@@ -157,6 +163,12 @@ impl ViewTask {
                     Some(item) => Some(item),
                     None => break 'items,
                 },
+                Some((key, last)) = confirmations.recv() => {
+                    if let Some(revision) = preservation.confirm(&key, last) {
+                        self.expire_now(&mut index, key, revision, &mut events, &mut expiries);
+                    }
+                    None
+                }
                 () = async {
                     match deadline {
                         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -252,7 +264,13 @@ impl ViewTask {
                 }
                 break;
             }
-            self.settle_expiries(&mut index, &mut preservation, &mut events, &mut expiries);
+            self.settle_expiries(
+                &mut index,
+                &mut preservation,
+                &mut events,
+                &mut expiries,
+                &confirm_tx,
+            );
             self.stats
                 .view_backlog
                 .store(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -280,41 +298,71 @@ impl ViewTask {
         self.bus.close();
     }
 
-    /// Applies the expiries self-preservation let through, and counts what it holds.
+    /// Applies the expiries self-preservation let through, and counts what it holds. A held
+    /// expiry whose grace ended is first checked against the store: this peer's watch may
+    /// itself be stalled (its consumer lost with a stream leader) and not have shown the
+    /// owner writing the key again.
     fn settle_expiries(
         &self,
         index: &mut Index,
         preservation: &mut Preservation,
         events: &mut Vec<MeshEvent>,
         expiries: &mut Vec<ExpiryToPublish>,
+        confirm: &mpsc::UnboundedSender<Confirmation>,
     ) {
         if !preservation.enabled() {
             return;
         }
-        let apply = preservation.due();
-        for (key, revision) in apply {
-            // Written again since (its revision moved past the expiry's): it lives.
-            if index
-                .entries
-                .get(&key)
-                .is_some_and(|e| e.revision > revision)
-            {
-                continue;
-            }
-            if let Some(entry) = index.remove(&key) {
-                self.registry.forget_write(entry.instance.id);
-                events.push(self.removal_event(
-                    entry.instance,
-                    RemovalCause::Expired,
-                    revision,
-                    expiries,
-                ));
+        for (key, revision, held) in preservation.due() {
+            if held {
+                let store = self.store.clone();
+                let confirm = confirm.clone();
+                tokio::spawn(async move {
+                    let last = match store.last_write(&key).await {
+                        Ok(last) => Some(last),
+                        Err(e) => {
+                            debug!(key, error = %e, "cannot confirm a held expiry; holding on");
+                            None
+                        }
+                    };
+                    let _ = confirm.send((key, last));
+                });
+            } else {
+                self.expire_now(index, key, revision, events, expiries);
             }
         }
         self.stats.preserved.store(
             preservation.held() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Applies an expiry that waited, unless the key was written again since.
+    fn expire_now(
+        &self,
+        index: &mut Index,
+        key: String,
+        revision: u64,
+        events: &mut Vec<MeshEvent>,
+        expiries: &mut Vec<ExpiryToPublish>,
+    ) {
+        // Written again since (its revision moved past the expiry's): it lives.
+        if index
+            .entries
+            .get(&key)
+            .is_some_and(|e| e.revision > revision)
+        {
+            return;
+        }
+        if let Some(entry) = index.remove(&key) {
+            self.registry.forget_write(entry.instance.id);
+            events.push(self.removal_event(
+                entry.instance,
+                RemovalCause::Expired,
+                revision,
+                expiries,
+            ));
+        }
     }
 
     fn apply_change(

@@ -108,6 +108,8 @@ struct Waiting {
     revision: u64,
     /// Held for `grace`, rather than settling.
     held: bool,
+    /// The grace ended and the store is being asked whether the key was written since.
+    confirming: bool,
 }
 
 /// The expiries a view task has seen and not applied.
@@ -154,6 +156,7 @@ impl Preservation {
                 since: Instant::now(),
                 revision,
                 held,
+                confirming: false,
             });
         }
         verdict
@@ -213,7 +216,11 @@ impl Preservation {
 
     /// When something must be decided next.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.waiting.values().map(|w| self.deadline(w)).min()
+        self.waiting
+            .values()
+            .filter(|w| !w.confirming)
+            .map(|w| self.deadline(w))
+            .min()
     }
 
     fn deadline(&self, waiting: &Waiting) -> Instant {
@@ -225,19 +232,52 @@ impl Preservation {
             }
     }
 
-    /// The expiries whose wait is over, to apply now: (key, revision).
-    pub(crate) fn due(&mut self) -> Vec<(String, u64)> {
+    /// The expiries whose wait is over: (key, revision, held). A held one is applied only
+    /// once the store confirms the key was not written since (see `confirm`); until then
+    /// it stays waiting, without a deadline.
+    pub(crate) fn due(&mut self) -> Vec<(String, u64, bool)> {
         let now = Instant::now();
         let ended: Vec<String> = self
             .waiting
             .iter()
-            .filter(|(_, w)| self.deadline(w) <= now)
+            .filter(|(_, w)| !w.confirming && self.deadline(w) <= now)
             .map(|(k, _)| k.clone())
             .collect();
-        ended
-            .into_iter()
-            .filter_map(|key| self.waiting.remove(&key).map(|w| (key, w.revision)))
-            .collect()
+        let mut due = Vec::with_capacity(ended.len());
+        for key in ended {
+            let Some(waiting) = self.waiting.get_mut(&key) else {
+                continue;
+            };
+            if waiting.held {
+                waiting.confirming = true;
+                due.push((key, waiting.revision, true));
+            } else if let Some(w) = self.waiting.remove(&key) {
+                due.push((key, w.revision, false));
+            }
+        }
+        due
+    }
+
+    /// What the store said of a held expiry whose grace ended: applies it (returns its
+    /// revision) unless the key was written since, in which case the log will show that.
+    /// When the store could not be asked, the instance is held for another grace.
+    pub(crate) fn confirm(&mut self, key: &str, last: Option<Option<(u64, bool)>>) -> Option<u64> {
+        let waiting = self.waiting.get_mut(key)?;
+        if !waiting.confirming {
+            return None;
+        }
+        match last {
+            None => {
+                waiting.confirming = false;
+                waiting.since = Instant::now();
+                None
+            }
+            Some(Some((revision, _))) if revision > waiting.revision => {
+                self.waiting.remove(key);
+                None
+            }
+            Some(_) => self.waiting.remove(key).map(|w| w.revision),
+        }
     }
 }
 
@@ -310,7 +350,28 @@ mod tests {
             assert!(matches!(verdict, Verdict::Hold { .. }));
         }
         assert!(p.forget("a"));
-        assert_eq!(p.due(), vec![("b".to_string(), 7)]);
+        assert_eq!(p.due(), vec![("b".to_string(), 7, true)]);
+        // Applied only once the store confirms nothing newer was written.
+        assert_eq!(p.confirm("b", Some(Some((7, false)))), Some(7));
         assert_eq!(p.held(), 0);
+    }
+
+    #[test]
+    fn a_held_expiry_whose_key_was_written_since_is_never_applied() {
+        let rule = SelfPreservation {
+            grace: Duration::ZERO,
+            ..SelfPreservation::default()
+        };
+        let mut p = Preservation::new(rule);
+        let late = facts(TTL * 3, Some(TTL * 2));
+        p.expire("a".into(), 7, late, 10, |_, _| 0);
+        p.expire("b".into(), 8, late, 10, |_, _| 0);
+        assert_eq!(p.due().len(), 2);
+        // Re-asserted on the server, though this peer's watch has not shown it yet.
+        assert_eq!(p.confirm("a", Some(Some((9, true)))), None);
+        // The store could not be asked: held for another grace.
+        assert_eq!(p.confirm("b", None), None);
+        assert_eq!(p.held(), 1);
+        assert_eq!(p.due(), vec![("b".to_string(), 8, true)]);
     }
 }
