@@ -74,29 +74,22 @@ fn options(url: &str) -> NatsOptions {
     NatsOptions::new(url).request_timeout(Duration::from_secs(30))
 }
 
-/// Registration at one peer to visible in another peer's view; raw: KV put to KV watch.
+/// Registration at one peer to visible in another peer's view; raw: KV put on one
+/// connection to a KV watch on another (the mesh's owner and peer have a connection each).
+/// Both sides are warmed up, and samples alternate between them (which goes first too), so
+/// neither always runs on a fresher server; each sample ends when the other side sees the
+/// write, whatever the writer is still waiting for.
 async fn latency(url: &str, js: &jetstream::Context, samples: usize, rows: &mut Vec<Row>) {
     let store = raw_bucket(js).await;
-    let mut watch = store.watch(">").await.expect("raw watch");
+    let watcher = jetstream::new(async_nats::connect(url).await.expect("raw watcher"));
+    let mut watch = watcher
+        .get_key_value(RAW_BUCKET)
+        .await
+        .expect("raw bucket")
+        .watch(">")
+        .await
+        .expect("raw watch");
     let payload = Bytes::from(vec![b'x'; 200]);
-    let mut raw = Vec::with_capacity(samples);
-    for n in 0..samples {
-        let key = format!("k{n}");
-        let started = Instant::now();
-        store.put(&key, payload.clone()).await.expect("raw put");
-        loop {
-            let entry = watch
-                .next()
-                .await
-                .expect("watch open")
-                .expect("watch entry");
-            if entry.key == key {
-                break;
-            }
-        }
-        raw.push(started.elapsed());
-    }
-
     // A TTL longer than the run: the figure is registration latency, not heartbeat load
     // from the instances registered by earlier samples (the raw side has none either).
     let owner = Mesh::builder()
@@ -112,26 +105,62 @@ async fn latency(url: &str, js: &jetstream::Context, samples: usize, rows: &mut 
         .await
         .expect("peer");
     let mut events = peer.subscribe_filtered(EventKind::Registered.into());
+
+    let warm_up = (samples / 10).max(5);
+    let mut raw = Vec::with_capacity(samples);
     let mut mesh = Vec::with_capacity(samples);
-    for n in 0..samples {
+    for n in 0..warm_up + samples {
+        let key = format!("k{n}");
+        let raw_sample = async {
+            let started = Instant::now();
+            let put = store.put(&key, payload.clone());
+            let seen = async {
+                loop {
+                    let entry = watch
+                        .next()
+                        .await
+                        .expect("watch open")
+                        .expect("watch entry");
+                    if entry.key == key {
+                        return started.elapsed();
+                    }
+                }
+            };
+            let (put, elapsed) = tokio::join!(put, seen);
+            put.expect("raw put");
+            elapsed
+        };
         let instance = ServiceInstance::builder("latency", "10.0.0.1", (n % 60000) as u16)
             .build()
             .expect("instance");
         let id = instance.id;
-        let started = Instant::now();
-        let register = owner.register(instance);
-        let seen = async {
-            loop {
-                if let Some(MeshEvent::Registered { instance }) = events.next().await {
-                    if instance.id == id {
-                        return started.elapsed();
+        let mesh_sample = async {
+            let started = Instant::now();
+            let register = owner.register(instance);
+            let seen = async {
+                loop {
+                    if let Some(MeshEvent::Registered { instance }) = events.next().await {
+                        if instance.id == id {
+                            return started.elapsed();
+                        }
                     }
                 }
-            }
+            };
+            let (registration, elapsed) = tokio::join!(register, seen);
+            registration.expect("register");
+            elapsed
         };
-        let (registration, elapsed) = tokio::join!(register, seen);
-        registration.expect("register");
-        mesh.push(elapsed);
+        let (r, m) = if n % 2 == 0 {
+            let r = raw_sample.await;
+            (r, mesh_sample.await)
+        } else {
+            let m = mesh_sample.await;
+            (raw_sample.await, m)
+        };
+        if n >= warm_up {
+            raw.push(r);
+            mesh.push(m);
+        }
     }
     owner.shutdown().await;
     peer.shutdown().await;
@@ -140,7 +169,9 @@ async fn latency(url: &str, js: &jetstream::Context, samples: usize, rows: &mut 
     for (name, p) in [("p50", 0.50), ("p99", 0.99)] {
         let (m, r) = (percentile(&mesh, p), percentile(&raw, p));
         rows.push(Row {
-            figure: format!("register -> visible at another peer, {name} ({samples} samples)"),
+            figure: format!(
+                "register -> visible at another peer, {name} ({samples} samples alternating with raw's, after {warm_up} each to warm up)"
+            ),
             mesh: ms(m),
             raw: ms(r),
             ratio: m.as_secs_f64() / r.as_secs_f64(),
