@@ -3,7 +3,8 @@
 //! `cargo bench -p prism-benches` (env: PRISM_BENCH_SAMPLES=2000, PRISM_BENCH_COLD=100000,
 //! PRISM_BENCH_REGISTRATIONS=20000, PRISM_BENCH_COLD_ROUNDS=5,
 //! PRISM_BENCH_ONLY=latency,throughput,expiry,cold,failover,
-//! PRISM_BENCH_SYNC=default|always, PRISM_BENCH_EXPIRY_TTLS=1,2,10,
+//! PRISM_BENCH_THROUGHPUT_ROUNDS=3, PRISM_BENCH_SYNC=default|always,
+//! PRISM_BENCH_EXPIRY_TTLS=1,2,10,
 //! PRISM_BENCH_FAILOVER_CHANGES=4, PRISM_BENCH_FAILOVER_TTL=3s,
 //! PRISM_BENCH_FAILOVER_TAIL_SECS=17). Prints a table of figures and ratios (mesh / raw);
 //! `docs/benchmarks.md` records results and how to read them.
@@ -204,51 +205,163 @@ async fn publish_windowed(
     }
 }
 
-/// Registrations per second with 512 in flight; raw: TTL'd puts per second, 512 in flight.
-async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut Vec<Row>) {
-    raw_bucket(js).await;
-    let payload = Bytes::from(vec![b'x'; 200]);
-    let started = Instant::now();
-    publish_windowed(
-        js,
-        "60s",
-        (0..count).map(|n| (format!("$KV.{RAW_BUCKET}.t{n}"), payload.clone())),
-    )
-    .await;
-    let raw = count as f64 / started.elapsed().as_secs_f64();
+/// One round of the throughput figures: registrations per second (and allocations per
+/// registration) of the mesh and of each raw reference, each on a bucket of its own.
+struct ThroughputRound {
+    mesh: f64,
+    mesh_allocations: f64,
+    raw: f64,
+    same_writes: f64,
+    watched: f64,
+    watched_allocations: f64,
+    shaped: f64,
+}
 
-    js.create_stream(jetstream::stream::Config {
+/// Registrations per second with 512 in flight, against raw references doing less, the same
+/// writes, the same writes with a watcher, and prism-mesh's own messages with a watcher.
+/// `rounds` rounds alternate which side runs first (each on fresh buckets); medians printed.
+async fn throughput(
+    url: &str,
+    js: &jetstream::Context,
+    count: usize,
+    rounds: usize,
+    rows: &mut Vec<Row>,
+) {
+    js.get_or_create_stream(jetstream::stream::Config {
         name: "RAW_EVENTS".into(),
         subjects: vec!["raw-events.>".into()],
         ..Default::default()
     })
     .await
     .expect("raw event stream");
+    let mut results = Vec::with_capacity(rounds);
+    for round in 0..rounds {
+        let (mesh, mesh_allocations, raw) = if round % 2 == 0 {
+            let raw = raw_throughput(js, count, round).await;
+            let (mesh, allocations) = mesh_throughput(url, count, round).await;
+            (mesh, allocations, raw)
+        } else {
+            let (mesh, allocations) = mesh_throughput(url, count, round).await;
+            (mesh, allocations, raw_throughput(js, count, round).await)
+        };
+        results.push(ThroughputRound {
+            mesh,
+            mesh_allocations,
+            ..raw
+        });
+    }
+    let median = |f: fn(&ThroughputRound) -> f64| {
+        let mut values: Vec<f64> = results.iter().map(f).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let ours = median(|r| r.mesh);
+    let spread = |f: fn(&ThroughputRound) -> f64| {
+        let values: Vec<f64> = results.iter().map(f).collect();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(0.0, f64::max);
+        format!("({min:.0}-{max:.0})")
+    };
+    let references: [(String, fn(&ThroughputRound) -> f64); 4] = [
+        (
+            format!("registrations/s, {WINDOW} in flight ({count}; mesh = KV put + event each; raw = TTL'd KV puts)"),
+            |r| r.raw,
+        ),
+        (
+            format!("registrations/s vs raw doing the same writes (KV create + event, {WINDOW} in flight)"),
+            |r| r.same_writes,
+        ),
+        (
+            format!("registrations/s vs raw doing the same writes while a KV watcher on its connection follows them ({WINDOW} in flight)"),
+            |r| r.watched,
+        ),
+        (
+            format!("registrations/s vs raw sending prism-mesh's own messages (subjects, headers, records) while a KV watcher follows them ({WINDOW} in flight)"),
+            |r| r.shaped,
+        ),
+    ];
+    for (figure, reference) in references {
+        let theirs = median(reference);
+        rows.push(Row {
+            figure: format!("{figure}, median of {rounds} alternating rounds (min-max)"),
+            mesh: format!("{ours:.0}/s {}", spread(|r| r.mesh)),
+            raw: format!("{theirs:.0}/s {}", spread(reference)),
+            ratio: ours / theirs,
+        });
+    }
+    let (our_allocations, raw_allocations) = (
+        median(|r| r.mesh_allocations),
+        median(|r| r.watched_allocations),
+    );
+    rows.push(Row {
+        figure:
+            "allocations per registration, whole process (raw: the same writes + watcher), median"
+                .into(),
+        mesh: format!("{our_allocations:.1}"),
+        raw: format!("{raw_allocations:.1}"),
+        ratio: our_allocations / raw_allocations,
+    });
+}
+
+/// The raw references of one round, each on a fresh bucket; the mesh's figures are zero.
+async fn raw_throughput(js: &jetstream::Context, count: usize, round: usize) -> ThroughputRound {
+    let bucket_name = format!("raw-throughput-{round}");
+    let bucket = bucket_with_ttls(js, &bucket_name).await;
+    let payload = Bytes::from(vec![b'x'; 200]);
     let started = Instant::now();
-    same_writes(js, "c", count).await;
+    publish_windowed(
+        js,
+        "60s",
+        (0..count).map(|n| (format!("$KV.{bucket_name}.t{n}"), payload.clone())),
+    )
+    .await;
+    let raw = count as f64 / started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    same_writes(js, &bucket_name, &format!("c{round}-"), count).await;
     let same_writes_rate = count as f64 / started.elapsed().as_secs_f64();
 
-    // The same writes while a KV watcher on the same connection follows the bucket, as
-    // every mesh peer (the registering one included) does: the substrate's ceiling for a
-    // registration that its own peer sees.
-    let bucket = js.get_key_value(RAW_BUCKET).await.expect("raw bucket");
-    let watcher = follow(&bucket, "w", count).await;
+    // The same writes while a KV watcher on the same connection follows a bucket of its
+    // own, as every mesh peer (the registering one included) does: the substrate's ceiling
+    // for a registration that its own peer sees.
+    let watched_bucket = bucket_with_ttls(js, &format!("raw-watched-{round}")).await;
+    let watcher = follow(&watched_bucket, "w", count).await;
     let (started, allocated) = (Instant::now(), allocations());
-    same_writes(js, "w", count).await;
+    same_writes(
+        js,
+        &format!("raw-watched-{round}"),
+        &format!("w{round}-"),
+        count,
+    )
+    .await;
     watcher.await.expect("raw watcher");
-    let watched_rate = count as f64 / started.elapsed().as_secs_f64();
-    let raw_allocations = (allocations() - allocated) as f64 / count as f64;
+    let watched = count as f64 / started.elapsed().as_secs_f64();
+    let watched_allocations = (allocations() - allocated) as f64 / count as f64;
+    drop(bucket);
 
     // The same again, but the very messages prism-mesh sends: its subjects (uuid keys),
     // headers and encoded records. The substrate's ceiling for this wire format.
     // Streams, bucket, encoded messages and the watcher are made before the clock starts.
-    let shaped = prepare_mesh_shaped(js, count).await;
+    let shaped = prepare_mesh_shaped(js, count, round).await;
     let started = Instant::now();
     send_mesh_shaped(js, shaped).await;
-    let shaped_rate = count as f64 / started.elapsed().as_secs_f64();
+    let shaped = count as f64 / started.elapsed().as_secs_f64();
+    ThroughputRound {
+        mesh: 0.0,
+        mesh_allocations: 0.0,
+        raw,
+        same_writes: same_writes_rate,
+        watched,
+        watched_allocations,
+        shaped,
+    }
+}
 
+/// `Mesh::register` of `count` instances, 512 in flight, on a bucket of its own; returns
+/// registrations per second and allocations per registration.
+async fn mesh_throughput(url: &str, count: usize, round: usize) -> (f64, f64) {
     let mesh = Mesh::builder()
-        .nats(options(url))
+        .nats(options(url).bucket(format!("prism-throughput-{round}")))
         .instance_ttl(Duration::from_secs(60))
         .heartbeat_interval(Duration::from_secs(20))
         .connect()
@@ -271,45 +384,14 @@ async fn throughput(url: &str, js: &jetstream::Context, count: usize, rows: &mut
         .await;
     let ours = count as f64 / started.elapsed().as_secs_f64();
     let our_allocations = (allocations() - allocated) as f64 / count as f64;
-    mesh.shutdown().await;
-    let references = [
-        (
-            format!("registrations/s, {WINDOW} in flight ({count}; mesh = KV put + event each)"),
-            raw,
-        ),
-        (
-            format!("registrations/s vs raw doing the same writes (KV create + event, {WINDOW} in flight)"),
-            same_writes_rate,
-        ),
-        (
-            format!("registrations/s vs raw doing the same writes while a KV watcher on its connection follows them ({WINDOW} in flight)"),
-            watched_rate,
-        ),
-        (
-            format!("registrations/s vs raw sending prism-mesh's own messages (subjects, headers, records) while a KV watcher follows them ({WINDOW} in flight)"),
-            shaped_rate,
-        ),
-    ];
-    for (figure, reference) in references {
-        rows.push(Row {
-            figure,
-            mesh: format!("{ours:.0}/s"),
-            raw: format!("{reference:.0}/s"),
-            ratio: ours / reference,
-        });
-    }
-    rows.push(Row {
-        figure: "allocations per registration, whole process (raw: the same writes + watcher)"
-            .into(),
-        mesh: format!("{our_allocations:.1}"),
-        raw: format!("{raw_allocations:.1}"),
-        ratio: our_allocations / raw_allocations,
-    });
+    // Without deregistering 20,000 instances: the next round has a bucket of its own.
+    mesh.close_without_deregistering().await;
+    (ours, our_allocations)
 }
 
-/// The two acknowledged writes a registration makes, raw: a KV create (CAS on revision 0,
-/// with TTL) then a de-duplicated event publish; `count` of them, [`WINDOW`] in flight.
-async fn same_writes(js: &jetstream::Context, prefix: &str, count: usize) {
+/// Per registration the same two acknowledged writes as prism-mesh's: a KV create, then an
+/// event with a message id; 512 registrations in flight.
+async fn same_writes(js: &jetstream::Context, bucket: &str, prefix: &str, count: usize) {
     let payload = Bytes::from(vec![b'x'; 200]);
     futures::stream::iter(0..count)
         .map(|n| {
@@ -318,7 +400,7 @@ async fn same_writes(js: &jetstream::Context, prefix: &str, count: usize) {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-TTL", "60s");
                 headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-                let subject = format!("$KV.{RAW_BUCKET}.{prefix}{n}");
+                let subject = format!("$KV.{bucket}.{prefix}{n}");
                 let ack = js.publish_with_headers(subject, headers, payload.clone());
                 ack.await.expect("publish").await.expect("create ack");
                 let mut headers = async_nats::HeaderMap::new();
@@ -343,10 +425,12 @@ struct Shaped {
     messages: Vec<(std::sync::Arc<ServiceInstance>, Bytes, Bytes)>,
     origin: String,
     watcher: JoinHandle<()>,
+    /// The bucket's name.
+    bucket: String,
 }
 
-async fn prepare_mesh_shaped(js: &jetstream::Context, count: usize) -> Shaped {
-    js.create_stream(jetstream::stream::Config {
+async fn prepare_mesh_shaped(js: &jetstream::Context, count: usize, round: usize) -> Shaped {
+    js.get_or_create_stream(jetstream::stream::Config {
         name: "RAW_SHAPED_EVENTS".into(),
         subjects: vec!["shaped-events.>".into()],
         duplicate_window: Duration::from_secs(120),
@@ -354,7 +438,8 @@ async fn prepare_mesh_shaped(js: &jetstream::Context, count: usize) -> Shaped {
     })
     .await
     .expect("shaped event stream");
-    let bucket = bucket_with_ttls(js, SHAPED_BUCKET).await;
+    let bucket_name = format!("{SHAPED_BUCKET}-{round}");
+    let bucket = bucket_with_ttls(js, &bucket_name).await;
     let origin = uuid::Uuid::new_v4().to_string();
     let messages: Vec<_> = (0..count)
         .map(|n| {
@@ -389,6 +474,7 @@ async fn prepare_mesh_shaped(js: &jetstream::Context, count: usize) -> Shaped {
         messages,
         origin,
         watcher,
+        bucket: bucket_name,
     }
 }
 
@@ -399,14 +485,15 @@ async fn send_mesh_shaped(js: &jetstream::Context, shaped: Shaped) {
         messages,
         origin,
         watcher,
+        bucket,
     } = shaped;
-    let origin = &origin;
+    let (origin, bucket) = (&origin, &bucket);
     futures::stream::iter(messages)
         .map(|(instance, record, event)| async move {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-TTL", "60s");
             headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-            let subject = format!("$KV.{SHAPED_BUCKET}.{}", instance.key());
+            let subject = format!("$KV.{bucket}.{}", instance.key());
             let ack = js.publish_with_headers(subject, headers, record);
             let revision = ack
                 .await
@@ -649,7 +736,8 @@ async fn main() {
     if run("throughput") {
         eprintln!("throughput...");
         let count = env_usize("PRISM_BENCH_REGISTRATIONS", 20_000);
-        throughput(&url, &js, count, &mut rows).await;
+        let rounds = env_usize("PRISM_BENCH_THROUGHPUT_ROUNDS", 3).max(1);
+        throughput(&url, &js, count, rounds, &mut rows).await;
     }
     if run("expiry") {
         eprintln!("expiry...");
