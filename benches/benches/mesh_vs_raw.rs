@@ -205,6 +205,9 @@ async fn publish_windowed(
     }
 }
 
+/// Reads one figure of a round.
+type Figure = fn(&ThroughputRound) -> f64;
+
 /// One round of the throughput figures: registrations per second (and allocations per
 /// registration) of the mesh and of each raw reference, each on a bucket of its own.
 struct ThroughputRound {
@@ -262,7 +265,7 @@ async fn throughput(
         let max = values.iter().copied().fold(0.0, f64::max);
         format!("({min:.0}-{max:.0})")
     };
-    let references: [(String, fn(&ThroughputRound) -> f64); 4] = [
+    let references: [(String, Figure); 4] = [
         (
             format!("registrations/s, {WINDOW} in flight ({count}; mesh = KV put + event each; raw = TTL'd KV puts)"),
             |r| r.raw,
