@@ -21,7 +21,7 @@ done
 export NATS_URL="nats://127.0.0.1:$port"
 for example in basic api_gateway data_collector event_handlers tower_balance; do
   echo "== example $example against $NATS_URL" >&2
-  if ! timeout 120 "target/debug/examples/$example"; then
+  if ! timeout 120 "${CARGO_TARGET_DIR:-target}/debug/examples/$example"; then
     echo "example $example failed; server log:" >&2
     tail -n 20 "$store/server.log" >&2
     exit 1

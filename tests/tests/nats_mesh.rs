@@ -809,3 +809,21 @@ async fn a_mesh_dropped_without_shutdown_leaves_no_task_and_no_connection_behind
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_can_be_registered_again_after_its_deregistration_but_never_twice_at_once() {
+    let server = NatsServer::start();
+    let mesh = fast_mesh(&server.url()).connect().await.unwrap();
+    let instance = ServiceInstance::builder("again", "h", 1).build().unwrap();
+    let first = mesh.register(instance.clone()).await.unwrap();
+    // Live: a second registration of the same id conflicts.
+    let err = mesh.register(instance.clone()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("already registered"), "{err}");
+    // Its tombstone holds nothing: the same id registers again over it.
+    first.deregister(Some("moving")).await.unwrap();
+    let second = mesh.register(instance.clone()).await.unwrap();
+    assert_eq!(second.id(), instance.id);
+    assert_eq!(mesh.discover("again").len(), 1);
+    mesh.shutdown().await;
+}

@@ -73,20 +73,6 @@ async fn resumed(attempts: &Attempts, since: Instant) -> Duration {
     }
 }
 
-/// A client on the running nodes.
-async fn admin(cluster: &NatsCluster) -> jetstream::Context {
-    let running: Vec<String> = cluster
-        .nodes
-        .iter()
-        .filter(|n| n.is_running())
-        .map(|n| n.url())
-        .collect();
-    let client = async_nats::connect(running.as_slice())
-        .await
-        .expect("admin");
-    jetstream::new(client)
-}
-
 /// The leader of `stream` and whether every replica is current.
 async fn leader(js: &jetstream::Context, stream: &str) -> Option<(String, bool)> {
     let mut handle = js.get_stream(stream).await.ok()?;
@@ -99,7 +85,7 @@ async fn leader(js: &jetstream::Context, stream: &str) -> Option<(String, bool)>
 /// Waits until every replica of the three streams is current, then moves the leadership
 /// of all three to the node leading the bucket's stream; returns that node's index.
 async fn align(cluster: &NatsCluster) -> usize {
-    let js = admin(cluster).await;
+    let js = cluster.admin().await;
     let streams = [
         format!("KV_{DEFAULT_BUCKET}"),
         format!("KV_{RAW_BUCKET}"),

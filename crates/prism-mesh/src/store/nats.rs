@@ -299,10 +299,17 @@ impl NatsStore {
             Err(e) if e.kind() == ErrorKind::Conflict && condition == WriteCondition::Absent => {
                 // Like KV `create`: a key whose last message is a tombstone or an expiry
                 // marker holds nothing, so creating it is allowed at that revision.
-                let subject = subject();
-                match self.last_removal_revision(&subject).await? {
+                // The revision to create at: that of the key's last message if it is a
+                // removal, 0 if the key has no message any more (its tombstone or marker
+                // expired since the conflict); none if it holds a value.
+                let revision = match self.last_write(key).await? {
+                    None => Some(0),
+                    Some((revision, false)) => Some(revision),
+                    Some((_, true)) => None,
+                };
+                match revision {
                     Some(revision) => {
-                        self.publish(subject, headers(Some(revision)), payload, wait)
+                        self.publish(subject(), headers(Some(revision)), payload, wait)
                             .await
                     }
                     None => Err(e),
@@ -339,35 +346,6 @@ impl NatsStore {
                 e,
             )),
         }
-    }
-
-    /// Revision of the key's last message if that message is a removal; 0 if the key has
-    /// no message any more (its tombstone or marker expired since the conflict).
-    async fn last_removal_revision(&self, subject: &str) -> Result<Option<u64>> {
-        let stream = self
-            .inner
-            .js
-            .get_stream(&self.inner.kv_stream)
-            .await
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Transport, "cannot look up the bucket stream", e)
-            })?;
-        let last = match stream.get_last_raw_message_by_subject(subject).await {
-            Ok(last) => last,
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(Some(0));
-            }
-            Err(e) => {
-                return Err(Error::with_source(
-                    ErrorKind::Transport,
-                    format!("cannot read last message of {subject}"),
-                    e,
-                ))
-            }
-        };
-        let removed = last.headers.get(name(h::NATS_MARKER_REASON)).is_some()
-            || last.headers.get(name(h::KV_OPERATION)).is_some();
-        Ok(removed.then_some(last.sequence))
     }
 
     #[tracing::instrument(name = "nats.kv_delete", skip_all, fields(key = key))]
