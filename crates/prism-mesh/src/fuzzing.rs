@@ -22,7 +22,6 @@ use crate::protocol::{
     whole_seconds, EventRecord, InstanceRecord, MAX_INSTANCE_TTL,
 };
 use crate::store::{bucket_change, KvChange, RemovalCause};
-use crate::view::decode_record;
 
 /// Whole seconds in Go's longest duration (2^63 - 1 ns).
 const GO_DURATION_SECONDS: u64 = i64::MAX as u64 / 1_000_000_000;
@@ -33,12 +32,19 @@ pub fn instance_record(data: &[u8]) {
     let Ok(record) = InstanceRecord::decode(data) else {
         return;
     };
-    let _ = record.instance.validate_received(data.len());
+    let valid = record.instance.validate_received(data.len()).is_ok();
     let encoded = record
         .encode()
         .expect("a decoded instance record encodes again");
     let again = InstanceRecord::decode(&encoded).expect("an encoded instance record decodes");
     assert_eq!(again, record, "instance record changed by a round trip");
+    // What a peer accepted, it can write back (as an `expired` event) and others accept.
+    if valid {
+        assert!(
+            again.instance.validate_received(encoded.len()).is_ok(),
+            "a valid instance record is refused once written back"
+        );
+    }
 }
 
 /// The body of a lifecycle event (read by history replays): as [`instance_record`].
@@ -46,12 +52,18 @@ pub fn event_record(data: &[u8]) {
     let Ok(record) = EventRecord::decode(data) else {
         return;
     };
-    let _ = record.instance.validate_received(data.len());
+    let valid = record.instance.validate_received(data.len()).is_ok();
     let encoded = record
         .encode()
         .expect("a decoded event record encodes again");
     let again = EventRecord::decode(&encoded).expect("an encoded event record decodes");
     assert_eq!(again, record, "event record changed by a round trip");
+    if valid {
+        assert!(
+            again.instance.validate_received(encoded.len()).is_ok(),
+            "a valid event record is refused once written back"
+        );
+    }
 }
 
 /// A KV key (`<service>.<instance id>`): what parses is exactly the key we would write,
@@ -93,8 +105,10 @@ pub fn ttl_header(data: &[u8]) {
 /// A whole message of the bucket, as a peer's view receives it. The input is split at its
 /// first five `\n` bytes into the key (the subject after `$KV.<bucket>.`), the headers
 /// `Nats-Marker-Reason`, `KV-Operation`, `Prism-Reason` and `Nats-TTL` (empty: absent), and
-/// the body. Markers must win over everything, only bounded TTLs may be applied, and an
-/// applied record must belong to its key.
+/// the body. What protocol.md §7 says of each must hold: a message is a removal exactly when
+/// it carries a server marker or a `DEL`/`PURGE` operation, an expiry exactly when the
+/// marker says `MaxAge`, a tombstone carries its reason to peers, a put is applied only
+/// with a bounded TTL, and one is refused only without one.
 pub fn bucket_message(data: &[u8]) {
     let mut fields = data.splitn(6, |&b| b == b'\n');
     let mut next = || fields.next().unwrap_or_default();
@@ -115,34 +129,50 @@ pub fn bucket_message(data: &[u8]) {
         h::NATS_TTL => ttl.as_deref(),
         _ => None,
     };
+    let removal_operation = matches!(operation.as_deref(), Some("DEL" | "PURGE"));
+    let bounded_ttl = ttl
+        .as_deref()
+        .and_then(parse_ttl_header)
+        .is_some_and(|ttl| ttl <= MAX_INSTANCE_TTL);
     match bucket_change(&key, header, &payload, 1, UNIX_EPOCH) {
-        KvChange::Removed { cause, .. } => match marker.as_deref() {
-            Some(marker) => assert_eq!(
-                matches!(cause, RemovalCause::Expired),
-                marker == "MaxAge",
-                "marker {marker:?} read as {cause:?}"
-            ),
-            None => assert!(
-                matches!(operation.as_deref(), Some("DEL" | "PURGE")),
-                "{cause:?} without a marker or a removal operation"
-            ),
-        },
-        KvChange::Put { key, value, .. } => {
-            assert!(marker.is_none(), "a marker read as a put");
-            let ttl = ttl.as_deref().and_then(parse_ttl_header);
+        KvChange::Removed { cause, .. } => {
             assert!(
-                ttl.is_some_and(|ttl| ttl <= MAX_INSTANCE_TTL),
-                "a put applied with TTL {ttl:?}"
+                marker.is_some() || removal_operation,
+                "{cause:?} without a marker or a removal operation"
             );
-            if let Ok((instance, _reason, _ttl)) = decode_record(&key, &value) {
+            assert_eq!(
+                cause == RemovalCause::Expired,
+                marker.as_deref() == Some("MaxAge"),
+                "marker {marker:?} read as {cause:?}"
+            );
+            if marker.is_none() && operation.as_deref() == Some("DEL") {
                 assert_eq!(
-                    key_of(&instance.service, &instance.id),
-                    key,
-                    "a record applied under another instance's key"
+                    cause,
+                    RemovalCause::Deregistered {
+                        reason: reason.clone()
+                    },
+                    "a tombstone's reason lost"
                 );
             }
         }
-        KvChange::Refused { why, .. } => assert!(!why.is_empty(), "a refusal without a reason"),
+        KvChange::Put { .. } => {
+            assert!(
+                marker.is_none() && !removal_operation,
+                "a removal read as a put"
+            );
+            assert!(bounded_ttl, "a put applied with TTL {ttl:?}");
+        }
+        KvChange::Refused { why, .. } => {
+            assert!(
+                marker.is_none() && !removal_operation,
+                "a removal refused as a put"
+            );
+            assert!(
+                !bounded_ttl,
+                "a put with a bounded TTL {ttl:?} refused: {why}"
+            );
+            assert!(!why.is_empty(), "a refusal without a reason");
+        }
     }
 }
 
