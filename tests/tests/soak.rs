@@ -127,8 +127,12 @@ async fn a_thousand_heartbeating_instances_with_churn_stay_flat() {
         max(second, |s| s.tasks as u64) <= max(first, |s| s.tasks as u64) + 50,
         "task count keeps growing (leak): {samples:#?}"
     );
+    // The process holds about 15 MiB here and grows by a few hundred KiB in the first
+    // seconds while allocator arenas warm up, then flattens: a leak per churned instance
+    // shows as steady growth between the halves.
+    let first_rss = max(first, |s| s.rss_kib);
     assert!(
-        max(second, |s| s.rss_kib) <= max(first, |s| s.rss_kib) + 32 * 1024,
+        max(second, |s| s.rss_kib) <= first_rss + (2 * 1024).max(first_rss / 10),
         "memory keeps growing: {samples:#?}"
     );
     assert!(
