@@ -270,7 +270,7 @@ async fn an_immortal_key_never_enters_a_view_and_a_rollup_costs_one_heartbeat() 
             break;
         }
         assert!(
-            wiped.elapsed() < Duration::from_secs(3),
+            wiped.elapsed() < Duration::from_secs(10),
             "billing's key did not come back"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prism_mesh::{
     EventKind, HealthCheck, HealthPolicy, InstanceStatus, MemoryStore, Mesh, MeshEvent,
@@ -352,6 +352,7 @@ async fn outliers_are_ejected_from_picks_with_growing_backoff_and_a_share_limit(
             }
         }
     };
+    let first_failures = Instant::now();
     fail(6);
     let picks: Vec<u16> = (0..10).map(|_| balancer.pick().unwrap().port).collect();
     assert!(
@@ -360,23 +361,21 @@ async fn outliers_are_ejected_from_picks_with_growing_backoff_and_a_share_limit(
     );
     let ejected = balancer.candidates();
     assert_eq!(ejected.len(), 1);
-
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(
-        balancer.candidates().len(),
-        2,
-        "back after the first ejection (400 ms)"
+    // Back once the ejection ends: never before (a slow machine only makes it later).
+    let back = until_candidates(&balancer, 2).await - first_failures;
+    assert!(
+        back >= Duration::from_millis(400),
+        "back after {back:?}, before the 400 ms ejection ended"
     );
+    let second_failures = Instant::now();
     fail(6);
     assert_eq!(balancer.candidates().len(), 1, "ejected again");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        balancer.candidates().len(),
-        1,
-        "the second ejection lasts 800 ms"
+    let back_again = until_candidates(&balancer, 2).await - second_failures;
+    assert!(
+        back_again >= Duration::from_millis(800),
+        "the second ejection lasted {back_again:?}, not twice the first (800 ms)"
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(balancer.candidates().len(), 2);
+    eprintln!("ejections lasted {back:?}, then {back_again:?}");
 
     // At most 50% of 2 = 1 instance out at once: failing both ejects only one.
     for _ in 0..10 {
@@ -395,4 +394,17 @@ async fn outliers_are_ejected_from_picks_with_growing_backoff_and_a_share_limit(
         .iter()
         .all(|i| i.status == InstanceStatus::Healthy));
     mesh.shutdown().await;
+}
+
+/// Polls until `balancer` has `count` candidates (10 s at most); returns when.
+async fn until_candidates(balancer: &prism_mesh::Balancer, count: usize) -> Instant {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while balancer.candidates().len() != count {
+        assert!(
+            Instant::now() < deadline,
+            "never {count} candidates within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Instant::now()
 }
