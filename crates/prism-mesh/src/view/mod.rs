@@ -183,13 +183,13 @@ impl ViewTask {
                     match item {
                         WatchItem::SnapshotBegin => {
                             if synced {
-                                preservation.interrupted();
+                                preservation.interrupted(SystemTime::now());
                             }
                             resync = Some(self.begin_snapshot(&mut index));
                         }
                         WatchItem::Resumed => {
                             MeshStats::incr(&self.stats.resumes);
-                            preservation.interrupted();
+                            preservation.interrupted(SystemTime::now());
                         }
                         WatchItem::SnapshotPart(changes) => {
                             let top = changes.iter().map(KvChange::revision).max();

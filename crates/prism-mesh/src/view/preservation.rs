@@ -134,9 +134,9 @@ impl Preservation {
         self.rule.enabled
     }
 
-    /// The watch was interrupted and resumes now.
-    pub(crate) fn interrupted(&mut self) {
-        self.resumed_at = Some(SystemTime::now());
+    /// The watch was interrupted and resumes `now`.
+    pub(crate) fn interrupted(&mut self, now: SystemTime) {
+        self.resumed_at = Some(now);
     }
 
     /// Decides an expiry of `key` at `revision`. `overdue(at, enough)` counts the other
@@ -320,7 +320,7 @@ mod tests {
     fn a_key_not_written_since_the_watch_resumed_is_held_one_written_after_is_not() {
         let mut p = Preservation::new(SelfPreservation::default());
         let before = facts(TTL, Some(TTL));
-        p.interrupted();
+        p.interrupted(SystemTime::now());
         assert!(matches!(judge(&p, before, 0), Verdict::Hold { .. }));
         let mut after = facts(Duration::ZERO, Some(TTL));
         after.written_at = SystemTime::now() + Duration::from_millis(10);
@@ -373,5 +373,76 @@ mod tests {
         assert_eq!(p.confirm("b", None), None);
         assert_eq!(p.held(), 1);
         assert_eq!(p.due(), vec![("b".to_string(), 8, true)]);
+    }
+
+    #[test]
+    fn only_an_enabled_rule_holds_anything() {
+        assert!(Preservation::new(SelfPreservation::default()).enabled());
+        let mut off = Preservation::new(SelfPreservation::disabled());
+        assert!(!off.enabled());
+        let late = facts(TTL * 3, Some(TTL * 2));
+        assert_eq!(
+            off.expire("a".into(), 1, late, 10, |_, _| 10),
+            Verdict::Apply
+        );
+    }
+
+    #[test]
+    fn a_marker_exactly_at_the_tolerance_either_way_is_on_time() {
+        let p = Preservation::new(SelfPreservation::default());
+        let tolerance = SelfPreservation::default().tolerance;
+        let latest = facts(TTL * 2, Some(TTL + tolerance));
+        assert_eq!(judge(&p, latest, 0), Verdict::Apply);
+        let earliest = facts(TTL * 2, Some(TTL - tolerance));
+        assert_eq!(judge(&p, earliest, 0), Verdict::Apply);
+    }
+
+    #[test]
+    fn a_key_written_at_the_very_moment_the_watch_resumed_is_not_cut_off() {
+        let mut p = Preservation::new(SelfPreservation::default());
+        let on_time = facts(TTL, Some(TTL));
+        p.interrupted(on_time.written_at);
+        assert_eq!(judge(&p, on_time, 0), Verdict::Apply);
+    }
+
+    #[test]
+    fn the_first_hold_of_a_quiet_view_is_an_activation_and_the_next_is_not() {
+        let mut p = Preservation::new(SelfPreservation::default());
+        let late = facts(TTL * 3, Some(TTL * 2));
+        let first = p.expire("a".into(), 1, late, 10, |_, _| 0);
+        assert_eq!(
+            first,
+            Verdict::Hold {
+                why: "expired late: the server was not expiring on time",
+                first: true
+            }
+        );
+        let second = p.expire("b".into(), 2, late, 10, |_, _| 0);
+        assert!(matches!(second, Verdict::Hold { first: false, .. }));
+    }
+
+    #[test]
+    fn a_held_expiry_is_due_a_grace_later_and_asked_about_once() {
+        let grace = Duration::from_secs(60);
+        let mut p = Preservation::new(SelfPreservation {
+            grace,
+            ..SelfPreservation::default()
+        });
+        assert_eq!(p.next_deadline(), None);
+        let late = facts(TTL * 3, Some(TTL * 2));
+        p.expire("a".into(), 1, late, 10, |_, _| 0);
+        let deadline = p.next_deadline().expect("a deadline for the held expiry");
+        assert!(deadline > Instant::now() + grace / 2, "due too soon");
+        assert!(p.due().is_empty(), "due before its grace ended");
+
+        let mut p = Preservation::new(SelfPreservation {
+            grace: Duration::ZERO,
+            ..SelfPreservation::default()
+        });
+        p.expire("a".into(), 1, late, 10, |_, _| 0);
+        assert_eq!(p.due().len(), 1);
+        // Being confirmed: no deadline, and not due again while the store is asked.
+        assert_eq!(p.next_deadline(), None);
+        assert!(p.due().is_empty(), "asked about twice");
     }
 }
