@@ -241,4 +241,28 @@ mod tests {
             assert_eq!(parse_ttl_header(value), expected, "Nats-TTL {value:?}");
         }
     }
+
+    #[test]
+    fn an_event_subject_names_prefix_service_instance_and_event() {
+        let id = Uuid::new_v4();
+        assert_eq!(
+            event_subject("discovery", "orders", &id, EventName::Status),
+            format!("discovery.orders.{}.status", id.hyphenated())
+        );
+    }
+
+    #[test]
+    fn go_durations_read_nanoseconds_and_stop_exactly_at_2_pow_63() {
+        assert_eq!(
+            parse_ttl_header("1500000000ns"),
+            Some(Duration::from_secs(1))
+        );
+        // The longest Go duration is 2^63 - 1 ns; one more is an error there, and here.
+        let longest = i64::MAX as u64;
+        assert_eq!(
+            parse_ttl_header(&format!("{longest}ns")),
+            Some(Duration::from_secs(longest / 1_000_000_000))
+        );
+        assert_eq!(parse_ttl_header(&format!("{}ns", longest + 1)), None);
+    }
 }
