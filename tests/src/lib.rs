@@ -779,7 +779,8 @@ impl Captured {
 /// whether it was acknowledged. For measuring write gaps in fault tests.
 pub struct Registrar {
     acknowledged: std::sync::Arc<std::sync::Mutex<Vec<prism_mesh::Registration>>>,
-    attempts: std::sync::Arc<std::sync::Mutex<Vec<(Instant, Instant, bool)>>>,
+    attempts: std::sync::Arc<Attempts>,
+    service: String,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -789,13 +790,13 @@ impl Registrar {
     pub fn start(mesh: Mesh, service: &str, every: Duration) -> Registrar {
         let acknowledged: std::sync::Arc<std::sync::Mutex<Vec<prism_mesh::Registration>>> =
             std::sync::Arc::default();
-        let attempts: std::sync::Arc<std::sync::Mutex<Vec<(Instant, Instant, bool)>>> =
-            std::sync::Arc::default();
+        let attempts: std::sync::Arc<Attempts> = std::sync::Arc::default();
         let (acks, tries) = (
             std::sync::Arc::clone(&acknowledged),
             std::sync::Arc::clone(&attempts),
         );
-        let service = service.to_string();
+        let name = service.to_string();
+        let service = name.clone();
         let task = tokio::spawn(async move {
             for n in 0u16.. {
                 let instance = prism_mesh::ServiceInstance::builder(&service, "127.0.0.1", n)
@@ -815,6 +816,7 @@ impl Registrar {
         Registrar {
             acknowledged,
             attempts,
+            service: name,
             task,
         }
     }
@@ -840,22 +842,24 @@ impl Registrar {
     /// From `since` to the acknowledgement of the first registration that started after it
     /// (one in flight at `since` does not count): the gap a fault left in writes.
     pub async fn resumed_after(&self, since: Instant) -> Duration {
-        let deadline = since + Duration::from_secs(60);
-        loop {
-            let first = lock(&self.attempts)
-                .iter()
-                .filter(|(started, _, ok)| *ok && *started > since)
-                .map(|(_, ended, _)| *ended)
-                .min();
-            if let Some(at) = first {
-                return at - since;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "registrations never resumed within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        first_ack_after(&self.attempts, since).await
+    }
+
+    /// Waits until `mesh`'s view holds every registration acknowledged so far, or panics.
+    pub async fn until_visible_at(&self, mesh: &Mesh, timeout: Duration) {
+        let acknowledged = self.acknowledged();
+        wait_view(
+            mesh,
+            &self.service,
+            timeout,
+            "every acknowledged registration",
+            |view| {
+                acknowledged
+                    .iter()
+                    .all(|r| view.iter().any(|i| i.id == r.id()))
+            },
+        )
+        .await;
     }
 
     /// Stops registering.
@@ -867,6 +871,30 @@ impl Registrar {
 impl Drop for Registrar {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Write attempts: when each started and ended, and whether it was acknowledged.
+pub type Attempts = std::sync::Mutex<Vec<(Instant, Instant, bool)>>;
+
+/// From `since` to the end of the first acknowledged attempt that started after it (one in
+/// flight at `since` does not count), polling for at most 60 s.
+pub async fn first_ack_after(attempts: &Attempts, since: Instant) -> Duration {
+    let deadline = since + Duration::from_secs(60);
+    loop {
+        let first = lock(attempts)
+            .iter()
+            .filter(|(started, _, ok)| *ok && *started > since)
+            .map(|(_, ended, _)| *ended)
+            .min();
+        if let Some(at) = first {
+            return at - since;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never resumed within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

@@ -185,18 +185,7 @@ async fn leader_changes_report_no_live_instance_dead_and_lose_nothing_acknowledg
         "expired events stored for live instances: {expired:#?}"
     );
     for (n, peer) in peers.iter().enumerate() {
-        wait_view(
-            peer,
-            "written",
-            Duration::from_secs(10),
-            "every acknowledged registration",
-            |view| {
-                acknowledged
-                    .iter()
-                    .all(|r| view.iter().any(|i| i.id == r.id()))
-            },
-        )
-        .await;
+        writer.until_visible_at(peer, Duration::from_secs(10)).await;
         eprintln!("peer {n}: {:?}", peer.stats());
     }
     for registration in &acknowledged {

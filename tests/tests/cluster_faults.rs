@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use prism_mesh::protocol::DEFAULT_EVENT_STREAM;
 use prism_mesh::Mesh;
-use prism_tests::{test_options, wait_view, NatsCluster, Registrar};
+use prism_tests::{test_options, NatsCluster, Registrar};
 
 const CONVERGE: Duration = Duration::from_secs(5);
 
@@ -84,18 +84,7 @@ async fn killing_one_server_then_another_loses_nothing_acknowledged_and_views_co
     // Every acknowledged registration is in both views, within the convergence bound.
     for (name, mesh) in [("owner", &owner), ("peer", &peer)] {
         let started = Instant::now();
-        wait_view(
-            mesh,
-            "survivor",
-            CONVERGE,
-            "every acknowledged registration",
-            |view| {
-                acknowledged
-                    .iter()
-                    .all(|r| view.iter().any(|i| i.id == r.id()))
-            },
-        )
-        .await;
+        registrar.until_visible_at(mesh, CONVERGE).await;
         eprintln!(
             "{name} converged {:?} after the last restart settled",
             started.elapsed()

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use prism_mesh::protocol::{DEFAULT_BUCKET, DEFAULT_EVENT_STREAM};
 use prism_mesh::{EventFilter, EventKind, Mesh, NatsOptions, ServiceInstance};
-use prism_tests::NatsCluster;
+use prism_tests::{first_ack_after as resumed, Attempts, NatsCluster};
 
 use super::{ms, Row};
 
@@ -24,17 +24,14 @@ const RAW_EVENTS: &str = "RAW_FAILOVER_EVENTS";
 const OWNERS: u16 = 20;
 const CADENCE: Duration = Duration::from_millis(100);
 
-/// Each attempt: when it started, when it ended, whether it was acknowledged.
-type Attempts = Arc<Mutex<Vec<(Instant, Instant, bool)>>>;
-
 /// Starts one write every `CADENCE`, each on its own task, so a stalled write does not hold
 /// back the next: both sides measure with the same resolution.
-fn every_cadence<F, Fut>(write: F) -> (Attempts, tokio::task::JoinHandle<()>)
+fn every_cadence<F, Fut>(write: F) -> (Arc<Attempts>, tokio::task::JoinHandle<()>)
 where
     F: Fn(u64) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
-    let attempts: Attempts = Arc::default();
+    let attempts: Arc<Attempts> = Arc::default();
     let record = attempts.clone();
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(CADENCE);
@@ -52,25 +49,6 @@ where
         }
     });
     (attempts, task)
-}
-
-/// From `since` to the end of the first acknowledged write that started after it.
-async fn resumed(attempts: &Attempts, since: Instant) -> Duration {
-    let deadline = since + Duration::from_secs(60);
-    loop {
-        let first = attempts
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(started, _, ok)| *ok && *started > since)
-            .map(|(_, ended, _)| *ended)
-            .min();
-        if let Some(at) = first {
-            return at - since;
-        }
-        assert!(Instant::now() < deadline, "writes never resumed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The leader of `stream` and whether every replica is current.

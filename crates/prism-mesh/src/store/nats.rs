@@ -579,11 +579,7 @@ async fn ensure_bucket(js: &jetstream::Context, options: &NatsOptions) -> Result
         let mut stream = match js.get_stream(&stream_name).await {
             Ok(stream) => stream,
             Err(get_error) => {
-                let kind = if transient(&create_error) || transient(&get_error) {
-                    ErrorKind::Timeout
-                } else {
-                    ErrorKind::Setup
-                };
+                let kind = setup_kind(transient(&create_error) || transient(&get_error));
                 return Err(Error::with_source(
                     kind,
                     format!(
@@ -595,11 +591,7 @@ async fn ensure_bucket(js: &jetstream::Context, options: &NatsOptions) -> Result
             }
         };
         let info = stream.info().await.map_err(|e| {
-            let kind = if transient(&e) {
-                ErrorKind::Timeout
-            } else {
-                ErrorKind::Setup
-            };
+            let kind = setup_kind(transient(&e));
             Error::with_source(kind, format!("cannot read stream {stream_name}"), e)
         })?;
         if !info.config.allow_message_ttl || info.config.subject_delete_marker_ttl.is_none() {
@@ -627,6 +619,16 @@ fn mentions_any(error: &dyn std::error::Error, words: &[&str]) -> bool {
         source = cause.source();
     }
     words.iter().any(|w| text.contains(w))
+}
+
+/// The kind of a failed JetStream setup request: `Timeout` while JetStream cannot answer yet
+/// (retried until the connect deadline), `Setup` for what waiting does not fix.
+fn setup_kind(transient: bool) -> ErrorKind {
+    if transient {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Setup
+    }
 }
 
 /// An error JetStream gives while it cannot answer yet (starting, electing a leader,
@@ -662,11 +664,7 @@ async fn ensure_event_stream(js: &jetstream::Context, options: &NatsOptions) -> 
         ..Default::default()
     };
     if let Err(create_error) = js.get_or_create_stream(config).await {
-        let kind = if transient(&create_error) {
-            ErrorKind::Timeout
-        } else {
-            ErrorKind::Setup
-        };
+        let kind = setup_kind(transient(&create_error));
         return Err(Error::with_source(
             kind,
             format!(
@@ -898,11 +896,7 @@ async fn watch_once(
     log: &mut WatchedLog,
 ) -> Result<WatchEnd> {
     let cannot_open = |e: jetstream::context::GetStreamError| {
-        let kind = if transient(&e) {
-            ErrorKind::Timeout
-        } else {
-            ErrorKind::Setup
-        };
+        let kind = setup_kind(transient(&e));
         Error::with_source(kind, format!("cannot open stream {}", inner.kv_stream), e)
     };
     let stream = match inner.js.get_stream(&inner.kv_stream).await {
