@@ -933,6 +933,8 @@ async fn watch_once(
     if replaced {
         info!(stream = %inner.kv_stream, "the bucket's stream was created anew; its revisions restart");
         log.delivered = 0;
+        // The stall check compares with revisions of this log, which restart too.
+        inner.lag.delivered.store(0, Ordering::Relaxed);
         if tx.send(WatchItem::LogReplaced).is_err() {
             return Ok(WatchEnd::ReceiverGone);
         }
