@@ -372,6 +372,68 @@ pub fn put_headers(ttl: &str) -> async_nats::HeaderMap {
     headers
 }
 
+/// Users of the shipped `nats/auth.conf`, each with the test password `<user>-pw`.
+pub const AUTH_USERS: [&str; 5] = ["admin", "orders", "billing", "witness", "observer"];
+
+/// A server running the shipped `nats/auth.conf` (the file reads passwords from the
+/// environment; here each user's is `<user>-pw`).
+pub fn server_with_auth_conf() -> NatsServer {
+    let mut conf =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/auth.conf"))
+            .expect("read nats/auth.conf");
+    for user in AUTH_USERS {
+        conf = conf.replace(
+            &format!("${}_PASSWORD", user.to_uppercase()),
+            &format!("\"{user}-pw\""),
+        );
+    }
+    NatsServer::start_with_config(&conf)
+}
+
+/// Options to connect as `user` of [`server_with_auth_conf`], with the reply prefix the
+/// file gives it (the admin keeps the default).
+pub fn options_as(url: &str, user: &str) -> NatsOptions {
+    let options = test_options(url)
+        .user_password(user, format!("{user}-pw"))
+        .request_timeout(Duration::from_secs(2));
+    if user == "admin" {
+        options
+    } else {
+        options.inbox_prefix(format!("_INBOX_{user}"))
+    }
+}
+
+/// A raw JetStream client (no prism-mesh code: it follows only the server's rules) as
+/// `user` of [`server_with_auth_conf`], and what the server reported to it
+/// (permission violations...).
+pub async fn raw_as(
+    url: &str,
+    user: &str,
+) -> (
+    async_nats::jetstream::Context,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = reported.clone();
+    let mut connect =
+        async_nats::ConnectOptions::with_user_and_password(user.into(), format!("{user}-pw"))
+            .event_callback(move |event| {
+                let sink = sink.clone();
+                async move {
+                    if let async_nats::Event::ServerError(e) = event {
+                        sink.lock().unwrap().push(e.to_string());
+                    }
+                }
+            });
+    if user != "admin" {
+        connect = connect.custom_inbox_prefix(format!("_INBOX_{user}"));
+    }
+    let client = connect.connect(url).await.expect("raw client connects");
+    let mut js = async_nats::jetstream::new(client);
+    js.set_timeout(Duration::from_secs(2));
+    (js, reported)
+}
+
 /// Options for a test mesh on `url`: short timings so expiry shows within seconds.
 pub fn test_options(url: &str) -> NatsOptions {
     NatsOptions::new(url)

@@ -116,6 +116,19 @@ pub struct ConnectArgs {
     /// Authentication token.
     #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// User name (with --password).
+    #[arg(long, env = "NATS_USER")]
+    pub user: Option<String>,
+    /// Password (with --user).
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// File holding an NKey seed.
+    #[arg(long, env = "NATS_NKEY")]
+    pub nkey: Option<std::path::PathBuf>,
+    /// Prefix of reply subjects, when permissions give each user its own
+    /// (for example `_INBOX_observer`).
+    #[arg(long, env = "NATS_INBOX_PREFIX")]
+    pub inbox_prefix: Option<String>,
     /// Credentials file.
     #[arg(long, env = "NATS_CREDS")]
     pub creds: Option<std::path::PathBuf>,
@@ -152,11 +165,53 @@ impl ConnectArgs {
         options = options
             .client_name("prism-cli")
             .connect_deadline(self.connect_deadline);
+        let mut chosen = Vec::new();
         if let Some(token) = &self.token {
-            options = options.token(token);
+            chosen.push(("--token", NatsOptions::new("").token(token)));
+        }
+        match (&self.user, &self.password) {
+            (Some(user), Some(password)) => chosen.push((
+                "--user/--password",
+                NatsOptions::new("").user_password(user, password),
+            )),
+            (Some(_), None) => {
+                return Err(CliError::Usage(
+                    "--user needs --password (or NATS_PASSWORD)".to_string(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(CliError::Usage(
+                    "--password needs --user (or NATS_USER)".to_string(),
+                ))
+            }
+            (None, None) => {}
+        }
+        if let Some(seed_file) = &self.nkey {
+            chosen.push(("--nkey", NatsOptions::new("").nkey_seed_file(seed_file)));
         }
         if let Some(creds) = &self.creds {
-            options = options.credentials_file(creds);
+            chosen.push(("--creds", NatsOptions::new("").credentials_file(creds)));
+        }
+        match chosen.as_slice() {
+            [] => {}
+            // A method chosen here replaces whichever a --config file names.
+            [(_, method)] => {
+                options.token = method.token.clone();
+                options.user_password = method.user_password.clone();
+                options.nkey_seed = None;
+                options.nkey_seed_file = method.nkey_seed_file.clone();
+                options.credentials_file = method.credentials_file.clone();
+            }
+            several => {
+                let flags: Vec<&str> = several.iter().map(|(flag, _)| *flag).collect();
+                return Err(CliError::Usage(format!(
+                    "{} each choose an authentication method; give one",
+                    flags.join(", ")
+                )));
+            }
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            options.inbox_prefix = Some(prefix.clone());
         }
         if let Some(ca) = &self.tls_ca {
             options = options.tls_ca(ca);

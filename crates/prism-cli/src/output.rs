@@ -17,9 +17,11 @@ pub fn event_line(event: &MeshEvent, json_output: bool) -> String {
             reason,
             ..
         } => (format!("{previous} -> {current}"), reason.clone()),
-        MeshEvent::Updated { reason, .. } => {
-            ("metadata/tags/weight changed".to_string(), reason.clone())
-        }
+        MeshEvent::Updated {
+            previous,
+            instance,
+            reason,
+        } => (what_changed(previous, instance), reason.clone()),
         MeshEvent::Deregistered { reason, .. } => (String::new(), reason.clone()),
         MeshEvent::Expired { .. } => ("TTL ran out: owner stopped heartbeating".to_string(), None),
         MeshEvent::Registered { .. } => (instance.base_url(), None),
@@ -47,6 +49,34 @@ pub fn event_line(event: &MeshEvent, json_output: bool) -> String {
         short(&instance.id.to_string()),
         instance.status
     )
+}
+
+/// What an update changed, the address first: a changed address is what a hijacked key
+/// shows, and what a reader must not miss.
+pub fn what_changed(previous: &ServiceInstance, current: &ServiceInstance) -> String {
+    let mut changes = Vec::new();
+    if previous.base_url() != current.base_url() {
+        changes.push(format!(
+            "address changed: {} -> {}",
+            previous.base_url(),
+            current.base_url()
+        ));
+    }
+    for (field, changed) in [
+        ("weight", previous.weight != current.weight),
+        ("zone", previous.zone != current.zone),
+        ("tags", previous.tags != current.tags),
+        ("metadata", previous.metadata != current.metadata),
+    ] {
+        if changed {
+            changes.push(format!("{field} changed"));
+        }
+    }
+    if changes.is_empty() {
+        "rewritten unchanged".to_string()
+    } else {
+        changes.join(", ")
+    }
 }
 
 /// One line for a recorded event (audit trail).

@@ -101,6 +101,8 @@ pub struct NatsOptions {
     pub credentials_file: Option<PathBuf>,
     /// NKey seed authentication.
     pub nkey_seed: Option<String>,
+    /// A file holding the NKey seed, read when connecting.
+    pub nkey_seed_file: Option<PathBuf>,
     /// CA certificate (PEM) to trust for TLS.
     pub tls_ca: Option<PathBuf>,
     /// Client certificate and key (PEM) for mutual TLS.
@@ -109,6 +111,10 @@ pub struct NatsOptions {
     pub tls_required: bool,
     /// Connection name shown by the server's monitoring.
     pub client_name: Option<String>,
+    /// Prefix of this connection's reply subjects (default `_INBOX`). With one prefix per
+    /// user, and permissions that let each user subscribe only to its own, no user can read
+    /// another's replies (see `nats/auth.conf`).
+    pub inbox_prefix: Option<String>,
 }
 
 impl NatsOptions {
@@ -138,10 +144,12 @@ impl NatsOptions {
             user_password: None,
             credentials_file: None,
             nkey_seed: None,
+            nkey_seed_file: None,
             tls_ca: None,
             tls_client_cert: None,
             tls_required: false,
             client_name: None,
+            inbox_prefix: None,
         }
     }
 
@@ -238,6 +246,18 @@ impl NatsOptions {
         self
     }
 
+    /// Authenticates with the NKey seed in this file (read when connecting).
+    pub fn nkey_seed_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.nkey_seed_file = Some(path.into());
+        self
+    }
+
+    /// Sets the prefix of this connection's reply subjects (default `_INBOX`).
+    pub fn inbox_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inbox_prefix = Some(prefix.into());
+        self
+    }
+
     /// Trusts this CA for TLS.
     pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
         self.tls_ca = Some(path.into());
@@ -286,6 +306,7 @@ impl NatsOptions {
                 self.tls_client_cert.as_ref().map(|(_, k)| k),
             ),
             ("credentials file", self.credentials_file.as_ref()),
+            ("nkey_seed_file", self.nkey_seed_file.as_ref()),
         ];
         for (what, path) in files {
             if let Some(path) = path {
@@ -340,8 +361,126 @@ impl NatsOptions {
         }
         crate::instance::validate_service_name(&self.subject_prefix)
             .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("subject_prefix: {e}")))?;
+        if let Some(prefix) = &self.inbox_prefix {
+            let valid = !prefix.is_empty()
+                && prefix.split('.').all(|token| {
+                    !token.is_empty()
+                        && token
+                            .chars()
+                            .all(|c| c.is_ascii_graphic() && c != '*' && c != '>')
+                });
+            if !valid {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "inbox_prefix {prefix:?} must be subject tokens without wildcards or spaces"
+                    ),
+                ));
+            }
+        }
+        if self.nkey_seed.is_some() && self.nkey_seed_file.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                "give either nkey_seed or nkey_seed_file, not both",
+            ));
+        }
+        self.url_credentials()?;
+        if let Some(ca) = &self.tls_ca {
+            let uses_tls = self.tls_required
+                || self.tls_client_cert.is_some()
+                || self.urls.iter().any(|u| {
+                    let scheme = u.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+                    matches!(scheme.as_deref(), Some("tls" | "wss"))
+                });
+            if !uses_tls {
+                return Err(Error::new(
+                    ErrorKind::InvalidConfig,
+                    format!(
+                        "tls_ca {} cannot apply: no url uses TLS ({}); use tls:// urls or set tls_required",
+                        ca.display(),
+                        self.redacted_urls()
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
+
+    /// The `user:password@` (or `token@`) the urls carry, the same in every url that has
+    /// any; an error when urls disagree or the options give credentials too. async-nats
+    /// does not apply them by itself.
+    pub(crate) fn url_credentials(&self) -> Result<Option<UrlCredentials>> {
+        let mut found: Option<UrlCredentials> = None;
+        for url in &self.urls {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+            let Some((userinfo, _)) = rest.rsplit_once('@') else {
+                continue;
+            };
+            let credentials = match userinfo.split_once(':') {
+                Some((user, password)) => {
+                    UrlCredentials::UserPassword(percent_decode(user), percent_decode(password))
+                }
+                None => UrlCredentials::Token(percent_decode(userinfo)),
+            };
+            match &found {
+                Some(other) if *other != credentials => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidConfig,
+                        format!(
+                            "the urls carry different credentials ({}); give them once",
+                            self.redacted_urls()
+                        ),
+                    ));
+                }
+                _ => found = Some(credentials),
+            }
+        }
+        let given = self.token.is_some()
+            || self.user_password.is_some()
+            || self.nkey_seed.is_some()
+            || self.nkey_seed_file.is_some()
+            || self.credentials_file.is_some();
+        if found.is_some() && given {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!(
+                    "credentials given twice: in the url ({}) and as options; give them once",
+                    self.redacted_urls()
+                ),
+            ));
+        }
+        Ok(found)
+    }
+}
+
+/// Credentials carried by a server url.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum UrlCredentials {
+    /// `nats://user:password@host`.
+    UserPassword(String, String),
+    /// `nats://token@host`.
+    Token(String),
+}
+
+/// Decodes `%XX` escapes (a password may hold `@`, `:` or `/` only escaped); anything else
+/// is kept as written.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl fmt::Debug for NatsOptions {
@@ -358,6 +497,8 @@ impl fmt::Debug for NatsOptions {
             .field("user", &self.user_password.as_ref().map(|(u, _)| u))
             .field("credentials_file", &self.credentials_file)
             .field("nkey_seed", &self.nkey_seed.as_ref().map(|_| "<redacted>"))
+            .field("nkey_seed_file", &self.nkey_seed_file)
+            .field("inbox_prefix", &self.inbox_prefix)
             .field("tls_ca", &self.tls_ca)
             .field("tls_required", &self.tls_required)
             .finish_non_exhaustive()

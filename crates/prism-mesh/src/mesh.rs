@@ -22,8 +22,8 @@ use crate::owner::{lock_owned, OwnedMap, Owners, Registration};
 use crate::signal::TerminationSignals;
 use crate::store::{MemoryStore, NatsStore, Store};
 use crate::view::{
-    EventBus, EventFilter, EventStream, MeshEvent, RegistryView, SelfPreservation, ServiceSlot,
-    ViewTask, Watermark,
+    EventBus, EventFilter, EventStream, KeyAlerts, MeshEvent, RegistryView, SelfPreservation,
+    ServiceSlot, ViewTask, Watermark,
 };
 
 /// Owned instances deregistered (or put in maintenance) at once when a mesh shuts down.
@@ -312,6 +312,7 @@ impl Mesh {
         let (ready_tx, mut ready) = watch::channel(false);
         let applied = Arc::new(Watermark::default());
         let closing = watch::channel(false).0;
+        let alerts = Arc::new(KeyAlerts::default());
         let task = ViewTask {
             store: store.clone(),
             registry: registry.clone(),
@@ -322,6 +323,7 @@ impl Mesh {
             publish_expired: builder.publish_expired_events,
             self_preservation: builder.self_preservation,
             applied: applied.clone(),
+            alerts: alerts.clone(),
             closing: closing.subscribe(),
         };
         let span = tracing::info_span!("view", peer = %peer_id);
@@ -354,6 +356,7 @@ impl Mesh {
             peer_id.clone(),
             closing.subscribe(),
             applied,
+            alerts,
         );
         Ok(Mesh {
             inner: Arc::new(Inner {

@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -28,7 +28,7 @@ use crate::instance::{InstanceStatus, ServiceInstance};
 use crate::metrics::MeshStats;
 use crate::protocol::{EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
 use crate::store::{Store, WriteCondition};
-use crate::view::Watermark;
+use crate::view::{KeyAlerts, KeyOwner, Watermark};
 
 /// Longest wait for this mesh's own view to show a write before the call returns.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(2);
@@ -139,6 +139,7 @@ impl Registration {
                 // Once the tombstone is written the registration is over, even if the event
                 // could not be recorded: heartbeating would resurrect the key.
                 owned.live.store(false, Ordering::Release);
+                owned.owners.alerts.release(&owned.key);
                 owned.until_visible(writer.revision).await;
                 // Before returning: once deregister returns, `registrations()` no longer
                 // lists it.
@@ -196,6 +197,8 @@ pub(crate) struct Owners {
     applied: Arc<Watermark>,
     /// New registrations, for the heartbeat scheduler.
     schedule: mpsc::UnboundedSender<Arc<OwnedInstance>>,
+    /// Where the view tells owners that someone else wrote their keys.
+    alerts: Arc<KeyAlerts>,
 }
 
 impl std::fmt::Debug for Owners {
@@ -221,6 +224,9 @@ struct OwnedInstance {
     live: AtomicBool,
     /// Held by whoever writes the key: one write at a time, in order.
     writer: tokio::sync::Mutex<KeyState>,
+    /// The last revision this owner wrote, readable without the writer's lock: an alert
+    /// about a revision up to it is this owner's own write.
+    written: AtomicU64,
     /// Held by whoever publishes an update's events, taken before the writer is released:
     /// events in the order of their writes.
     events: tokio::sync::Mutex<()>,
@@ -266,6 +272,7 @@ impl Owners {
         peer_id: String,
         closing: watch::Receiver<bool>,
         applied: Arc<Watermark>,
+        alerts: Arc<KeyAlerts>,
     ) -> Arc<Owners> {
         let (schedule, incoming) = mpsc::unbounded_channel();
         let owners = Arc::new(Owners {
@@ -276,6 +283,7 @@ impl Owners {
             closing,
             applied,
             schedule,
+            alerts,
         });
         let span = tracing::info_span!("heartbeats", peer = %owners.peer_id);
         tokio::spawn(tracing::Instrument::instrument(
@@ -330,8 +338,11 @@ impl Owners {
             current: ArcSwap::new(instance.clone()),
             live: AtomicBool::new(true),
             writer: tokio::sync::Mutex::new(KeyState { revision, sent }),
+            written: AtomicU64::new(revision),
             events: tokio::sync::Mutex::new(()),
         });
+        let alerted: Weak<dyn KeyOwner> = Arc::downgrade(&owned) as Weak<dyn KeyOwner>;
+        self.alerts.own(&owned.key, alerted);
         // Heartbeats from now on: the event may take an election to store, and the key must
         // not expire meanwhile. Should the caller give up before this returns, they stop
         // again, and the unowned key expires at its TTL.
@@ -348,6 +359,7 @@ impl Owners {
             // the key's lock so that no heartbeat in flight writes the key again.
             let _writer = owned.writer.lock().await;
             owned.live.store(false, Ordering::Release);
+            self.alerts.release(&owned.key);
             if let Err(undo) = self
                 .store
                 .delete(
@@ -491,7 +503,56 @@ async fn heartbeat_schedule(
     }
 }
 
+impl KeyOwner for OwnedInstance {
+    fn seen(self: Arc<Self>, revision: u64) {
+        // Almost always this owner's own write, seen after its acknowledgement.
+        if revision <= self.written.load(Ordering::Acquire) || !self.is_live() {
+            return;
+        }
+        tokio::spawn(async move { self.restore(revision).await });
+    }
+}
+
 impl OwnedInstance {
+    /// Notes an acknowledged write of the key.
+    fn wrote(&self, writer: &mut KeyState, revision: u64, sent: Instant) {
+        writer.written(revision, sent);
+        self.written.store(revision, Ordering::Release);
+    }
+
+    /// Writes the key again if the message at `revision` is not this owner's: someone
+    /// else wrote or removed it (or rolled the bucket up), or it expired while this owner
+    /// could not reach the server.
+    async fn restore(&self, revision: u64) {
+        // A write in progress holds the lock until its revision is noted: once it is ours,
+        // a revision above the last noted one is someone else's.
+        let Ok(mut writer) = self.writer().await else {
+            return;
+        };
+        if revision <= writer.revision {
+            return;
+        }
+        let owners = &*self.owners;
+        let instance = self.current.load_full();
+        warn!(
+            key = %self.key,
+            revision,
+            "the key was written or removed by someone else; restoring it"
+        );
+        MeshStats::incr(&owners.stats.restores);
+        if let Err(e) = self
+            .reassert(
+                &mut writer,
+                &instance,
+                owners.timing.heartbeat_interval,
+                RESTORED,
+            )
+            .await
+        {
+            warn!(key = %self.key, error = %e, "could not restore the key; the next heartbeat tries again");
+        }
+    }
+
     /// Not deregistered, the mesh not closed, and its heartbeat scheduler running.
     fn is_live(&self) -> bool {
         self.live.load(Ordering::Acquire)
@@ -582,11 +643,11 @@ impl OwnedInstance {
             .await;
         match written {
             Ok(revision) => {
-                writer.written(revision, sent);
+                self.wrote(writer, revision, sent);
                 Ok(())
             }
             Err(e) if e.kind() == ErrorKind::Conflict => {
-                self.reassert(writer, &instance, wait).await
+                self.reassert(writer, &instance, wait, REASSERTED).await
             }
             Err(e) => Err(e),
         }
@@ -597,9 +658,9 @@ impl OwnedInstance {
         writer: &mut KeyState,
         instance: &Arc<ServiceInstance>,
         wait: Duration,
+        reason: &str,
     ) -> Result<()> {
         let owners = &*self.owners;
-        let reason = "re-asserted by its owner after its key expired or was overwritten";
         let record = record(instance, &owners.timing, Some(reason));
         let sent = Instant::now();
         let revision = owners
@@ -612,7 +673,7 @@ impl OwnedInstance {
                 Some(wait),
             )
             .await?;
-        writer.written(revision, sent);
+        self.wrote(writer, revision, sent);
         MeshStats::incr(&owners.stats.reasserts);
         info!(key = %self.key, revision, "re-asserted registration");
         self.publish(
@@ -686,7 +747,7 @@ impl OwnedInstance {
             }
             Err(e) => return Err(e),
         };
-        writer.written(revision, sent);
+        self.wrote(writer, revision, sent);
         self.current.store(next.clone());
         let mut events = Vec::with_capacity(2);
         if previous.status != next.status {
@@ -736,6 +797,7 @@ impl OwnedInstance {
             Err(e) => return (false, Err(e)),
         };
         writer.revision = revision;
+        self.written.store(revision, Ordering::Release);
         MeshStats::incr(&owners.stats.deregistrations);
         let instance = self.current.load_full();
         (
@@ -786,7 +848,15 @@ impl OwnedInstance {
             at: SystemTime::now(),
             origin: owners.peer_id.clone(),
         };
-        let msg_id = format!("{}-{}-{revision}", event.as_str(), self.id);
+        // Unpredictable: de-duplication spans the whole stream, so an id another client
+        // could guess, it could claim first on a subject of its own, and this event would
+        // be dropped as a duplicate.
+        let msg_id = format!(
+            "{}-{}-{revision}-{}",
+            event.as_str(),
+            self.id,
+            Uuid::new_v4().simple()
+        );
         let give_up = Instant::now() + EVENT_PUBLISH_PATIENCE;
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1u32;
@@ -826,6 +896,12 @@ fn retry_delay(interval: Duration, left: Duration) -> Duration {
     .max(MIN_RETRY_DELAY);
     rand::random_range(most / 2..=most)
 }
+
+/// The reason a heartbeat that found its key gone or changed writes it again with.
+const REASSERTED: &str = "re-asserted by its owner after its key expired or was overwritten";
+
+/// The reason an owner that saw someone else write or remove its key writes it again with.
+const RESTORED: &str = "restored by its owner after another client wrote or removed its key";
 
 /// The shortest retry delay: below it, retries only add load to a server that is failing.
 const MIN_RETRY_DELAY: Duration = Duration::from_millis(50);

@@ -175,9 +175,6 @@ pub struct DiscoverySettings {
     /// NATS connection and JetStream layout: `backend_config.nats`. Only used when
     /// [`backend`](Self::backend) is [`BackendKind::Nats`].
     pub nats: NatsOptions,
-    /// File holding the NKey seed (`backend_config.nats.nkey_seed_file`), read by
-    /// [`mesh_builder`](Self::mesh_builder).
-    pub nkey_seed_file: Option<PathBuf>,
     /// How long an instance lives without a heartbeat (default 10 s, 1 s to 1 h).
     pub instance_ttl: Duration,
     /// How often owners refresh their instances (default 3 s, below `instance_ttl`).
@@ -208,7 +205,6 @@ impl Default for DiscoverySettings {
             source: "defaults".to_string(),
             backend: BackendKind::default(),
             nats: NatsOptions::new(DEFAULT_NATS_URL),
-            nkey_seed_file: None,
             instance_ttl: timing.instance_ttl,
             heartbeat_interval: timing.heartbeat_interval,
             health_check_interval: Duration::from_secs(30),
@@ -360,8 +356,7 @@ impl DiscoverySettings {
     }
 
     /// A [`MeshBuilder`] with the backend, timing, strategies and selection of these
-    /// settings. Reads [`nkey_seed_file`](Self::nkey_seed_file) when there is one. An
-    /// error when the settings (perhaps changed after loading) are inconsistent.
+    /// settings. An error when the settings (perhaps changed after loading) are inconsistent.
     pub fn mesh_builder(&self) -> Result<MeshBuilder> {
         let source = &self.source;
         let timing = self.timing();
@@ -375,20 +370,7 @@ impl DiscoverySettings {
         builder = match self.backend {
             BackendKind::Memory => builder.memory(),
             BackendKind::Nats => {
-                let mut options = self.nats.clone();
-                if let Some(path) = &self.nkey_seed_file {
-                    let seed = std::fs::read_to_string(path).map_err(|e| {
-                        Error::with_source(
-                            ErrorKind::InvalidConfig,
-                            format!(
-                                "{source}: {SECTION}.backend_config.nats.nkey_seed_file: cannot read {}",
-                                path.display()
-                            ),
-                            e,
-                        )
-                    })?;
-                    options.nkey_seed = Some(seed.trim().to_string());
-                }
+                let options = self.nats.clone();
                 options.validate().map_err(|e| {
                     config_error(format!(
                         "{source}: {SECTION}.backend_config.nats: {}",
@@ -593,6 +575,7 @@ struct RawNats {
     connect_deadline: Option<Scalar>,
     request_timeout: Option<Scalar>,
     client_name: Option<Scalar>,
+    inbox_prefix: Option<Scalar>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1131,7 +1114,7 @@ impl<'a> Loader<'a> {
         nats.user_password = user.zip(password);
         nats.credentials_file = creds.map(PathBuf::from);
         nats.nkey_seed = seed;
-        settings.nkey_seed_file = seed_file.map(PathBuf::from);
+        nats.nkey_seed_file = seed_file.map(PathBuf::from);
 
         // TLS.
         let tls = raw.tls.unwrap_or_default();
@@ -1251,6 +1234,7 @@ impl<'a> Loader<'a> {
             }
         }
         nats.client_name = raw.client_name.as_ref().and_then(non_empty);
+        nats.inbox_prefix = raw.inbox_prefix.as_ref().and_then(non_empty);
         Ok(())
     }
 }
@@ -1819,16 +1803,17 @@ service_discovery:
     }
 
     #[test]
-    fn mesh_builder_reads_the_nkey_seed_file_and_rejects_a_missing_one() {
-        let settings = DiscoverySettings {
-            backend: BackendKind::Nats,
-            nkey_seed_file: Some(PathBuf::from("/nonexistent/prism-seed")),
-            ..DiscoverySettings::default()
-        };
-        let shown = settings.mesh_builder().unwrap_err().to_string();
-        assert!(
-            shown.contains("nkey_seed_file: cannot read /nonexistent/prism-seed"),
-            "{shown}"
+    fn the_nkey_seed_file_goes_into_the_nats_options_every_caller_uses() {
+        let settings = DiscoverySettings::from_yaml_str(
+            "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      nkey_seed_file: /run/seed\n      inbox_prefix: _INBOX_orders\n",
+            "inline.yaml",
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(
+            settings.nats.nkey_seed_file,
+            Some(PathBuf::from("/run/seed"))
         );
+        assert_eq!(settings.nats.inbox_prefix.as_deref(), Some("_INBOX_orders"));
     }
 }

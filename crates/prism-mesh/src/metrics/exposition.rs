@@ -156,6 +156,12 @@ where
         )?;
         counter(
             e,
+            "service_discovery_restores",
+            "Owned keys another client wrote or removed, written again at once",
+            s.restores,
+        )?;
+        counter(
+            e,
             "service_discovery_heartbeat_failures",
             "Heartbeats that failed (retried)",
             s.heartbeat_failures,

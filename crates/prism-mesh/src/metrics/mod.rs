@@ -18,6 +18,7 @@ pub(crate) struct MeshStats {
     pub(crate) resumes: AtomicU64,
     pub(crate) registrations: AtomicU64,
     pub(crate) reasserts: AtomicU64,
+    pub(crate) restores: AtomicU64,
     pub(crate) heartbeat_failures: AtomicU64,
     pub(crate) heartbeats_late: AtomicU64,
     pub(crate) event_publish_failures: AtomicU64,
@@ -58,6 +59,7 @@ impl MeshStats {
             resumes: get(&self.resumes),
             registrations: get(&self.registrations),
             reasserts: get(&self.reasserts),
+            restores: get(&self.restores),
             heartbeat_failures: get(&self.heartbeat_failures),
             heartbeats_late: get(&self.heartbeats_late),
             event_publish_failures: get(&self.event_publish_failures),
@@ -96,6 +98,9 @@ pub struct StatsSnapshot {
     pub registrations: u64,
     /// Owned keys found expired or overwritten and written again.
     pub reasserts: u64,
+    /// Owned keys this handle saw another client write or remove, and wrote again at once
+    /// (part of `reasserts`).
+    pub restores: u64,
     /// Heartbeats that failed (retried).
     pub heartbeat_failures: u64,
     /// Heartbeats that started more than half an interval (at least 50 ms) after they

@@ -30,14 +30,23 @@ pub mod headers {
     pub const REASON: &str = "Prism-Reason";
     /// Id of the peer that published the message.
     pub const ORIGIN: &str = "Prism-Origin";
+    /// On an `expired` event: the bucket revision of the record that expired, which makes
+    /// one expiry one event whoever records it.
+    pub const REVISION: &str = "Prism-Revision";
     /// JetStream de-duplication id.
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
     /// Per-message TTL (nats-server 2.11+).
     pub const NATS_TTL: &str = "Nats-TTL";
     /// Optimistic concurrency on the key's last revision.
     pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+    /// The subject (wildcards allowed) whose last sequence
+    /// [`NATS_EXPECTED_LAST_SUBJECT_SEQUENCE`] checks, instead of the message's own.
+    pub const NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+        "Nats-Expected-Last-Subject-Sequence-Subject";
     /// Reason of a server-written marker (`MaxAge`, `Purge`, `Remove`).
     pub const NATS_MARKER_REASON: &str = "Nats-Marker-Reason";
+    /// Removes earlier messages: of the subject (`sub`) or of the whole stream (`all`).
+    pub const NATS_ROLLUP: &str = "Nats-Rollup";
     /// KV operation (`DEL`, `PURGE`); absent on puts.
     pub const KV_OPERATION: &str = "KV-Operation";
 }
@@ -63,6 +72,11 @@ pub fn parse_instance_key(key: &str) -> Option<(&str, Uuid)> {
 /// Subject of a lifecycle event: `<prefix>.<service>.<instance id>.<event>`.
 pub fn event_subject(prefix: &str, service: &str, id: &Uuid, event: EventName) -> String {
     format!("{prefix}.{service}.{}.{}", id.hyphenated(), event.as_str())
+}
+
+/// The subjects of every lifecycle event of one instance: `<prefix>.<service>.<id>.>`.
+pub fn instance_events_filter(prefix: &str, service: &str, id: &Uuid) -> String {
+    format!("{prefix}.{service}.{}.>", id.hyphenated())
 }
 
 /// The longest per-key TTL peers accept. A record without a `Nats-TTL`, with `never`, or

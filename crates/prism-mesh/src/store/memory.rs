@@ -201,9 +201,16 @@ impl MemoryStore {
     }
 
     pub(crate) fn publish_event(&self, record: &EventRecord, msg_id: &str) -> Result<()> {
+        self.append_event(record, msg_id);
+        Ok(())
+    }
+
+    /// Appends an event unless one with the same id is kept (like `Nats-Msg-Id`); says
+    /// whether it was appended.
+    fn append_event(&self, record: &EventRecord, msg_id: &str) -> bool {
         let mut state = self.lock();
         if !state.event_ids.insert(msg_id.to_string()) {
-            return Ok(()); // duplicate: stored once, like Nats-Msg-Id
+            return false;
         }
         state.events.push_back((msg_id.to_string(), record.clone()));
         while state.events.len() > EVENT_LOG_CAPACITY {
@@ -211,7 +218,15 @@ impl MemoryStore {
                 state.event_ids.remove(&id);
             }
         }
-        Ok(())
+        true
+    }
+
+    /// In one process every peer sees the same expiry: the id makes it one event.
+    pub(crate) fn record_expiry(&self, record: &EventRecord, revision: u64) -> bool {
+        self.append_event(
+            record,
+            &format!("expired-{}-{revision}", record.instance.id),
+        )
     }
 
     pub(crate) fn watch(&self) -> mpsc::UnboundedReceiver<WatchItem> {

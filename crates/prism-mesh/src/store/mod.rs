@@ -72,6 +72,15 @@ pub(crate) enum KvChange {
 }
 
 impl KvChange {
+    /// The key changed.
+    pub(crate) fn key(&self) -> &str {
+        match self {
+            KvChange::Put { key, .. }
+            | KvChange::Removed { key, .. }
+            | KvChange::Refused { key, .. } => key,
+        }
+    }
+
     /// The revision (log position) of the change.
     pub(crate) fn revision(&self) -> u64 {
         match self {
@@ -101,6 +110,10 @@ pub(crate) enum WatchItem {
     /// have been cut off from the server meanwhile too, so expiries of keys not written
     /// since are suspect. Changes follow, without a snapshot.
     Resumed,
+    /// A write at `revision` (`Nats-Rollup: all`) removed every earlier message of the log,
+    /// without markers: peers keep what they hold, and owners must write their keys again.
+    /// Its change follows.
+    RolledUp { revision: u64 },
     /// The log was replaced (the bucket made again, as after a server restart with memory
     /// storage): its revisions start again from 1 and compare with none the view holds.
     /// A snapshot follows.
@@ -160,6 +173,15 @@ impl Store {
         match self {
             Store::Memory(store) => store.publish_event(record, msg_id),
             Store::Nats(store) => store.publish_event(record, msg_id).await,
+        }
+    }
+
+    /// Records the expiry of the record at bucket `revision` as an `expired` event, once
+    /// whoever else records it; says whether this call stored it.
+    pub(crate) async fn record_expiry(&self, record: &EventRecord, revision: u64) -> Result<bool> {
+        match self {
+            Store::Memory(store) => Ok(store.record_expiry(record, revision)),
+            Store::Nats(store) => store.record_expiry(record, revision).await,
         }
     }
 

@@ -17,11 +17,11 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use super::{KvChange, RemovalCause, WatchItem, WriteCondition};
-use crate::config::{NatsOptions, StorageKind};
+use crate::config::{NatsOptions, StorageKind, UrlCredentials};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{
-    event_subject, headers as h, parse_ttl_header, ttl_header_value, EventName, EventRecord,
-    InstanceRecord, MAX_INSTANCE_TTL,
+    event_subject, headers as h, instance_events_filter, parse_ttl_header, ttl_header_value,
+    EventName, EventRecord, InstanceRecord, MAX_INSTANCE_TTL,
 };
 
 /// A connected NATS backend. Cheap to clone.
@@ -99,7 +99,9 @@ impl NatsStore {
             .urls
             .iter()
             .map(|url| {
-                url.parse::<ServerAddr>().map_err(|e| {
+                // Credentials in a url are applied below as options (async-nats ignores
+                // them), and kept out of the address async-nats may log.
+                without_userinfo(url).parse::<ServerAddr>().map_err(|e| {
                     Error::with_source(
                         ErrorKind::InvalidConfig,
                         format!("invalid NATS url {:?}", crate::config::redact_url(url)),
@@ -147,6 +149,26 @@ impl NatsStore {
             });
         if let Some(name) = &options.client_name {
             connect = connect.name(name);
+        }
+        if let Some(prefix) = &options.inbox_prefix {
+            connect = connect.custom_inbox_prefix(prefix);
+        }
+        match options.url_credentials()? {
+            Some(UrlCredentials::UserPassword(user, password)) => {
+                connect = connect.user_and_password(user, password);
+            }
+            Some(UrlCredentials::Token(token)) => connect = connect.token(token),
+            None => {}
+        }
+        if let Some(path) = &options.nkey_seed_file {
+            let seed = std::fs::read_to_string(path).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::InvalidConfig,
+                    format!("cannot read the nkey_seed_file {}", path.display()),
+                    e,
+                )
+            })?;
+            connect = connect.nkey(seed.trim().to_string());
         }
         if let Some(token) = &options.token {
             connect = connect.token(token.clone());
@@ -233,13 +255,13 @@ impl NatsStore {
         js.set_timeout(options.request_timeout);
 
         let kv_stream = loop {
-            match ensure_bucket(&js, options).await {
+            match ensure_bucket(&js, options, &violations).await {
                 Ok(name) => break name,
                 Err(e) => retry.wait_or_give_up(e, "JetStream (KV bucket)").await?,
             }
         };
         loop {
-            match ensure_event_stream(&js, options).await {
+            match ensure_event_stream(&js, options, &violations).await {
                 Ok(()) => break,
                 Err(e) => retry.wait_or_give_up(e, "JetStream (event stream)").await?,
             }
@@ -367,32 +389,116 @@ impl NatsStore {
 
     #[tracing::instrument(name = "nats.publish_event", skip_all, fields(event = record.event.as_str(), msg_id = msg_id))]
     pub(crate) async fn publish_event(&self, record: &EventRecord, msg_id: &str) -> Result<()> {
+        let mut headers = event_headers(record);
+        headers.insert(name(h::NATS_MSG_ID), msg_id);
+        self.publish(
+            self.event_subject(record),
+            headers,
+            Bytes::from(record.encode()?),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    fn event_subject(&self, record: &EventRecord) -> String {
         let instance = &record.instance;
-        let subject = event_subject(
+        event_subject(
             &self.inner.subject_prefix,
             &instance.service,
             &instance.id,
             record.event,
+        )
+    }
+
+    /// Records the expiry of the record at bucket `revision` as an `expired` event, once
+    /// whoever else records it. The event is appended only if the instance's last event is
+    /// the one this peer read (`Nats-Expected-Last-Subject-Sequence` over all the instance's
+    /// subjects), so of peers racing, one stores it and the others then read it back; no
+    /// `Nats-Msg-Id`, which another client could claim first. Returns whether this call
+    /// stored it.
+    #[tracing::instrument(name = "nats.record_expiry", skip_all, fields(revision))]
+    pub(crate) async fn record_expiry(&self, record: &EventRecord, revision: u64) -> Result<bool> {
+        let instance = &record.instance;
+        let filter =
+            instance_events_filter(&self.inner.subject_prefix, &instance.service, &instance.id);
+        let body = Bytes::from(record.encode()?);
+        let mut headers = event_headers(record);
+        headers.insert(name(h::REVISION), revision.to_string());
+        headers.insert(
+            name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT),
+            filter.as_str(),
         );
-        let mut headers = HeaderMap::new();
-        headers.insert(name(h::NATS_MSG_ID), msg_id);
-        headers.insert(name(h::SERVICE), instance.service.as_str());
-        headers.insert(name(h::INSTANCE), instance.id.to_string());
-        // The event name is the subject's last token and the version is in the body.
-        headers.insert(name(h::STATUS), instance.status.as_str());
-        headers.insert(name(h::ORIGIN), record.origin.as_str());
-        if let Some(previous) = record.previous_status {
-            headers.insert(name(h::PREVIOUS_STATUS), previous.as_str());
+        // Each lost race means another event of the instance was stored meanwhile; a few
+        // are plenty (its owner is gone).
+        for _ in 0..RECORD_EXPIRY_ATTEMPTS {
+            let last = self.last_event(&filter).await?;
+            let expected = match &last {
+                Some(last) if last.recorded(revision) => return Ok(false),
+                Some(last) => last.sequence,
+                None => 0,
+            };
+            let mut headers = headers.clone();
+            headers.insert(
+                name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE),
+                expected.to_string(),
+            );
+            match self
+                .publish(self.event_subject(record), headers, body.clone(), None)
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(e) if e.kind() == ErrorKind::Conflict => continue,
+                Err(e) => return Err(e),
+            }
         }
-        if let Some(reason) = &record.reason {
-            headers.insert(name(h::REASON), header_safe(reason));
-        }
-        if record.event == EventName::Expired && record.reason.is_none() {
-            headers.insert(name(h::REASON), "ttl");
-        }
-        self.publish(subject, headers, Bytes::from(record.encode()?), None)
+        Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{filter}: other events kept arriving; expiry not recorded"),
+        ))
+    }
+
+    /// The last event stored on `filter`, if any.
+    async fn last_event(&self, filter: &str) -> Result<Option<LastEvent>> {
+        let stream = format!("$JS.API.STREAM.MSG.GET.{}", self.inner.options.event_stream);
+        let read = async {
+            let stream = self
+                .inner
+                .js
+                .get_stream_no_info(&self.inner.options.event_stream)
+                .await
+                .map_err(|e| {
+                    Error::with_source(ErrorKind::Transport, "cannot look up the event stream", e)
+                })?;
+            match stream.get_last_raw_message_by_subject(filter).await {
+                Ok(last) => Ok(Some(LastEvent {
+                    sequence: last.sequence,
+                    expired: last.subject.ends_with(".expired"),
+                    revision: last
+                        .headers
+                        .get(name(h::REVISION))
+                        .and_then(|v| v.as_str().parse().ok()),
+                })),
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(Error::with_source(
+                    ErrorKind::Transport,
+                    format!("cannot read the last event on {filter}"),
+                    e,
+                )),
+            }
+        };
+        unless_denied(&self.inner.violations, &stream, read)
             .await
-            .map(|_| ())
+            .unwrap_or_else(|text| {
+                Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("the server refused to read {filter}: {text}"),
+                ))
+            })
     }
 
     /// Publishes and waits for the stream's acknowledgement: at most `wait` if given, else
@@ -404,25 +510,16 @@ impl NatsStore {
         payload: Bytes,
         wait: Option<Duration>,
     ) -> Result<u64> {
-        let mut violations = self.inner.violations.subscribe();
         // async-nats takes the subject by value; it is kept as bytes for the error paths.
         let subject = async_nats::Subject::from(subject);
-        let ack = self
-            .inner
-            .js
-            .publish_with_headers(subject.clone(), headers, payload)
-            .await
-            .map_err(|e| publish_error(&subject, e))?;
-        let denied = async {
-            loop {
-                match violations.recv().await {
-                    Ok(text) if text.contains(subject.as_str()) => return text,
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-                }
-            }
-        };
-        let ack = async {
+        // Subscribed before the publish: the server may refuse it at once.
+        let acknowledged = async {
+            let ack = self
+                .inner
+                .js
+                .publish_with_headers(subject.clone(), headers, payload)
+                .await
+                .map_err(|e| publish_error(&subject, e))?;
             let ack = std::future::IntoFuture::into_future(ack);
             match wait {
                 Some(wait) => tokio::time::timeout(wait, ack).await.map_err(|_| {
@@ -438,9 +535,9 @@ impl NatsStore {
             }
             .map_err(|e| publish_error(&subject, e))
         };
-        tokio::select! {
-            ack = ack => Ok(ack?.sequence),
-            text = denied => Err(Error::new(
+        match unless_denied(&self.inner.violations, subject.as_str(), acknowledged).await {
+            Ok(ack) => Ok(ack?.sequence),
+            Err(text) => Err(Error::new(
                 ErrorKind::PermissionDenied,
                 format!("the server refused the write to {subject}: {text}"),
             )),
@@ -560,52 +657,104 @@ impl NatsStore {
     }
 }
 
-/// Creates the bucket, or checks that an existing one supports per-key TTLs.
-async fn ensure_bucket(js: &jetstream::Context, options: &NatsOptions) -> Result<String> {
-    let config = kv::Config {
-        bucket: options.bucket.clone(),
-        description: "prism-mesh: one key per live service instance".to_string(),
-        history: 1,
-        max_bytes: options.bucket_max_bytes,
-        storage: storage_type(options.storage),
-        num_replicas: options.replicas,
-        limit_markers: Some(options.marker_ttl),
-        ..Default::default()
-    };
+/// Opens the bucket, or creates it when it does not exist; checks that it supports per-key
+/// TTLs. Looked up first: a user who may not create streams (least privilege) must not wait
+/// out a refused create on every connect.
+async fn ensure_bucket(
+    js: &jetstream::Context,
+    options: &NatsOptions,
+    violations: &broadcast::Sender<String>,
+) -> Result<String> {
     let stream_name = format!("KV_{}", options.bucket);
-    if let Err(create_error) = js.create_key_value(config).await {
-        // Another peer may have created it with other limits; that is fine as long as
-        // per-key TTLs are on.
-        let mut stream = match js.get_stream(&stream_name).await {
-            Ok(stream) => stream,
-            Err(get_error) => {
-                let kind = setup_kind(transient(&create_error) || transient(&get_error));
-                return Err(Error::with_source(
-                    kind,
+    let read_error = |e: &dyn std::error::Error| setup_kind(transient(e));
+    let mut stream = match js.get_stream(&stream_name).await {
+        Ok(stream) => stream,
+        Err(e) if is_stream_not_found(&e) => {
+            let config = kv::Config {
+                bucket: options.bucket.clone(),
+                description: "prism-mesh: one key per live service instance".to_string(),
+                history: 1,
+                max_bytes: options.bucket_max_bytes,
+                storage: storage_type(options.storage),
+                num_replicas: options.replicas,
+                limit_markers: Some(options.marker_ttl),
+                ..Default::default()
+            };
+            let create = format!("$JS.API.STREAM.CREATE.{stream_name}");
+            match unless_denied(violations, &create, js.create_key_value(config)).await {
+                Err(text) => return Err(missing_and_denied("KV bucket", &options.bucket, &text)),
+                // Created, or by another peer meanwhile: either way it is there now.
+                Ok(Ok(_)) | Ok(Err(_)) => {}
+            }
+            js.get_stream(&stream_name).await.map_err(|e| {
+                Error::with_source(
+                    read_error(&e),
                     format!(
                         "cannot create KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
                         options.bucket
                     ),
-                    create_error,
-                ));
-            }
-        };
-        let info = stream.info().await.map_err(|e| {
-            let kind = setup_kind(transient(&e));
-            Error::with_source(kind, format!("cannot read stream {stream_name}"), e)
-        })?;
-        if !info.config.allow_message_ttl || info.config.subject_delete_marker_ttl.is_none() {
-            return Err(Error::new(
-                ErrorKind::Setup,
-                format!(
-                    "KV bucket {:?} exists without per-message TTL (limit markers); \
-                     recreate it or choose another bucket name",
-                    options.bucket
-                ),
-            ));
+                    e,
+                )
+            })?
         }
+        Err(e) => {
+            return Err(Error::with_source(
+                read_error(&e),
+                format!("cannot look up KV bucket {:?}", options.bucket),
+                e,
+            ))
+        }
+    };
+    let info = stream.info().await.map_err(|e| {
+        let kind = setup_kind(transient(&e));
+        Error::with_source(kind, format!("cannot read stream {stream_name}"), e)
+    })?;
+    if !info.config.allow_message_ttl || info.config.subject_delete_marker_ttl.is_none() {
+        return Err(Error::new(
+            ErrorKind::Setup,
+            format!(
+                "KV bucket {:?} exists without per-message TTL (limit markers); \
+                 recreate it or choose another bucket name",
+                options.bucket
+            ),
+        ));
     }
     Ok(stream_name)
+}
+
+/// Runs a JetStream request, or returns the server's text as soon as it refuses the
+/// request's `subject` (a refused request gets no reply and would wait out its timeout).
+async fn unless_denied<T>(
+    violations: &broadcast::Sender<String>,
+    subject: &str,
+    request: impl std::future::Future<Output = T>,
+) -> std::result::Result<T, String> {
+    let mut refused = violations.subscribe();
+    let denied = async {
+        loop {
+            match refused.recv().await {
+                Ok(text) if text.contains(subject) => return text,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    };
+    tokio::select! {
+        result = request => Ok(result),
+        text = denied => Err(text),
+    }
+}
+
+/// The error of a connect that found the bucket or stream missing and may not create it.
+fn missing_and_denied(what: &str, name: &str, text: &str) -> Error {
+    Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "{what} {name:?} does not exist and this user may not create it ({text}); \
+             create it once as a user who may (any prism-mesh client or `prism ls` run as that \
+             user creates it)"
+        ),
+    )
 }
 
 /// True when the text of `error` or of any of its causes contains one of `words`
@@ -649,7 +798,13 @@ fn transient(error: &dyn std::error::Error) -> bool {
     )
 }
 
-async fn ensure_event_stream(js: &jetstream::Context, options: &NatsOptions) -> Result<()> {
+/// Opens the event stream, or creates it when it does not exist (looked up first, as the
+/// bucket is).
+async fn ensure_event_stream(
+    js: &jetstream::Context,
+    options: &NatsOptions,
+    violations: &broadcast::Sender<String>,
+) -> Result<()> {
     let config = stream::Config {
         name: options.event_stream.clone(),
         description: Some("prism-mesh lifecycle events (audit trail)".to_string()),
@@ -663,18 +818,27 @@ async fn ensure_event_stream(js: &jetstream::Context, options: &NatsOptions) -> 
         num_replicas: options.replicas,
         ..Default::default()
     };
-    if let Err(create_error) = js.get_or_create_stream(config).await {
-        let kind = setup_kind(transient(&create_error));
-        return Err(Error::with_source(
-            kind,
-            format!(
-                "cannot create or open event stream {:?} on {}.>",
-                options.event_stream, options.subject_prefix
-            ),
-            create_error,
-        ));
+    let create = format!("$JS.API.STREAM.CREATE.{}", options.event_stream);
+    // `get_or_create_stream` looks the stream up before it asks to create it.
+    match unless_denied(violations, &create, js.get_or_create_stream(config)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(create_error)) => {
+            let kind = setup_kind(transient(&create_error));
+            Err(Error::with_source(
+                kind,
+                format!(
+                    "cannot create or open event stream {:?} on {}.>",
+                    options.event_stream, options.subject_prefix
+                ),
+                create_error,
+            ))
+        }
+        Err(text) => Err(missing_and_denied(
+            "event stream",
+            &options.event_stream,
+            &text,
+        )),
     }
-    Ok(())
 }
 
 /// Backoff for start-up: retries what may be transient (a server still starting, a leader
@@ -910,10 +1074,10 @@ async fn watch_once(
             // Events first: if they cannot be made, neither is the bucket, so every peer
             // keeps finding it gone and tries both again (without events, every
             // registration is rolled back).
-            ensure_event_stream(&inner.js, &inner.options)
+            ensure_event_stream(&inner.js, &inner.options, &inner.violations)
                 .await
                 .map_err(recreate_refused)?;
-            ensure_bucket(&inner.js, &inner.options)
+            ensure_bucket(&inner.js, &inner.options, &inner.violations)
                 .await
                 .map_err(recreate_refused)?;
             inner
@@ -1024,6 +1188,26 @@ async fn follow(
         let (change, position) = to_change(&inner.kv_prefix, &message)?;
         log.delivered(&position);
         inner.lag.record(&position);
+        let rolled_up = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name(h::NATS_ROLLUP)))
+            .is_some_and(|value| value.as_str().eq_ignore_ascii_case("all"));
+        if rolled_up {
+            warn!(
+                subject = %message.subject,
+                revision = position.sequence,
+                "a write rolled up the bucket: every other key lost its value"
+            );
+            if tx
+                .send(WatchItem::RolledUp {
+                    revision: position.sequence,
+                })
+                .is_err()
+            {
+                return Ok(WatchEnd::ReceiverGone);
+            }
+        }
         if let Some(change) = change {
             if tx.send(WatchItem::Change(change)).is_err() {
                 return Ok(WatchEnd::ReceiverGone);
@@ -1168,6 +1352,58 @@ pub(crate) fn removal_cause(
 
 /// Changes per streamed snapshot part.
 const SNAPSHOT_PART: usize = 1024;
+
+/// `url` without any `userinfo@` before its host.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}"),
+        None => host.to_string(),
+    }
+}
+
+/// The readable headers of an event (the event name is the subject's last token and the
+/// version is in the body).
+fn event_headers(record: &EventRecord) -> HeaderMap {
+    let instance = &record.instance;
+    let mut headers = HeaderMap::new();
+    headers.insert(name(h::SERVICE), instance.service.as_str());
+    headers.insert(name(h::INSTANCE), instance.id.to_string());
+    headers.insert(name(h::STATUS), instance.status.as_str());
+    headers.insert(name(h::ORIGIN), record.origin.as_str());
+    if let Some(previous) = record.previous_status {
+        headers.insert(name(h::PREVIOUS_STATUS), previous.as_str());
+    }
+    if let Some(reason) = &record.reason {
+        headers.insert(name(h::REASON), header_safe(reason));
+    }
+    if record.event == EventName::Expired && record.reason.is_none() {
+        headers.insert(name(h::REASON), "ttl");
+    }
+    headers
+}
+
+/// How often [`NatsStore::record_expiry`] reads and tries again after losing a race.
+const RECORD_EXPIRY_ATTEMPTS: usize = 8;
+
+/// An instance's last event, as far as recording an expiry needs it.
+struct LastEvent {
+    sequence: u64,
+    expired: bool,
+    /// The bucket revision an `expired` event names.
+    revision: Option<u64>,
+}
+
+impl LastEvent {
+    /// Whether this is the `expired` event of the record at bucket `revision`.
+    fn recorded(&self, revision: u64) -> bool {
+        self.expired && self.revision == Some(revision)
+    }
+}
 
 /// A header name as the parser of received messages builds it. async-nats compares names by
 /// representation: a `&str` always becomes a custom name, while received standard names

@@ -5,6 +5,7 @@
 //! changes in log order, publishes per-service snapshots for readers, then hands the
 //! resulting events to subscribers. Readers never wait for it.
 
+mod alerts;
 mod events;
 mod history;
 mod preservation;
@@ -20,13 +21,14 @@ use std::collections::HashMap;
 // The index hashes every key of every change: foldhash (randomly seeded per map) is several
 // times faster than SipHash on these short keys.
 use foldhash::{HashMap as FastMap, HashSet as FastSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
+pub(crate) use alerts::{KeyAlerts, KeyOwner};
 pub(crate) use events::EventBus;
 pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
 pub use history::{diff_registries, registry_at, RegistryDiff};
@@ -36,6 +38,7 @@ pub(crate) use registry::{InstanceMap, RegistryView};
 pub use registry::{ServiceSlot, ServiceSnapshot};
 pub(crate) use watermark::Watermark;
 
+use crate::error::ErrorKind;
 use crate::instance::ServiceInstance;
 use crate::metrics::MeshStats;
 use crate::protocol::{
@@ -118,6 +121,8 @@ pub(crate) struct ViewTask {
     pub(crate) self_preservation: SelfPreservation,
     /// The highest revision readers can see, so writers can wait for their own writes.
     pub(crate) applied: Arc<Watermark>,
+    /// The owners of keys in this process, told of every change of their keys.
+    pub(crate) alerts: Arc<KeyAlerts>,
     /// True (or gone) once the mesh closes: the view stops and its event streams end,
     /// whatever the backend (a memory store's watch never closes by itself).
     pub(crate) closing: watch::Receiver<bool>,
@@ -151,6 +156,8 @@ impl ViewTask {
         let mut closing = self.closing.clone();
         // What the store says of held expiries whose grace ended (see `settle_expiries`).
         let (confirm_tx, mut confirmations) = mpsc::unbounded_channel::<Confirmation>();
+        // Services whose expiries the server refused to let this peer record.
+        let refused_expiries = Arc::new(Mutex::new(FastSet::default()));
         'items: loop {
             // Wake for the next item, or when a waiting expiry must be decided.
             // Not while a snapshot streams in: expiries are decided after it, and waking
@@ -229,6 +236,7 @@ impl ViewTask {
                             high = 0;
                             self.applied.reset();
                         }
+                        WatchItem::RolledUp { revision } => self.alerts.rolled_up(revision),
                         WatchItem::Change(change) => {
                             high = high.max(change.revision());
                             MeshStats::incr(&self.stats.changes_applied);
@@ -291,7 +299,7 @@ impl ViewTask {
                     .send_if_modified(|ready| !std::mem::replace(ready, true));
             }
             for expiry in expiries.drain(..) {
-                self.publish_expired(expiry);
+                self.publish_expired(expiry, &refused_expiries);
             }
         }
         debug!("view task ends: the mesh or its watch closed");
@@ -373,6 +381,7 @@ impl ViewTask {
         events: &mut Vec<MeshEvent>,
         expiries: &mut Vec<ExpiryToPublish>,
     ) {
+        self.alerts.changed(change.key(), change.revision());
         match change {
             KvChange::Put {
                 key,
@@ -428,6 +437,7 @@ impl ViewTask {
         let mut writes = Vec::with_capacity(changes.len());
         for change in changes {
             MeshStats::incr(&self.stats.changes_applied);
+            self.alerts.changed(change.key(), change.revision());
             match change {
                 KvChange::Put {
                     key,
@@ -622,8 +632,15 @@ impl ViewTask {
         }
     }
 
-    fn publish_expired(&self, expiry: ExpiryToPublish) {
+    /// Records an expiry on the event stream, unless this peer may not record that
+    /// service's expiries (the server refused it once: under least privilege a service
+    /// records its own service's, and a witness user every service's).
+    fn publish_expired(&self, expiry: ExpiryToPublish, refused: &Arc<Mutex<FastSet<String>>>) {
         if !self.publish_expired {
+            return;
+        }
+        let service = expiry.instance.service.clone();
+        if lock_set(refused).contains(&service) {
             return;
         }
         let record = EventRecord {
@@ -635,17 +652,31 @@ impl ViewTask {
             at: SystemTime::now(),
             origin: self.peer_id.clone(),
         };
-        // Every peer publishes; the stream keeps one per expiry thanks to the shared id.
-        let msg_id = format!("expired-{}-{}", expiry.instance.id, expiry.revision);
         let store = self.store.clone();
         let stats = self.stats.clone();
+        let refused = refused.clone();
         tokio::spawn(async move {
-            if let Err(e) = store.publish_event(&record, &msg_id).await {
-                MeshStats::incr(&stats.event_publish_failures);
-                debug!(error = %e, "could not publish expired event (another peer may have)");
+            match store.record_expiry(&record, expiry.revision).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::PermissionDenied => {
+                    info!(
+                        service,
+                        "this user may not record expiries of {service}; leaving them to a peer that may"
+                    );
+                    lock_set(&refused).insert(service);
+                }
+                Err(e) => {
+                    MeshStats::incr(&stats.event_publish_failures);
+                    warn!(error = %e, "could not record an expiry");
+                }
             }
         });
     }
+}
+
+/// Locks a set a panic elsewhere cannot leave half-changed (every change is one insert).
+fn lock_set(set: &Mutex<FastSet<String>>) -> std::sync::MutexGuard<'_, FastSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The instance a put holds, with its reason, if the record decodes, is valid and belongs
@@ -854,6 +885,7 @@ impl ViewTask {
             publish_expired: false,
             self_preservation: SelfPreservation::disabled(),
             applied: Arc::default(),
+            alerts: Arc::default(),
             closing,
         };
         let (tx, rx) = mpsc::unbounded_channel();
