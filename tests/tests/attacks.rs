@@ -167,6 +167,7 @@ async fn msg_id_preemption_by_a_service_that_watched_the_victims_ids_drops_none_
         .filter_map(|(_, headers)| headers.get("Nats-Msg-Id").map(|v| v.to_string()))
         .collect();
     assert_eq!(seen.len(), 2, "registered and status events: {seen:?}");
+    eprintln!("ids seen: {seen:?}");
     let info = orders
         .get_stream("KV_prism-instances")
         .await
@@ -176,7 +177,8 @@ async fn msg_id_preemption_by_a_service_that_watched_the_victims_ids_drops_none_
     let next = info.state.last_sequence + 1;
     let suffixes: Vec<String> = seen
         .iter()
-        .filter_map(|id| id.splitn(4, '-').nth(3).map(str::to_string))
+        // `<event>-<uuid: 5 parts>-<revision>[-<suffix>]`
+        .filter_map(|id| id.split('-').nth(7).map(str::to_string))
         .collect();
     let mut claimed = 0;
     for revision in next..next + 20 {

@@ -549,10 +549,16 @@ async fn puts_carry_only_the_headers_the_server_acts_on_and_events_the_documente
         ]
     );
     let id = me.id().to_string();
-    let created_at = header(&registered, "Nats-Msg-Id")
+    // `registered-<id>-<revision>-<nonce>`: the nonce is 32 random hex digits.
+    let (created_at, nonce) = header(&registered, "Nats-Msg-Id")
         .strip_prefix(&format!("registered-{id}-"))
-        .expect("the event id names the instance")
-        .to_string();
+        .and_then(|rest| rest.split_once('-'))
+        .map(|(revision, nonce)| (revision.to_string(), nonce.to_string()))
+        .expect("the event id names the instance, the revision and a nonce");
+    assert!(
+        nonce.len() == 32 && nonce.bytes().all(|b| b.is_ascii_hexdigit()),
+        "nonce {nonce:?}"
+    );
     assert_eq!(
         header(&swap, "Nats-Expected-Last-Subject-Sequence"),
         created_at,

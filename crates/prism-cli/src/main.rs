@@ -101,6 +101,9 @@ enum Command {
     },
     /// Register a placeholder instance and heartbeat until killed (SIGTERM deregisters).
     Announce(commands::announce::AnnounceArgs),
+    /// Record every expiry this user may record (run it as the `witness` user of
+    /// nats/auth.conf), printing each, until SIGTERM or Ctrl-C.
+    Witness(ConnectArgs),
 }
 
 /// How to reach the mesh: flags, environment, or a `service_discovery` YAML file
@@ -165,14 +168,14 @@ impl ConnectArgs {
         options = options
             .client_name("prism-cli")
             .connect_deadline(self.connect_deadline);
-        let mut chosen = Vec::new();
+        let mut chosen: Vec<(&str, Auth)> = Vec::new();
         if let Some(token) = &self.token {
-            chosen.push(("--token", NatsOptions::new("").token(token)));
+            chosen.push(("--token", Auth::Token(token.clone())));
         }
         match (&self.user, &self.password) {
             (Some(user), Some(password)) => chosen.push((
                 "--user/--password",
-                NatsOptions::new("").user_password(user, password),
+                Auth::UserPassword(user.clone(), password.clone()),
             )),
             (Some(_), None) => {
                 return Err(CliError::Usage(
@@ -187,23 +190,17 @@ impl ConnectArgs {
             (None, None) => {}
         }
         if let Some(seed_file) = &self.nkey {
-            chosen.push(("--nkey", NatsOptions::new("").nkey_seed_file(seed_file)));
+            chosen.push(("--nkey", Auth::NkeySeedFile(seed_file.clone())));
         }
         if let Some(creds) = &self.creds {
-            chosen.push(("--creds", NatsOptions::new("").credentials_file(creds)));
+            chosen.push(("--creds", Auth::CredentialsFile(creds.clone())));
         }
-        match chosen.as_slice() {
-            [] => {}
-            // A method chosen here replaces whichever a --config file names.
-            [(_, method)] => {
-                options.token = method.token.clone();
-                options.user_password = method.user_password.clone();
-                options.nkey_seed = None;
-                options.nkey_seed_file = method.nkey_seed_file.clone();
-                options.credentials_file = method.credentials_file.clone();
-            }
-            several => {
-                let flags: Vec<&str> = several.iter().map(|(flag, _)| *flag).collect();
+        match chosen.pop() {
+            None => {}
+            Some((_, auth)) if chosen.is_empty() => auth.replace_in(&mut options),
+            Some((last, _)) => {
+                let mut flags: Vec<&str> = chosen.iter().map(|(flag, _)| *flag).collect();
+                flags.push(last);
                 return Err(CliError::Usage(format!(
                     "{} each choose an authentication method; give one",
                     flags.join(", ")
@@ -226,6 +223,31 @@ impl ConnectArgs {
             .connect()
             .await
             .map_err(CliError::from)
+    }
+}
+
+/// An authentication method chosen by flags or their environment variables.
+enum Auth {
+    Token(String),
+    UserPassword(String, String),
+    NkeySeedFile(std::path::PathBuf),
+    CredentialsFile(std::path::PathBuf),
+}
+
+impl Auth {
+    /// Makes this the only method of `options`: it replaces whichever a --config file named.
+    fn replace_in(self, options: &mut NatsOptions) {
+        options.token = None;
+        options.user_password = None;
+        options.nkey_seed = None;
+        options.nkey_seed_file = None;
+        options.credentials_file = None;
+        match self {
+            Auth::Token(token) => options.token = Some(token),
+            Auth::UserPassword(user, password) => options.user_password = Some((user, password)),
+            Auth::NkeySeedFile(path) => options.nkey_seed_file = Some(path),
+            Auth::CredentialsFile(path) => options.credentials_file = Some(path),
+        }
     }
 }
 
@@ -281,6 +303,7 @@ async fn main() -> ExitCode {
             connect,
         } => commands::health::run(&service, instance.as_deref(), timeout, &connect).await,
         Command::Announce(args) => commands::announce::run(args).await,
+        Command::Witness(connect) => commands::witness::run(&connect).await,
     };
     match result {
         Ok(code) => code,

@@ -545,3 +545,214 @@ fn the_demo_runs_end_to_end_with_its_own_server() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_way_of_giving_credentials_works_for_a_least_privilege_user() {
+    // The shipped auth.conf, plus an observer-like user who signs in with an NKey.
+    let nkey = nkeys::KeyPair::new_user();
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = dir.path().join("observer.nk");
+    std::fs::write(&seed_file, nkey.seed().unwrap()).unwrap();
+    let server = {
+        let conf =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../nats/auth.conf"))
+                .unwrap();
+        let mut conf = conf.replacen(
+            "users: [",
+            &format!(
+                "users: [\n    {{ nkey: {}, permissions: {{ publish: {{ allow: [\"$JS.API.>\", \"$JS.FC.>\"] }}, subscribe: {{ allow: [\"_INBOX_nkey.>\"] }} }} }}",
+                nkey.public_key()
+            ),
+            1,
+        );
+        for user in prism_tests::AUTH_USERS {
+            conf = conf.replace(
+                &format!("${}_PASSWORD", user.to_uppercase()),
+                &format!("\"{user}-pw\""),
+            );
+        }
+        NatsServer::start_with_config(&conf)
+    };
+    let admin = Mesh::builder()
+        .nats(prism_tests::options_as(&server.url(), "admin"))
+        .connect()
+        .await
+        .unwrap();
+    let _r = admin
+        .register(
+            ServiceInstance::builder("orders", "127.0.0.1", 8080)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let port = server.url().rsplit(':').next().unwrap().to_string();
+    let url = format!("nats://127.0.0.1:{port}");
+    let config = dir.path().join("observer.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      url: {url}\n      user: observer\n      password: observer-pw\n      inbox_prefix: _INBOX_observer\n"
+        ),
+    )
+    .unwrap();
+    let seed_config = dir.path().join("nkey.yaml");
+    std::fs::write(
+        &seed_config,
+        format!(
+            "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      url: {url}\n      nkey_seed_file: {}\n      inbox_prefix: _INBOX_nkey\n",
+            seed_file.display()
+        ),
+    )
+    .unwrap();
+    let in_url = format!("nats://observer:observer-pw@127.0.0.1:{port}");
+    let seed = seed_file.to_str().unwrap();
+    // (how, arguments, environment)
+    type Way<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
+    let ways: [Way; 6] = [
+        (
+            "--user/--password",
+            vec![
+                "--url",
+                &url,
+                "--user",
+                "observer",
+                "--password",
+                "observer-pw",
+            ],
+            vec![("NATS_INBOX_PREFIX", "_INBOX_observer")],
+        ),
+        (
+            "NATS_USER/NATS_PASSWORD",
+            vec!["--url", &url, "--inbox-prefix", "_INBOX_observer"],
+            vec![("NATS_USER", "observer"), ("NATS_PASSWORD", "observer-pw")],
+        ),
+        (
+            "credentials in the url",
+            vec!["--url", &in_url, "--inbox-prefix", "_INBOX_observer"],
+            vec![],
+        ),
+        (
+            "--config with user and password",
+            vec!["--config", config.to_str().unwrap()],
+            vec![],
+        ),
+        (
+            "--nkey",
+            vec![
+                "--url",
+                &url,
+                "--nkey",
+                seed,
+                "--inbox-prefix",
+                "_INBOX_nkey",
+            ],
+            vec![],
+        ),
+        (
+            "--config with nkey_seed_file",
+            vec!["--config", seed_config.to_str().unwrap()],
+            vec![],
+        ),
+    ];
+    for (way, args, env) in ways {
+        let mut command = Command::new(PRISM);
+        command.arg("ls").args(&args).env_remove("NATS_URL");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success() && text(&out.stdout).contains("orders"),
+            "{way}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+
+    // Options that cannot apply, or contradict each other, are usage errors naming them.
+    let out = prism(&["ls", "--url", &url, "--tls-ca", seed]);
+    assert_clean_error(&out, 2, "tls_ca");
+    let out = prism(&["ls", "--url", &url, "--user", "observer"]);
+    assert_clean_error(&out, 2, "--user needs --password");
+    let out = prism(&["ls", "--url", &url, "--token", "t", "--nkey", seed]);
+    assert_clean_error(
+        &out,
+        2,
+        "--token, --nkey each choose an authentication method",
+    );
+    admin.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witness_records_the_expiry_no_peer_of_the_service_is_left_to_record() {
+    let server = prism_tests::server_with_auth_conf();
+    let admin = Mesh::builder()
+        .nats(prism_tests::options_as(&server.url(), "admin"))
+        .publish_expired_events(false)
+        .connect()
+        .await
+        .unwrap();
+    let mut witness = PeerProcess::spawn(
+        PRISM,
+        &[
+            "witness",
+            "--url",
+            &server.url(),
+            "--user",
+            "witness",
+            "--password",
+            "witness-pw",
+            "--inbox-prefix",
+            "_INBOX_witness",
+            "--json",
+        ],
+    );
+    // The last instance of its service, owned by a process that then crashes (no other
+    // peer may record the expiry: the admin mesh here does not record any).
+    let owner = Mesh::builder()
+        .nats(prism_tests::options_as(&server.url(), "admin"))
+        .instance_ttl(Duration::from_secs(2))
+        .heartbeat_interval(Duration::from_millis(500))
+        .publish_expired_events(false)
+        .connect()
+        .await
+        .unwrap();
+    let gone = owner
+        .register(
+            ServiceInstance::builder("payments", "127.0.0.1", 8080)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap()
+        .id();
+    owner.close_without_deregistering().await;
+    let line = witness.expect_line(WAIT, "the expiry", |v| {
+        v["event"] == "expired" && v["id"] == gone.to_string()
+    });
+    assert_eq!(line["service"], "payments");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let recorded = admin
+            .event_history(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| {
+                e.instance.id == gone && e.event == prism_mesh::protocol::EventName::Expired
+            })
+            .count();
+        if recorded == 1 {
+            break;
+        }
+        assert!(
+            recorded == 0 && std::time::Instant::now() < deadline,
+            "{recorded} recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send_signal(witness.pid(), "TERM");
+    assert_eq!(witness.wait(WAIT), Some(0));
+    admin.shutdown().await;
+}

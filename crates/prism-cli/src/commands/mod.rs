@@ -6,3 +6,4 @@ pub mod demo;
 pub mod health;
 pub mod inspect;
 pub mod sidecar;
+pub mod witness;

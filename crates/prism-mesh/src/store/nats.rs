@@ -681,26 +681,38 @@ async fn ensure_bucket(
                 ..Default::default()
             };
             let create = format!("$JS.API.STREAM.CREATE.{stream_name}");
-            match unless_denied(violations, &create, js.create_key_value(config)).await {
-                Err(text) => return Err(missing_and_denied("KV bucket", &options.bucket, &text)),
-                // Created, or by another peer meanwhile: either way it is there now.
-                Ok(Ok(_)) | Ok(Err(_)) => {}
-            }
-            js.get_stream(&stream_name).await.map_err(|e| {
-                Error::with_source(
-                    read_error(&e),
-                    format!(
+            let created = unless_denied(violations, &create, js.create_key_value(config))
+                .await
+                .map_err(|text| missing_and_denied("KV bucket", &options.bucket, &text))?;
+            // Created, or by another peer meanwhile: either way it is there now, unless
+            // the create failed for a reason of its own (which is then the one to report).
+            match (js.get_stream(&stream_name).await, created) {
+                (Ok(stream), _) => stream,
+                (Err(get_error), created) => {
+                    let kind = match &created {
+                        Err(create_error) => {
+                            setup_kind(transient(create_error) || transient(&get_error))
+                        }
+                        Ok(_) => read_error(&get_error),
+                    };
+                    let message = format!(
                         "cannot create KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
                         options.bucket
-                    ),
-                    e,
-                )
-            })?
+                    );
+                    return Err(match created {
+                        Err(create_error) => Error::with_source(kind, message, create_error),
+                        Ok(_) => Error::with_source(kind, message, get_error),
+                    });
+                }
+            }
         }
         Err(e) => {
             return Err(Error::with_source(
                 read_error(&e),
-                format!("cannot look up KV bucket {:?}", options.bucket),
+                format!(
+                    "cannot look up KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
+                    options.bucket
+                ),
                 e,
             ))
         }

@@ -1,0 +1,33 @@
+//! `prism witness`: records every expiry this user may record on the event stream, and
+//! prints each expiry it sees. Under `nats/auth.conf` services record only their own
+//! service's expiries; run this as the `witness` user so that the last instance of a
+//! service expiring is recorded too. Any number may run: one expiry is one event.
+
+use std::process::ExitCode;
+
+use futures::StreamExt;
+use prism_mesh::{EventFilter, EventKind, Mesh, TerminationSignals};
+
+use crate::output::event_line;
+use crate::{CliError, ConnectArgs};
+
+pub async fn run(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
+    let mesh = Mesh::builder()
+        .nats(connect.options()?)
+        .publish_expired_events(true)
+        .connect()
+        .await?;
+    let mut signals = TerminationSignals::listen()?;
+    let mut expiries = mesh.subscribe_filtered(EventFilter::from(EventKind::Expired));
+    loop {
+        tokio::select! {
+            event = expiries.next() => match event {
+                Some(event) => println!("{}", event_line(&event, connect.json)),
+                None => break,
+            },
+            _ = signals.recv() => break,
+        }
+    }
+    mesh.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
