@@ -54,10 +54,10 @@ pub struct ServiceInstance {
     /// URL scheme, `http` by default.
     pub scheme: String,
     /// Free-form metadata.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nil_as_default")]
     pub metadata: Metadata,
     /// Tags for filtering.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nil_as_default")]
     pub tags: Vec<String>,
     /// Lifecycle status.
     pub status: InstanceStatus,
@@ -73,6 +73,16 @@ pub struct ServiceInstance {
     /// change it.
     #[serde(with = "unix_millis")]
     pub updated_at: SystemTime,
+}
+
+/// An optional field sent as nil reads as its default, like an omitted one
+/// (`docs/protocol.md` §4).
+pub(crate) fn nil_as_default<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl ServiceInstance {

@@ -4,10 +4,17 @@
 #[cfg(test)]
 mod proptests;
 mod record;
+mod shape;
 
 pub use record::{EventName, EventRecord, InstanceRecord, MAX_PAYLOAD_DEPTH, PROTOCOL_VERSION};
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use uuid::Uuid;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::instance::ServiceInstance;
 
 /// Default first token of lifecycle event subjects: `discovery.<service>.<instance>.<event>`.
 pub const DEFAULT_SUBJECT_PREFIX: &str = "discovery";
@@ -77,6 +84,80 @@ pub fn event_subject(prefix: &str, service: &str, id: &Uuid, event: EventName) -
 /// The subjects of every lifecycle event of one instance: `<prefix>.<service>.<id>.>`.
 pub fn instance_events_filter(prefix: &str, service: &str, id: &Uuid) -> String {
     format!("{prefix}.{service}.{}.>", id.hyphenated())
+}
+
+/// A put peers apply: the instance it holds, the reason it gives and the TTL its owner
+/// states (which peers judge its expiry by).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidPut {
+    /// The instance.
+    pub instance: Arc<ServiceInstance>,
+    /// Why the instance last changed, if the owner said.
+    pub reason: Option<String>,
+    /// The record's `ttl_ms`.
+    pub ttl: Duration,
+}
+
+/// The one definition of a put peers apply (`docs/protocol.md` §7.5), from the message's
+/// key (the subject after `$KV.<bucket>.`), its `Nats-TTL` header and its body: what it
+/// holds, or a `Decode` error saying why peers refuse it. The conformance corpus under
+/// `tests/conformance/` gives the verdict every reader must reach.
+///
+/// ```
+/// use prism_mesh::protocol::{validate_put, InstanceRecord, PROTOCOL_VERSION};
+/// use prism_mesh::ServiceInstance;
+///
+/// let instance = ServiceInstance::builder("orders", "10.0.0.7", 8080).build()?;
+/// let key = instance.key();
+/// let body = InstanceRecord { v: PROTOCOL_VERSION, instance: instance.into(), ttl_ms: 10_000, reason: None }
+///     .encode()?;
+/// assert!(validate_put(&key, Some("10s"), &body).is_ok());
+/// let refused = validate_put(&key, Some("never"), &body).unwrap_err();
+/// assert!(refused.to_string().contains("never"), "{refused}");
+/// # Ok::<(), prism_mesh::Error>(())
+/// ```
+pub fn validate_put(key: &str, nats_ttl: Option<&str>, body: &[u8]) -> Result<ValidPut> {
+    bounded_ttl(nats_ttl)
+        .and_then(|_| decode_put(key, body))
+        .map_err(|why| Error::new(ErrorKind::Decode, why))
+}
+
+/// The TTL a `Nats-TTL` header gives, if peers accept it (`docs/protocol.md` §7.5 rule 2).
+pub(crate) fn bounded_ttl(header: Option<&str>) -> std::result::Result<Duration, String> {
+    match header.map(parse_ttl_header) {
+        Some(Some(ttl)) if ttl <= MAX_INSTANCE_TTL => Ok(ttl),
+        None => Err("record without Nats-TTL (it would never expire)".to_string()),
+        Some(None) => Err("record with Nats-TTL never or unreadable".to_string()),
+        Some(Some(ttl)) => Err(format!(
+            "record with Nats-TTL {} above the {} peers accept",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MAX_INSTANCE_TTL)
+        )),
+    }
+}
+
+/// What a put's body holds if it is a valid record of the instance its key names
+/// (`docs/protocol.md` §7.5 rules 1 and 3 to 5); else why not.
+pub(crate) fn decode_put(key: &str, body: &[u8]) -> std::result::Result<ValidPut, String> {
+    let Some((service, id)) = parse_instance_key(key) else {
+        return Err("key is not <service>.<uuid>".to_string());
+    };
+    let record = InstanceRecord::decode(body).map_err(|e| e.to_string())?;
+    if record.instance.service != service || record.instance.id != id {
+        return Err(format!(
+            "body names {}.{}, not its key",
+            record.instance.service, record.instance.id
+        ));
+    }
+    record
+        .instance
+        .validate_received(body.len())
+        .map_err(|e| e.to_string())?;
+    Ok(ValidPut {
+        instance: record.instance,
+        reason: record.reason,
+        ttl: Duration::from_millis(record.ttl_ms),
+    })
 }
 
 /// The longest per-key TTL peers accept. A record without a `Nats-TTL`, with `never`, or

@@ -27,7 +27,7 @@ pub struct InstanceRecord {
     /// The full instance (shared: writers serialize the instance they hold, no copy).
     pub instance: Arc<ServiceInstance>,
     /// The TTL the owner refreshes the key with, in milliseconds.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::instance::nil_as_default")]
     pub ttl_ms: u64,
     /// Why the instance last changed (status reason, "re-asserted", ...).
     #[serde(default)]
@@ -42,6 +42,8 @@ impl InstanceRecord {
 
     /// Decodes and checks the version.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
+        super::shape::instance_record(bytes, MAX_PAYLOAD_DEPTH)
+            .map_err(|why| shape_error(bytes, why))?;
         let record: InstanceRecord = decode(bytes)?;
         check_version(record.v)?;
         Ok(record)
@@ -107,6 +109,8 @@ impl EventRecord {
 
     /// Decodes and checks the version.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
+        super::shape::event_record(bytes, MAX_PAYLOAD_DEPTH)
+            .map_err(|why| shape_error(bytes, why))?;
         let record: EventRecord = decode(bytes)?;
         check_version(record.v)?;
         Ok(record)
@@ -135,6 +139,17 @@ fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
             e,
         )
     })
+}
+
+/// A payload refused for its shape, before decoding.
+fn shape_error(bytes: &[u8], why: String) -> Error {
+    Error::new(
+        ErrorKind::Decode,
+        format!(
+            "cannot decode {}-byte MessagePack payload: {why}",
+            bytes.len()
+        ),
+    )
 }
 
 fn check_version(v: u32) -> Result<()> {

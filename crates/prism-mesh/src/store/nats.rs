@@ -20,8 +20,8 @@ use super::{KvChange, RemovalCause, WatchItem, WriteCondition};
 use crate::config::{NatsOptions, StorageKind, UrlCredentials};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{
-    event_subject, headers as h, instance_events_filter, parse_ttl_header, ttl_header_value,
-    EventName, EventRecord, InstanceRecord, MAX_INSTANCE_TTL,
+    event_subject, headers as h, instance_events_filter, ttl_header_value, EventName, EventRecord,
+    InstanceRecord,
 };
 
 /// A connected NATS backend. Cheap to clone.
@@ -1315,26 +1315,14 @@ pub(crate) fn bucket_change<'h>(
             cause,
             at: written_at,
         },
-        None => match header(h::NATS_TTL).map(parse_ttl_header) {
-            Some(Some(ttl)) if ttl <= MAX_INSTANCE_TTL => KvChange::Put {
+        None => match crate::protocol::bounded_ttl(header(h::NATS_TTL)) {
+            Ok(_) => KvChange::Put {
                 key,
                 value: payload.clone(),
                 revision,
                 written_at,
             },
-            ttl => KvChange::Refused {
-                key,
-                revision,
-                why: match ttl {
-                    None => "record without Nats-TTL (it would never expire)".to_string(),
-                    Some(None) => "record with Nats-TTL never or unreadable".to_string(),
-                    Some(Some(ttl)) => format!(
-                        "record with Nats-TTL {} above the {} peers accept",
-                        humantime::format_duration(ttl),
-                        humantime::format_duration(MAX_INSTANCE_TTL)
-                    ),
-                },
-            },
+            Err(why) => KvChange::Refused { key, revision, why },
         },
     }
 }

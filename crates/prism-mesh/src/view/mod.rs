@@ -41,9 +41,7 @@ pub(crate) use watermark::Watermark;
 use crate::error::ErrorKind;
 use crate::instance::ServiceInstance;
 use crate::metrics::MeshStats;
-use crate::protocol::{
-    parse_instance_key, EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION,
-};
+use crate::protocol::{EventName, EventRecord, PROTOCOL_VERSION};
 use crate::store::{KvChange, RemovalCause, Store, WatchItem};
 
 /// Most watch items applied before readers see a new snapshot.
@@ -622,8 +620,8 @@ impl ViewTask {
         value: &[u8],
         revision: u64,
     ) -> Option<(Arc<ServiceInstance>, Option<String>, Duration)> {
-        match decode_record(key, value) {
-            Ok(decoded) => Some(decoded),
+        match crate::protocol::decode_put(key, value) {
+            Ok(put) => Some((put.instance, put.reason, put.ttl)),
             Err(why) => {
                 MeshStats::incr(&self.stats.malformed_dropped);
                 warn!(key, revision, "ignoring malformed instance record: {why}");
@@ -677,34 +675,6 @@ impl ViewTask {
 /// Locks a set a panic elsewhere cannot leave half-changed (every change is one insert).
 fn lock_set(set: &Mutex<FastSet<String>>) -> std::sync::MutexGuard<'_, FastSet<String>> {
     set.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The instance a put holds, with its reason, if the record decodes, is valid and belongs
-/// to its key (`<service>.<instance id>` naming the same instance as the body); else why not.
-/// The TTL is the one the record states (its owner's), which peers judge expiries by.
-pub(crate) fn decode_record(
-    key: &str,
-    value: &[u8],
-) -> std::result::Result<(Arc<ServiceInstance>, Option<String>, Duration), String> {
-    let Some((service, id)) = parse_instance_key(key) else {
-        return Err("key is not <service>.<uuid>".to_string());
-    };
-    let record = InstanceRecord::decode(value).map_err(|e| e.to_string())?;
-    if record.instance.service != service || record.instance.id != id {
-        return Err(format!(
-            "body names {}.{}, not its key",
-            record.instance.service, record.instance.id
-        ));
-    }
-    record
-        .instance
-        .validate_received(value.len())
-        .map_err(|e| e.to_string())?;
-    Ok((
-        record.instance,
-        record.reason,
-        Duration::from_millis(record.ttl_ms),
-    ))
 }
 
 impl Index {
