@@ -480,6 +480,25 @@ async fn without_permissions_forged_removals_and_hijacks_are_undone_at_once() {
         v.len() == 1 && v[0].host == "10.0.0.2"
     })
     .await;
+    // Peers reported the hijack as an address change, and the restore as another.
+    let mut moves = Vec::new();
+    while let Some(Some(event)) = events.next().now_or_never() {
+        if let MeshEvent::Updated {
+            previous, instance, ..
+        } = &event
+        {
+            if previous.host != instance.host {
+                moves.push((previous.host.clone(), instance.host.clone()));
+            }
+        }
+    }
+    assert_eq!(
+        moves,
+        [
+            ("10.0.0.2".to_string(), "6.6.6.6".to_string()),
+            ("6.6.6.6".to_string(), "10.0.0.2".to_string())
+        ]
+    );
     assert!(victim.is_live());
     assert!(owner.stats().restores >= 4, "{:?}", owner.stats());
     owner.shutdown().await;

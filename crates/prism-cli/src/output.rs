@@ -164,3 +164,23 @@ fn paint(kind: &str) -> String {
     };
     format!("\x1b[{colour}m{kind:<12}\x1b[0m")
 }
+
+#[cfg(test)]
+mod what_changed_tests {
+    use super::*;
+
+    #[test]
+    fn an_address_change_is_named_first_with_both_addresses() {
+        let before = ServiceInstance::builder("billing", "10.0.0.2", 8080)
+            .build()
+            .unwrap();
+        let mut after = before.clone();
+        after.host = "6.6.6.6".to_string();
+        after.weight = 7;
+        assert_eq!(
+            what_changed(&before, &after),
+            "address changed: http://10.0.0.2:8080 -> http://6.6.6.6:8080, weight changed"
+        );
+        assert_eq!(what_changed(&before, &before), "rewritten unchanged");
+    }
+}

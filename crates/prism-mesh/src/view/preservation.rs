@@ -110,6 +110,9 @@ struct Waiting {
     held: bool,
     /// The grace ended and the store is being asked whether the key was written since.
     confirming: bool,
+    /// How long the owner's last record still had to live when the marker came: an early
+    /// marker (forged, or a server's mistake) is held at least that long.
+    owner_left: Duration,
 }
 
 /// The expiries a view task has seen and not applied.
@@ -152,11 +155,16 @@ impl Preservation {
         let verdict = self.judge(facts, view_size, overdue);
         let held = matches!(verdict, Verdict::Hold { .. });
         if verdict != Verdict::Apply {
+            let owner_left = facts
+                .marker_at
+                .and_then(|marker| (facts.written_at + facts.ttl).duration_since(marker).ok())
+                .unwrap_or(Duration::ZERO);
             self.waiting.entry(key).or_insert(Waiting {
                 since: Instant::now(),
                 revision,
                 held,
                 confirming: false,
+                owner_left,
             });
         }
         verdict
@@ -226,7 +234,7 @@ impl Preservation {
     fn deadline(&self, waiting: &Waiting) -> Instant {
         waiting.since
             + if waiting.held {
-                self.rule.grace
+                self.rule.grace.max(waiting.owner_left)
             } else {
                 self.rule.settle
             }
@@ -314,6 +322,29 @@ mod tests {
         assert!(matches!(judge(&p, late, 0), Verdict::Hold { .. }));
         let early = facts(Duration::from_secs(1), Some(Duration::from_secs(1)));
         assert!(matches!(judge(&p, early, 0), Verdict::Hold { .. }));
+    }
+
+    #[test]
+    fn an_early_marker_is_held_until_the_owners_record_would_have_expired() {
+        let mut p = Preservation::new(SelfPreservation {
+            grace: Duration::from_secs(1),
+            ..SelfPreservation::default()
+        });
+        let hour = Duration::from_secs(3600);
+        let written_at = SystemTime::now() - Duration::from_secs(60);
+        let early = ExpiryFacts {
+            written_at,
+            ttl: hour,
+            marker_at: Some(written_at + Duration::from_secs(60)),
+        };
+        let verdict = p.expire("svc.a".to_string(), 9, early, 10, |_, _| 0);
+        assert!(matches!(verdict, Verdict::Hold { .. }), "{verdict:?}");
+        let deadline = p.next_deadline().expect("held");
+        assert!(
+            deadline > Instant::now() + hour - Duration::from_secs(120),
+            "held only until {:?} from now",
+            deadline.saturating_duration_since(Instant::now())
+        );
     }
 
     #[test]
