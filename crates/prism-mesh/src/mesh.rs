@@ -150,8 +150,10 @@ impl MeshBuilder {
         self
     }
 
-    /// Whether this peer appends `expired` events to the event stream when it sees a key
-    /// expire (default true; the stream keeps one per expiry whoever publishes).
+    /// Whether this peer records `expired` events on the event stream when it sees a key
+    /// expire (default true). The stream keeps one per expiry whoever records it; a
+    /// service the server does not let this user record for (`nats/auth.conf`: a service
+    /// records its own, the `witness` user every service's) is left to peers that may.
     pub fn publish_expired_events(mut self, publish: bool) -> Self {
         self.publish_expired_events = publish;
         self
