@@ -378,6 +378,11 @@ pub const AUTH_USERS: [&str; 5] = ["admin", "orders", "billing", "witness", "obs
 /// A server running the shipped `nats/auth.conf` (the file reads passwords from the
 /// environment; here each user's is `<user>-pw`).
 pub fn server_with_auth_conf() -> NatsServer {
+    NatsServer::start_with_config(&auth_conf())
+}
+
+/// The text of the shipped `nats/auth.conf` with each user's password `<user>-pw`.
+pub fn auth_conf() -> String {
     let mut conf =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nats/auth.conf"))
             .expect("read nats/auth.conf");
@@ -387,7 +392,7 @@ pub fn server_with_auth_conf() -> NatsServer {
             &format!("\"{user}-pw\""),
         );
     }
-    NatsServer::start_with_config(&conf)
+    conf
 }
 
 /// Options to connect as `user` of [`server_with_auth_conf`], with the reply prefix the

@@ -37,6 +37,18 @@ async fn mesh_as(server: &NatsServer, user: &str) -> Mesh {
         .unwrap_or_else(|e| panic!("{user} cannot connect: {e}"))
 }
 
+/// The admin's mesh (which creates the bucket and the stream), and billing's with one
+/// registered instance: the victim.
+async fn billing_with_a_victim(server: &NatsServer) -> (Mesh, Mesh, prism_mesh::Registration) {
+    let admin = mesh_as(server, "admin").await;
+    let billing = mesh_as(server, "billing").await;
+    let victim = billing
+        .register(instance("billing", "10.0.0.2"))
+        .await
+        .unwrap();
+    (admin, billing, victim)
+}
+
 /// A mesh with a 2 s TTL, so expiries come within the test.
 async fn expiring_mesh_as(server: &NatsServer, user: &str) -> Mesh {
     Mesh::builder()
@@ -145,12 +157,7 @@ use futures::FutureExt;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msg_id_preemption_by_a_service_that_watched_the_victims_ids_drops_none_of_its_events() {
     let server = server_with_auth_conf();
-    let admin = mesh_as(&server, "admin").await;
-    let billing = mesh_as(&server, "billing").await;
-    let victim = billing
-        .register(instance("billing", "10.0.0.2"))
-        .await
-        .unwrap();
+    let (admin, billing, victim) = billing_with_a_victim(&server).await;
     victim
         .set_status(InstanceStatus::Unhealthy, Some("warming"))
         .await
@@ -221,12 +228,7 @@ async fn msg_id_preemption_by_a_service_that_watched_the_victims_ids_drops_none_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_cannot_forge_the_expiry_of_another_services_instance() {
     let server = server_with_auth_conf();
-    let admin = mesh_as(&server, "admin").await;
-    let billing = mesh_as(&server, "billing").await;
-    let victim = billing
-        .register(instance("billing", "10.0.0.2"))
-        .await
-        .unwrap();
+    let (admin, billing, victim) = billing_with_a_victim(&server).await;
     let (orders, reported) = raw_as(&server.url(), "orders").await;
 
     let forged = prism_mesh::protocol::EventRecord {
@@ -352,13 +354,8 @@ async fn every_expiry_is_recorded_once_by_a_peer_allowed_to_record_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollup_with_a_one_second_ttl_on_its_own_key_takes_no_live_instance_away() {
     let server = server_with_auth_conf();
-    let admin = mesh_as(&server, "admin").await;
-    let billing = mesh_as(&server, "billing").await;
+    let (admin, billing, victim) = billing_with_a_victim(&server).await;
     let observer = mesh_as(&server, "observer").await;
-    let victim = billing
-        .register(instance("billing", "10.0.0.2"))
-        .await
-        .unwrap();
     wait_view(&observer, "billing", WAIT, "billing", |v| v.len() == 1).await;
     let mut events = observer.subscribe();
 

@@ -553,26 +553,15 @@ async fn every_way_of_giving_credentials_works_for_a_least_privilege_user() {
     let dir = tempfile::tempdir().unwrap();
     let seed_file = dir.path().join("observer.nk");
     std::fs::write(&seed_file, nkey.seed().unwrap()).unwrap();
-    let server = {
-        let conf =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../nats/auth.conf"))
-                .unwrap();
-        let mut conf = conf.replacen(
-            "users: [",
-            &format!(
-                "users: [\n    {{ nkey: {}, permissions: {{ publish: {{ allow: [\"$JS.API.>\", \"$JS.FC.>\"] }}, subscribe: {{ allow: [\"_INBOX_nkey.>\"] }} }} }}",
-                nkey.public_key()
-            ),
-            1,
-        );
-        for user in prism_tests::AUTH_USERS {
-            conf = conf.replace(
-                &format!("${}_PASSWORD", user.to_uppercase()),
-                &format!("\"{user}-pw\""),
-            );
-        }
-        NatsServer::start_with_config(&conf)
-    };
+    let conf = prism_tests::auth_conf().replacen(
+        "users: [",
+        &format!(
+            "users: [\n    {{ nkey: {}, permissions: {{ publish: {{ allow: [\"$JS.API.>\", \"$JS.FC.>\"] }}, subscribe: {{ allow: [\"_INBOX_nkey.>\"] }} }} }}",
+            nkey.public_key()
+        ),
+        1,
+    );
+    let server = NatsServer::start_with_config(&conf);
     let admin = Mesh::builder()
         .nats(prism_tests::options_as(&server.url(), "admin"))
         .connect()
