@@ -1,0 +1,476 @@
+//! Connecting: the connection with its options and credentials, then the bucket and the
+//! event stream, looked up before they are created, retried while the servers start.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use async_nats::{ConnectOptions, ServerAddr};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::{is_stream_not_found, unless_denied, Inner, NatsStore, WatchLag};
+use crate::config::{NatsOptions, StorageKind, UrlCredentials};
+use crate::error::{Error, ErrorKind, Result};
+
+impl NatsStore {
+    /// Connects, then creates (or checks) the bucket and the event stream.
+    #[tracing::instrument(name = "nats.connect", skip_all, fields(urls = %options.redacted_urls()))]
+    pub(crate) async fn connect(options: &NatsOptions) -> Result<NatsStore> {
+        options.validate()?;
+        options.check_files()?;
+        let urls = options.redacted_urls();
+        let addrs = options
+            .urls
+            .iter()
+            .map(|url| {
+                // Credentials in a url are applied below as options (async-nats ignores
+                // them), and kept out of the address async-nats may log.
+                without_userinfo(url).parse::<ServerAddr>().map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig,
+                        format!("invalid NATS url {:?}", crate::config::redact_url(url)),
+                        e,
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let (reconnect_tx, reconnects) = watch::channel(0u64);
+        let (violations, _) = broadcast::channel::<String>(64);
+        let violation_tx = violations.clone();
+        let was_disconnected = Arc::new(AtomicBool::new(false));
+        let mut connect = ConnectOptions::new()
+            .connection_timeout(options.connect_timeout)
+            .request_timeout(Some(options.request_timeout))
+            .event_callback(move |event| {
+                let reconnect_tx = reconnect_tx.clone();
+                let was_disconnected = was_disconnected.clone();
+                let violation_tx = violation_tx.clone();
+                async move {
+                    match event {
+                        // The server reports a denied publish on the connection, not on
+                        // the publish: hand it to the publish waiting for its ack.
+                        async_nats::Event::ServerError(async_nats::ServerError::Other(text))
+                            if text.to_lowercase().contains("permissions violation") =>
+                        {
+                            warn!(%text, "NATS permission denied");
+                            let _ = violation_tx.send(text);
+                        }
+                        async_nats::Event::Disconnected => {
+                            was_disconnected.store(true, Ordering::SeqCst);
+                            warn!("disconnected from NATS");
+                        }
+                        async_nats::Event::Connected => {
+                            // The first Connected is the initial connect, not a reconnect.
+                            if was_disconnected.swap(false, Ordering::SeqCst) {
+                                info!("reconnected to NATS");
+                                reconnect_tx.send_modify(|n| *n += 1);
+                            }
+                        }
+                        other => debug!(event = %other, "NATS connection event"),
+                    }
+                }
+            });
+        if let Some(name) = &options.client_name {
+            connect = connect.name(name);
+        }
+        if let Some(prefix) = &options.inbox_prefix {
+            connect = connect.custom_inbox_prefix(prefix);
+        }
+        match options.url_credentials()? {
+            Some(UrlCredentials::UserPassword(user, password)) => {
+                connect = connect.user_and_password(user, password);
+            }
+            Some(UrlCredentials::Token(token)) => connect = connect.token(token),
+            None => {}
+        }
+        if let Some(path) = &options.nkey_seed_file {
+            let seed = std::fs::read_to_string(path).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::InvalidConfig,
+                    format!("cannot read the nkey_seed_file {}", path.display()),
+                    e,
+                )
+            })?;
+            connect = connect.nkey(seed.trim().to_string());
+        }
+        if let Some(token) = &options.token {
+            connect = connect.token(token.clone());
+        }
+        if let Some((user, password)) = &options.user_password {
+            connect = connect.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(seed) = &options.nkey_seed {
+            connect = connect.nkey(seed.clone());
+        }
+        if let Some(path) = &options.credentials_file {
+            connect = connect.credentials_file(path).await.map_err(|e| {
+                Error::with_source(
+                    ErrorKind::InvalidConfig,
+                    format!("cannot read credentials file {}", path.display()),
+                    e,
+                )
+            })?;
+        }
+        if let Some(ca) = &options.tls_ca {
+            connect = connect.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &options.tls_client_cert {
+            connect = connect.add_client_certificate(cert.clone(), key.clone());
+        }
+        if options.tls_required {
+            connect = connect.require_tls(true);
+        }
+
+        // Servers still starting, a JetStream leader election: wait them out with backoff
+        // until the deadline, then say what could not be reached.
+        let mut retry = Retry::within(options.connect_deadline);
+        let client = loop {
+            // The per-attempt bound covers DNS, TLS and auth, not only the TCP connect.
+            let bound = options.connect_timeout + Duration::from_secs(1);
+            let error = match tokio::time::timeout(bound, connect.clone().connect(addrs.clone()))
+                .await
+            {
+                Ok(Ok(client)) => break client,
+                Ok(Err(e)) => {
+                    let kind = match e.kind() {
+                        async_nats::ConnectErrorKind::AuthorizationViolation => {
+                            ErrorKind::PermissionDenied
+                        }
+                        async_nats::ConnectErrorKind::TimedOut => ErrorKind::Timeout,
+                        _ => ErrorKind::Connect,
+                    };
+                    // Waiting does not fix credentials, certificates or a malformed url.
+                    // (A TLS handshake refused by either side comes as an I/O error.)
+                    let lasting = matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                            | async_nats::ConnectErrorKind::Tls
+                            | async_nats::ConnectErrorKind::ServerParse
+                    ) || mentions_any(
+                        &e,
+                        &[
+                            "certificate",
+                            "tls",
+                            "handshake",
+                            "alert",
+                            "corrupt message",
+                        ],
+                    );
+                    let error =
+                        Error::with_source(kind, format!("cannot connect to NATS at {urls}"), e);
+                    if lasting {
+                        return Err(error);
+                    }
+                    error
+                }
+                Err(_) => Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "cannot connect to NATS at {urls}: no answer within {}",
+                        humantime::format_duration(bound)
+                    ),
+                ),
+            };
+            retry.wait_or_give_up(error, "NATS servers").await?;
+        };
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(options.request_timeout);
+
+        let kv_stream = loop {
+            match ensure_bucket(&js, options, &violations).await {
+                Ok(name) => break name,
+                Err(e) => retry.wait_or_give_up(e, "JetStream (KV bucket)").await?,
+            }
+        };
+        loop {
+            match ensure_event_stream(&js, options, &violations).await {
+                Ok(()) => break,
+                Err(e) => retry.wait_or_give_up(e, "JetStream (event stream)").await?,
+            }
+        }
+
+        Ok(NatsStore {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                kv_stream,
+                kv_prefix: format!("$KV.{}.", options.bucket),
+                subject_prefix: options.subject_prefix.clone(),
+                reconnects,
+                closed: watch::channel(false).0,
+                urls,
+                lag: WatchLag::default(),
+                violations,
+                awaited: watch::channel(0).0,
+                options: options.clone(),
+            }),
+        })
+    }
+}
+
+/// Opens the bucket, or creates it when it does not exist; checks that it supports per-key
+/// TTLs. Looked up first: a user who may not create streams (least privilege) must not wait
+/// out a refused create on every connect.
+pub(super) async fn ensure_bucket(
+    js: &jetstream::Context,
+    options: &NatsOptions,
+    violations: &broadcast::Sender<String>,
+) -> Result<String> {
+    let stream_name = format!("KV_{}", options.bucket);
+    let read_error = |e: &dyn std::error::Error| setup_kind(transient(e));
+    let mut stream = match js.get_stream(&stream_name).await {
+        Ok(stream) => stream,
+        Err(e) if is_stream_not_found(&e) => {
+            let config = kv::Config {
+                bucket: options.bucket.clone(),
+                description: "prism-mesh: one key per live service instance".to_string(),
+                history: 1,
+                max_bytes: options.bucket_max_bytes,
+                storage: storage_type(options.storage),
+                num_replicas: options.replicas,
+                limit_markers: Some(options.marker_ttl),
+                ..Default::default()
+            };
+            let create = format!("$JS.API.STREAM.CREATE.{stream_name}");
+            let created = unless_denied(violations, &create, js.create_key_value(config))
+                .await
+                .map_err(|text| missing_and_denied("KV bucket", &options.bucket, &text))?;
+            // Created, or by another peer meanwhile: either way it is there now, unless
+            // the create failed for a reason of its own (which is then the one to report).
+            match (js.get_stream(&stream_name).await, created) {
+                (Ok(stream), _) => stream,
+                (Err(get_error), created) => {
+                    let kind = match &created {
+                        Err(create_error) => {
+                            setup_kind(transient(create_error) || transient(&get_error))
+                        }
+                        Ok(_) => read_error(&get_error),
+                    };
+                    let message = format!(
+                        "cannot create KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
+                        options.bucket
+                    );
+                    return Err(match created {
+                        Err(create_error) => Error::with_source(kind, message, create_error),
+                        Ok(_) => Error::with_source(kind, message, get_error),
+                    });
+                }
+            }
+        }
+        Err(e) => {
+            return Err(Error::with_source(
+                read_error(&e),
+                format!(
+                    "cannot look up KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
+                    options.bucket
+                ),
+                e,
+            ))
+        }
+    };
+    let info = stream.info().await.map_err(|e| {
+        let kind = setup_kind(transient(&e));
+        Error::with_source(kind, format!("cannot read stream {stream_name}"), e)
+    })?;
+    if !info.config.allow_message_ttl || info.config.subject_delete_marker_ttl.is_none() {
+        return Err(Error::new(
+            ErrorKind::Setup,
+            format!(
+                "KV bucket {:?} exists without per-message TTL (limit markers); \
+                 recreate it or choose another bucket name",
+                options.bucket
+            ),
+        ));
+    }
+    Ok(stream_name)
+}
+
+/// The error of a connect that found the bucket or stream missing and may not create it.
+fn missing_and_denied(what: &str, name: &str, text: &str) -> Error {
+    Error::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "{what} {name:?} does not exist and this user may not create it ({text}); \
+             create it once as a user who may (any prism-mesh client or `prism ls` run as that \
+             user creates it)"
+        ),
+    )
+}
+
+/// True when the text of `error` or of any of its causes contains one of `words`
+/// (lowercase).
+pub(super) fn mentions_any(error: &dyn std::error::Error, words: &[&str]) -> bool {
+    let mut text = error.to_string().to_lowercase();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push(' ');
+        text.push_str(&cause.to_string().to_lowercase());
+        source = cause.source();
+    }
+    words.iter().any(|w| text.contains(w))
+}
+
+/// The kind of a failed JetStream setup request: `Timeout` while JetStream cannot answer yet
+/// (retried until the connect deadline), `Setup` for what waiting does not fix.
+pub(super) fn setup_kind(transient: bool) -> ErrorKind {
+    if transient {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Setup
+    }
+}
+
+/// An error JetStream gives while it cannot answer yet (starting, electing a leader,
+/// placing replicas on a forming cluster), as opposed to one that waiting does not fix.
+pub(super) fn transient(error: &dyn std::error::Error) -> bool {
+    mentions_any(
+        error,
+        &[
+            "timed out",
+            "temporarily unavailable",
+            "no responders",
+            "does not exist",
+            "insufficient resources",
+            "no suitable peers",
+            "not current",
+            "broken pipe",
+        ],
+    )
+}
+
+/// Opens the event stream, or creates it when it does not exist (looked up first, as the
+/// bucket is).
+pub(super) async fn ensure_event_stream(
+    js: &jetstream::Context,
+    options: &NatsOptions,
+    violations: &broadcast::Sender<String>,
+) -> Result<()> {
+    let config = stream::Config {
+        name: options.event_stream.clone(),
+        description: Some("prism-mesh lifecycle events (audit trail)".to_string()),
+        subjects: vec![format!("{}.>", options.subject_prefix)],
+        max_age: options.event_max_age,
+        max_bytes: options.event_max_bytes,
+        max_messages: options.event_max_messages,
+        discard: stream::DiscardPolicy::Old,
+        duplicate_window: Duration::from_secs(120).min(options.event_max_age),
+        storage: storage_type(options.storage),
+        num_replicas: options.replicas,
+        ..Default::default()
+    };
+    let create = format!("$JS.API.STREAM.CREATE.{}", options.event_stream);
+    // `get_or_create_stream` looks the stream up before it asks to create it.
+    match unless_denied(violations, &create, js.get_or_create_stream(config)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(create_error)) => {
+            let kind = setup_kind(transient(&create_error));
+            Err(Error::with_source(
+                kind,
+                format!(
+                    "cannot create or open event stream {:?} on {}.>",
+                    options.event_stream, options.subject_prefix
+                ),
+                create_error,
+            ))
+        }
+        Err(text) => Err(missing_and_denied(
+            "event stream",
+            &options.event_stream,
+            &text,
+        )),
+    }
+}
+
+/// Backoff for start-up: retries what may be transient (a server still starting, a leader
+/// election) until a deadline; errors that waiting cannot fix end it at once.
+struct Retry {
+    deadline: Instant,
+    total: Duration,
+    delay: Duration,
+    attempts: u32,
+}
+
+impl Retry {
+    fn within(total: Duration) -> Retry {
+        Retry {
+            deadline: Instant::now() + total,
+            total,
+            delay: Duration::from_millis(100),
+            attempts: 0,
+        }
+    }
+
+    /// Sleeps before the next attempt after `error`, or returns the error when it is lasting
+    /// or the deadline has come, saying what could not be reached and for how long it was tried.
+    async fn wait_or_give_up(&mut self, error: Error, what: &str) -> Result<()> {
+        self.attempts += 1;
+        let lasting = matches!(
+            error.kind(),
+            ErrorKind::PermissionDenied | ErrorKind::InvalidConfig | ErrorKind::Setup
+        );
+        let now = Instant::now();
+        if lasting {
+            return Err(error);
+        }
+        if now >= self.deadline {
+            let kind = error.kind();
+            return Err(Error::with_source(
+                kind,
+                format!(
+                    "{what} not reachable within the connect deadline of {} ({} attempts)",
+                    humantime::format_duration(self.total),
+                    self.attempts
+                ),
+                error,
+            ));
+        }
+        // Jitter: every process of a restarted fleet must not retry in step.
+        let delay = rand::random_range(self.delay / 2..=self.delay);
+        let delay = delay.min(self.deadline - now);
+        info!(error = %error, retry_in = ?delay, attempt = self.attempts, "{what} not reachable yet; retrying");
+        tokio::time::sleep(delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(2));
+        Ok(())
+    }
+}
+
+fn storage_type(kind: StorageKind) -> stream::StorageType {
+    match kind {
+        StorageKind::File => stream::StorageType::File,
+        StorageKind::Memory => stream::StorageType::Memory,
+    }
+}
+
+/// `url` without any `userinfo@` before its host.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}"),
+        None => host.to_string(),
+    }
+}
+
+/// The bucket or event stream could not be made again: most often a user without the
+/// right to create streams (only someone allowed to, or `connect`, can bring them back).
+pub(super) fn recreate_refused(e: Error) -> Error {
+    let kind = if e.kind() == ErrorKind::PermissionDenied {
+        ErrorKind::PermissionDenied
+    } else {
+        ErrorKind::Setup
+    };
+    Error::with_source(
+        kind,
+        "the bucket's stream is gone and could not be made again \
+         (a user allowed to create JetStream streams must connect, or an operator recreate it)",
+        e,
+    )
+}
