@@ -1,0 +1,199 @@
+//! The writer side of the view: every key the view holds, by key and by service, and
+//! which services changed since the last flush to the read side.
+
+use std::collections::hash_map::Entry as Slot;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+// The index hashes every key of every change: foldhash (randomly seeded per map) is several
+// times faster than SipHash on these short keys.
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
+
+use super::registry::{InstanceMap, RegistryView, ServiceSnapshot};
+use super::MeshEvent;
+use crate::instance::ServiceInstance;
+use crate::store::RemovalCause;
+
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) instance: Arc<ServiceInstance>,
+    pub(super) revision: u64,
+    /// When the key was last written (the server's time) and the TTL it was written with:
+    /// what self-preservation judges its expiry by.
+    pub(super) written_at: SystemTime,
+    pub(super) ttl: Duration,
+    /// The last snapshot (see `Index::snapshot`) that named this key.
+    pub(super) seen_in: u64,
+}
+
+/// The writer side of the view.
+#[derive(Debug)]
+pub(super) struct Index {
+    pub(super) entries: FastMap<String, Entry>,
+    pub(super) by_service: FastMap<String, InstanceMap>,
+    pub(super) dirty: FastSet<String>,
+    /// Counts snapshots. Entries a snapshot names are marked with its number, so what it
+    /// did not name is found without a set of 100k key copies.
+    pub(super) snapshot: u64,
+}
+
+impl Index {
+    pub(super) fn upsert(
+        &mut self,
+        key: String,
+        instance: Arc<ServiceInstance>,
+        revision: u64,
+        reason: Option<String>,
+        (written_at, ttl): (SystemTime, Duration),
+        events: &mut Vec<MeshEvent>,
+    ) {
+        let snapshot = self.snapshot;
+        match self.entries.entry(key) {
+            Slot::Occupied(mut slot) => {
+                let entry = slot.get_mut();
+                entry.seen_in = snapshot;
+                if entry.revision >= revision {
+                    return; // already applied (resync overlap)
+                }
+                entry.revision = revision;
+                entry.written_at = written_at;
+                entry.ttl = ttl;
+                if entry.instance.same_content(&instance) {
+                    return; // a heartbeat
+                }
+                let previous = entry.instance.clone();
+                entry.instance = instance.clone();
+                set_in_service(&mut self.by_service, &mut self.dirty, &instance);
+                if previous.status != instance.status {
+                    events.push(MeshEvent::StatusChanged {
+                        instance: instance.clone(),
+                        previous: previous.status,
+                        current: instance.status,
+                        reason: reason.clone(),
+                    });
+                }
+                let mut without_status = ServiceInstance::clone(&previous);
+                without_status.status = instance.status;
+                if !without_status.same_content(&instance) {
+                    events.push(MeshEvent::Updated {
+                        previous,
+                        instance,
+                        reason,
+                    });
+                }
+            }
+            Slot::Vacant(slot) => {
+                set_in_service(&mut self.by_service, &mut self.dirty, &instance);
+                slot.insert(Entry {
+                    instance: instance.clone(),
+                    revision,
+                    written_at,
+                    ttl,
+                    seen_in: snapshot,
+                });
+                events.push(MeshEvent::Registered { instance });
+            }
+        }
+    }
+
+    /// Keeps `key` through the snapshot being read, whatever its new value was.
+    pub(super) fn mark_seen(&mut self, key: &str) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.seen_in = self.snapshot;
+        }
+    }
+
+    /// Revisions of a replaced log: any write to the new one is newer.
+    pub(super) fn forget_revisions(&mut self) {
+        for entry in self.entries.values_mut() {
+            entry.revision = 0;
+        }
+    }
+
+    /// The snapshot being read ends with `key` removed, though it named it earlier.
+    pub(super) fn unmark_seen(&mut self, key: &str) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            // Snapshot numbers start at 1: 0 is "named by none".
+            entry.seen_in = 0;
+        }
+    }
+
+    /// How many keys other than `key` were unwritten for half their TTL or more at `at`,
+    /// counting up to `enough`.
+    pub(super) fn overdue_besides(&self, key: &str, at: SystemTime, enough: usize) -> usize {
+        if enough == 0 {
+            return 0;
+        }
+        let mut overdue = 0;
+        for (other, entry) in &self.entries {
+            let age = at
+                .duration_since(entry.written_at)
+                .unwrap_or(Duration::ZERO);
+            if age >= entry.ttl / 2 && other != key {
+                overdue += 1;
+                if overdue >= enough {
+                    break;
+                }
+            }
+        }
+        overdue
+    }
+
+    pub(super) fn remove(&mut self, key: &str) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        let service = &entry.instance.service;
+        if let Some(instances) = self.by_service.get_mut(service) {
+            instances.remove(&entry.instance.id);
+        }
+        self.dirty.insert(service.clone());
+        Some(entry)
+    }
+
+    /// Publishes a new snapshot for every service changed since the last flush.
+    pub(super) fn flush(&mut self, registry: &RegistryView) {
+        registry.ensure_slots(self.dirty.iter().map(String::as_str));
+        for service in self.dirty.drain() {
+            // A cheap copy: the snapshot shares the map's nodes with the index.
+            let instances = self.by_service.get(&service).cloned().unwrap_or_default();
+            registry
+                .slot_or_insert(&service)
+                .store(ServiceSnapshot::new(instances));
+        }
+    }
+}
+
+/// A malformed or refused put in a snapshot keeps what we held, exactly as it does live
+/// (where a removal before it in the snapshot has already dropped the key).
+pub(super) fn keep_held(
+    index: &mut Index,
+    removals: &HashMap<String, (RemovalCause, u64)>,
+    key: &str,
+) {
+    if !removals.contains_key(key) {
+        index.mark_seen(key);
+    }
+}
+
+/// Puts `instance` in its service's map and marks the service for the next flush.
+fn set_in_service(
+    by_service: &mut FastMap<String, InstanceMap>,
+    dirty: &mut FastSet<String>,
+    instance: &Arc<ServiceInstance>,
+) {
+    // Look up before inserting: a cold start does this 100k times, allocations add up.
+    match by_service.get_mut(&instance.service) {
+        Some(instances) => {
+            instances.insert(instance.id, instance.clone());
+        }
+        None => {
+            by_service.insert(
+                instance.service.clone(),
+                InstanceMap::unit(instance.id, instance.clone()),
+            );
+        }
+    }
+    if !dirty.contains(&instance.service) {
+        dirty.insert(instance.service.clone());
+    }
+}
