@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{DEFAULT_BUCKET, DEFAULT_EVENT_STREAM, DEFAULT_SUBJECT_PREFIX};
-use crate::store::MemoryStore;
 
 /// A `tracing` filter directive to add to every subscriber of a process that uses NATS
 /// credentials. async-nats prints server urls, with any password in them, at DEBUG (its
@@ -23,21 +22,6 @@ pub const SECRET_SAFE_LOG_DIRECTIVE: &str = "async_nats=info";
 /// How long [`NatsOptions::connect_deadline`] is unless set: longer than nats-server's
 /// longest election timeout (9 s) plus a server's start-up.
 pub const DEFAULT_CONNECT_DEADLINE: Duration = Duration::from_secs(30);
-
-/// Which backend a mesh runs on.
-#[derive(Debug, Clone)]
-pub enum BackendConfig {
-    /// In-process: every mesh on the same [`MemoryStore`] is a peer of the others.
-    Memory(MemoryStore),
-    /// NATS JetStream: peers anywhere that reach the same servers.
-    Nats(Box<NatsOptions>),
-}
-
-impl Default for BackendConfig {
-    fn default() -> Self {
-        BackendConfig::Memory(MemoryStore::global())
-    }
-}
 
 /// JetStream storage for the bucket and the event stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

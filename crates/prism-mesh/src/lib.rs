@@ -49,8 +49,8 @@ pub use client::{
     get_service_url, register_service, ClientOptions, DiscoveryClient,
 };
 pub use config::{
-    BackendConfig, NatsOptions, StorageKind, Timing, DEFAULT_CONNECT_DEADLINE,
-    MAX_ELECTION_TIMEOUT, MAX_TOMBSTONE_TTL, SECRET_SAFE_LOG_DIRECTIVE,
+    NatsOptions, StorageKind, Timing, DEFAULT_CONNECT_DEADLINE, MAX_ELECTION_TIMEOUT,
+    MAX_TOMBSTONE_TTL, SECRET_SAFE_LOG_DIRECTIVE,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
@@ -59,7 +59,7 @@ pub use instance::{
     ServiceInstanceBuilder, DEFAULT_WEIGHT, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_METADATA_DEPTH,
     MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
 };
-pub use mesh::{Mesh, MeshBuilder};
+pub use mesh::{BackendConfig, Mesh, MeshBuilder};
 pub use metrics::{MetricsEndpoint, StatsSnapshot};
 pub use owner::Registration;
 pub use settings::DiscoverySettings;

@@ -1,237 +1,35 @@
 //! [`Mesh`]: the handle a service embeds to register itself, see every other instance and
 //! react to changes.
+//!
+//! `builder` configures and connects one (the only way to make a `Mesh`); `shutdown`
+//! holds the ways it ends; this file holds what a running mesh does.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use tokio::sync::watch;
-use tracing::{info, warn, Instrument};
+use tracing::warn;
 use uuid::Uuid;
 
-use crate::balance::{Balancer, BalancerBuilder, RequestGuard, Selection, Strategy};
-use crate::config::{BackendConfig, NatsOptions, Timing};
+use crate::balance::{Balancer, BalancerBuilder, RequestGuard, Strategy};
+use crate::config::Timing;
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
-use crate::instance::{count_by_status, validate_service_name, InstanceStatus, ServiceInstance};
+use crate::instance::{count_by_status, validate_service_name, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
 use crate::owner::{lock_owned, OwnedMap, Owners, Registration};
-use crate::signal::TerminationSignals;
-use crate::store::{MemoryStore, NatsStore, Store};
-use crate::view::{
-    EventBus, EventFilter, EventStream, KeyAlerts, MeshEvent, RegistryView, SelfPreservation,
-    ServiceSlot, ViewTask, Watermark,
-};
+use crate::store::Store;
+use crate::view::{EventBus, EventFilter, EventStream, MeshEvent, RegistryView, ServiceSlot};
 
-/// Owned instances deregistered (or put in maintenance) at once when a mesh shuts down.
-const SHUTDOWN_CONCURRENCY: usize = 256;
+mod builder;
+mod shutdown;
 
-/// Runs `step` on every owned registration, [`SHUTDOWN_CONCURRENCY`] at a time: one at a
-/// time, a process owning thousands of instances would wait a round trip (and a view
-/// flush) per instance to leave. Failures are logged with `failed`; a registration ended
-/// through its own handle meanwhile is not a failure.
-async fn on_each_owned<'a, F, Fut>(owned: &'a [Registration], failed: &str, step: F)
-where
-    F: Fn(&'a Registration) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    futures::stream::iter(owned)
-        .for_each_concurrent(SHUTDOWN_CONCURRENCY, |registration| {
-            let done = step(registration);
-            async move {
-                match done.await {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::NotRegistered => {}
-                    Err(e) => warn!(error = %e, id = %registration.id(), "{failed}"),
-                }
-            }
-        })
-        .await;
-}
-
-/// How long [`MeshBuilder::connect`] waits for the first full view by default.
-const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Builds a [`Mesh`]: backend, timing, options. Mirrors async-nats' `ConnectOptions`.
-///
-/// ```no_run
-/// # async fn run() -> prism_mesh::Result<()> {
-/// use std::time::Duration;
-/// use prism_mesh::{Mesh, NatsOptions};
-///
-/// let mesh = Mesh::builder()
-///     .nats(NatsOptions::new("nats://127.0.0.1:4222"))
-///     .instance_ttl(Duration::from_secs(10))
-///     .heartbeat_interval(Duration::from_secs(3))
-///     .connect()
-///     .await?;
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone)]
-pub struct MeshBuilder {
-    backend: BackendConfig,
-    timing: Timing,
-    publish_expired_events: bool,
-    ready_timeout: Duration,
-    balancing: Balancing,
-    self_preservation: SelfPreservation,
-}
-
-/// How [`Mesh::pick`] balances each service.
-#[derive(Debug, Clone, Default)]
-struct Balancing {
-    strategy: Strategy,
-    per_service: HashMap<String, Strategy>,
-    selection: Selection,
-}
-
-impl Default for MeshBuilder {
-    fn default() -> Self {
-        MeshBuilder {
-            backend: BackendConfig::default(),
-            timing: Timing::default(),
-            publish_expired_events: true,
-            ready_timeout: DEFAULT_READY_TIMEOUT,
-            balancing: Balancing::default(),
-            self_preservation: SelfPreservation::default(),
-        }
-    }
-}
-
-impl MeshBuilder {
-    /// Uses the process-wide in-memory backend (the default).
-    pub fn memory(mut self) -> Self {
-        self.backend = BackendConfig::Memory(MemoryStore::global());
-        self
-    }
-
-    /// Uses a given in-memory store (isolated peers, tests).
-    pub fn memory_store(mut self, store: MemoryStore) -> Self {
-        self.backend = BackendConfig::Memory(store);
-        self
-    }
-
-    /// Uses NATS JetStream.
-    pub fn nats(mut self, options: NatsOptions) -> Self {
-        self.backend = BackendConfig::Nats(Box::new(options));
-        self
-    }
-
-    /// Sets the backend.
-    pub fn backend(mut self, backend: BackendConfig) -> Self {
-        self.backend = backend;
-        self
-    }
-
-    /// Sets all timings at once.
-    pub fn timing(mut self, timing: Timing) -> Self {
-        self.timing = timing;
-        self
-    }
-
-    /// How long an instance lives without a heartbeat (default 10 s).
-    pub fn instance_ttl(mut self, ttl: Duration) -> Self {
-        self.timing.instance_ttl = ttl;
-        self
-    }
-
-    /// How often owners refresh their keys (default 3 s).
-    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
-        self.timing.heartbeat_interval = interval;
-        self
-    }
-
-    /// How long deregistration tombstones are kept (default 60 s).
-    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
-        self.timing.tombstone_ttl = ttl;
-        self
-    }
-
-    /// Whether this peer records `expired` events on the event stream when it sees a key
-    /// expire (default true). The stream keeps one per expiry whoever records it; a
-    /// service the server does not let this user record for (`nats/auth.conf`: a service
-    /// records its own, the `witness` user every service's) is left to peers that may.
-    pub fn publish_expired_events(mut self, publish: bool) -> Self {
-        self.publish_expired_events = publish;
-        self
-    }
-
-    /// The load-balancing strategy of [`Mesh::pick`] for services without their own
-    /// (default: smooth weighted round robin).
-    pub fn strategy(mut self, strategy: Strategy) -> Self {
-        self.balancing.strategy = strategy;
-        self
-    }
-
-    /// The load-balancing strategy of [`Mesh::pick`] for `service`.
-    pub fn service_strategy(mut self, service: impl Into<String>, strategy: Strategy) -> Self {
-        self.balancing.per_service.insert(service.into(), strategy);
-        self
-    }
-
-    /// Which instances [`Mesh::pick`] may choose (default: healthy ones).
-    pub fn selection(mut self, selection: Selection) -> Self {
-        self.balancing.selection = selection;
-        self
-    }
-
-    /// How this peer treats many instances expiring at once (see [`SelfPreservation`];
-    /// on by default).
-    pub fn self_preservation(mut self, rule: SelfPreservation) -> Self {
-        self.self_preservation = rule;
-        self
-    }
-
-    /// How long `connect` waits for the first full view (default 60 s).
-    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
-        self.ready_timeout = timeout;
-        self
-    }
-
-    /// Checks the timing and backend options as `connect` does first, without connecting.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let builder = prism_mesh::Mesh::builder()
-    ///     .instance_ttl(Duration::from_secs(2))
-    ///     .heartbeat_interval(Duration::from_secs(3));
-    /// assert_eq!(builder.validate().unwrap_err().kind(), prism_mesh::ErrorKind::InvalidConfig);
-    /// ```
-    pub fn validate(&self) -> Result<()> {
-        self.timing.validate()?;
-        if let BackendConfig::Nats(options) = &self.backend {
-            options.validate()?;
-        }
-        Ok(())
-    }
-
-    /// Connects, loads the current view and starts watching. When this returns, reads see
-    /// every instance that was live at the time.
-    pub async fn connect(self) -> Result<Mesh> {
-        self.validate()?;
-        let store = match &self.backend {
-            BackendConfig::Memory(store) => Store::Memory(store.clone()),
-            BackendConfig::Nats(options) => {
-                let least = self.timing.cluster_min_ttl();
-                if options.replicas > 1 && self.timing.instance_ttl < least {
-                    warn!(
-                        ttl = ?self.timing.instance_ttl,
-                        heartbeat_interval = ?self.timing.heartbeat_interval,
-                        cluster_min_ttl = ?least,
-                        "instance_ttl is below what outlasts a leader election of the replicated \
-                         bucket: keys may expire on the server while it elects; peers hold such \
-                         expiries while owners re-assert (see Timing::cluster_min_ttl)"
-                    );
-                }
-                Store::Nats(NatsStore::connect(options).await?)
-            }
-        };
-        Mesh::start(store, self).await
-    }
-}
+use builder::Balancing;
+pub use builder::{BackendConfig, MeshBuilder};
 
 /// A peer of the mesh: registers instances, reads the live view, streams events.
 ///
@@ -296,92 +94,6 @@ impl Drop for Inner {
 }
 
 impl Mesh {
-    /// Starts building a mesh.
-    pub fn builder() -> MeshBuilder {
-        MeshBuilder::default()
-    }
-
-    /// Connects to NATS at `url` with default options.
-    pub async fn connect_nats(url: &str) -> Result<Mesh> {
-        Mesh::builder().nats(NatsOptions::new(url)).connect().await
-    }
-
-    async fn start(store: Store, builder: MeshBuilder) -> Result<Mesh> {
-        let peer_id = Uuid::new_v4().to_string();
-        let registry = Arc::new(RegistryView::default());
-        let bus = Arc::new(EventBus::default());
-        let stats = Arc::new(MeshStats::default());
-        let (ready_tx, mut ready) = watch::channel(false);
-        let applied = Arc::new(Watermark::default());
-        let closing = watch::channel(false).0;
-        let alerts = Arc::new(KeyAlerts::default());
-        let task = ViewTask {
-            store: store.clone(),
-            registry: registry.clone(),
-            bus: bus.clone(),
-            stats: stats.clone(),
-            ready: ready_tx,
-            peer_id: peer_id.clone(),
-            publish_expired: builder.publish_expired_events,
-            self_preservation: builder.self_preservation,
-            applied: applied.clone(),
-            alerts: alerts.clone(),
-            closing: closing.subscribe(),
-        };
-        let span = tracing::info_span!("view", peer = %peer_id);
-        tokio::spawn(task.run(store.watch()).instrument(span));
-        match tokio::time::timeout(builder.ready_timeout, crate::util::until_true(&mut ready)).await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Error::new(
-                    ErrorKind::Closed,
-                    "the view task ended before the first snapshot",
-                ))
-            }
-            Err(_) => {
-                store.close().await;
-                return Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no full view of the bucket within {}",
-                        humantime::format_duration(builder.ready_timeout)
-                    ),
-                ));
-            }
-        }
-        info!(peer = %peer_id, instances = registry.instance_count(), "mesh view ready");
-        let owners = Owners::start(
-            store.clone(),
-            builder.timing,
-            stats.clone(),
-            peer_id.clone(),
-            closing.subscribe(),
-            applied,
-            alerts,
-        );
-        Ok(Mesh {
-            inner: Arc::new(Inner {
-                store,
-                timing: builder.timing,
-                peer_id,
-                registry,
-                bus,
-                stats,
-                owned: Arc::new(Mutex::new(HashMap::new())),
-                owners,
-                accepting: tokio::sync::RwLock::new(true),
-                event_stream: match &builder.backend {
-                    BackendConfig::Nats(options) => options.event_stream.clone(),
-                    BackendConfig::Memory(_) => String::new(),
-                },
-                closing,
-                balancing: builder.balancing,
-                balancers: ArcSwap::default(),
-            }),
-        })
-    }
-
     /// This peer's id (the `origin` of the events it publishes).
     pub fn peer_id(&self) -> &str {
         &self.inner.peer_id
@@ -742,88 +454,6 @@ impl Mesh {
         self.inner
             .stats
             .snapshot(self.inner.registry.instance_count())
-    }
-
-    /// Deregisters every instance this handle owns (peers see `Deregistered`), then stops
-    /// heartbeats and closes the connection. Errors are logged: shutdown always finishes.
-    pub async fn shutdown(&self) {
-        self.stop_registering().await;
-        let owned: Vec<Registration> = self.lock_owned().drain().map(|(_, r)| r).collect();
-        on_each_owned(
-            &owned,
-            "deregistration at shutdown failed",
-            |registration| async move { registration.deregister(Some("shutdown")).await },
-        )
-        .await;
-        self.inner.closing.send_replace(true);
-        self.inner.store.close().await;
-    }
-
-    /// Leaves the mesh without dropping a request: every instance this handle owns goes to
-    /// `Maintenance` first (peers stop picking it at once), then after `drain` (time for
-    /// requests in flight to finish) it is deregistered, then the mesh closes.
-    pub async fn shutdown_gracefully(&self, drain: Duration) {
-        self.stop_registering().await;
-        let owned = self.registrations();
-        on_each_owned(
-            &owned,
-            "could not announce maintenance",
-            |registration| async move {
-                registration
-                    .set_status(InstanceStatus::Maintenance, Some("shutting down"))
-                    .await
-                    .map(|_| ())
-            },
-        )
-        .await;
-        if !owned.is_empty() {
-            info!(instances = owned.len(), drain = %humantime::format_duration(drain), "draining before deregistration");
-            tokio::time::sleep(drain).await;
-        }
-        self.shutdown().await;
-    }
-
-    /// Listens for SIGTERM or Ctrl-C (SIGINT) from now on; the returned future waits for
-    /// one, then [`shutdown_gracefully`](Mesh::shutdown_gracefully) with `drain`, and
-    /// yields the signal's name once the mesh is closed. Call it before announcing
-    /// readiness: a SIGTERM that comes earlier still kills the process outright. Keep
-    /// and await the future: dropping it leaves these signals caught and ignored (see
-    /// [`TerminationSignals::listen`]).
-    ///
-    /// ```no_run
-    /// # async fn run(mesh: prism_mesh::Mesh) -> prism_mesh::Result<()> {
-    /// let leave = mesh.shutdown_on_signal(std::time::Duration::from_secs(5))?;
-    /// println!("ready");
-    /// let signal = leave.await;
-    /// tracing::info!(signal, "left the mesh");
-    /// # Ok(()) }
-    /// ```
-    pub fn shutdown_on_signal(
-        &self,
-        drain: Duration,
-    ) -> Result<impl Future<Output = &'static str> + Send + 'static> {
-        let mut signals = TerminationSignals::listen()?;
-        let mesh = self.clone();
-        Ok(async move {
-            let signal = signals.recv().await;
-            info!(signal, "termination signal; leaving the mesh");
-            mesh.shutdown_gracefully(drain).await;
-            signal
-        })
-    }
-
-    /// Stops heartbeats and closes without deregistering: owned instances expire at the
-    /// TTL, exactly as if the process had died.
-    pub async fn close_without_deregistering(&self) {
-        self.stop_registering().await;
-        self.lock_owned().clear();
-        self.inner.closing.send_replace(true);
-        self.inner.store.close().await;
-    }
-
-    /// Refuses new registrations and waits for those under way to be listed.
-    async fn stop_registering(&self) {
-        *self.inner.accepting.write().await = false;
     }
 
     pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {

@@ -1,0 +1,305 @@
+//! Configuring and connecting a [`Mesh`]: the backend, timing, balancing and
+//! self-preservation, validated once, then the view, the owners and the first snapshot.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tracing::{info, warn, Instrument};
+use uuid::Uuid;
+
+use crate::balance::{Selection, Strategy};
+use crate::config::{NatsOptions, Timing};
+use crate::error::{Error, ErrorKind, Result};
+use crate::metrics::MeshStats;
+use crate::owner::Owners;
+use crate::store::{MemoryStore, NatsStore, Store};
+use crate::view::{EventBus, KeyAlerts, RegistryView, SelfPreservation, ViewTask, Watermark};
+
+use super::{Inner, Mesh};
+
+/// Which backend a mesh runs on.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    /// In-process: every mesh on the same [`MemoryStore`] is a peer of the others.
+    Memory(MemoryStore),
+    /// NATS JetStream: peers anywhere that reach the same servers.
+    Nats(Box<NatsOptions>),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig::Memory(MemoryStore::global())
+    }
+}
+
+/// How long [`MeshBuilder::connect`] waits for the first full view by default.
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Builds a [`Mesh`]: backend, timing, options. Mirrors async-nats' `ConnectOptions`.
+///
+/// ```no_run
+/// # async fn run() -> prism_mesh::Result<()> {
+/// use std::time::Duration;
+/// use prism_mesh::{Mesh, NatsOptions};
+///
+/// let mesh = Mesh::builder()
+///     .nats(NatsOptions::new("nats://127.0.0.1:4222"))
+///     .instance_ttl(Duration::from_secs(10))
+///     .heartbeat_interval(Duration::from_secs(3))
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MeshBuilder {
+    backend: BackendConfig,
+    timing: Timing,
+    publish_expired_events: bool,
+    ready_timeout: Duration,
+    balancing: Balancing,
+    self_preservation: SelfPreservation,
+}
+
+/// How [`Mesh::pick`] balances each service.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Balancing {
+    pub(super) strategy: Strategy,
+    pub(super) per_service: HashMap<String, Strategy>,
+    pub(super) selection: Selection,
+}
+
+impl Default for MeshBuilder {
+    fn default() -> Self {
+        MeshBuilder {
+            backend: BackendConfig::default(),
+            timing: Timing::default(),
+            publish_expired_events: true,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            balancing: Balancing::default(),
+            self_preservation: SelfPreservation::default(),
+        }
+    }
+}
+
+impl MeshBuilder {
+    /// Uses the process-wide in-memory backend (the default).
+    pub fn memory(mut self) -> Self {
+        self.backend = BackendConfig::Memory(MemoryStore::global());
+        self
+    }
+
+    /// Uses a given in-memory store (isolated peers, tests).
+    pub fn memory_store(mut self, store: MemoryStore) -> Self {
+        self.backend = BackendConfig::Memory(store);
+        self
+    }
+
+    /// Uses NATS JetStream.
+    pub fn nats(mut self, options: NatsOptions) -> Self {
+        self.backend = BackendConfig::Nats(Box::new(options));
+        self
+    }
+
+    /// Sets the backend.
+    pub fn backend(mut self, backend: BackendConfig) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Sets all timings at once.
+    pub fn timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// How long an instance lives without a heartbeat (default 10 s).
+    pub fn instance_ttl(mut self, ttl: Duration) -> Self {
+        self.timing.instance_ttl = ttl;
+        self
+    }
+
+    /// How often owners refresh their keys (default 3 s).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.timing.heartbeat_interval = interval;
+        self
+    }
+
+    /// How long deregistration tombstones are kept (default 60 s).
+    pub fn tombstone_ttl(mut self, ttl: Duration) -> Self {
+        self.timing.tombstone_ttl = ttl;
+        self
+    }
+
+    /// Whether this peer records `expired` events on the event stream when it sees a key
+    /// expire (default true). The stream keeps one per expiry whoever records it; a
+    /// service the server does not let this user record for (`nats/auth.conf`: a service
+    /// records its own, the `witness` user every service's) is left to peers that may.
+    pub fn publish_expired_events(mut self, publish: bool) -> Self {
+        self.publish_expired_events = publish;
+        self
+    }
+
+    /// The load-balancing strategy of [`Mesh::pick`] for services without their own
+    /// (default: smooth weighted round robin).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.balancing.strategy = strategy;
+        self
+    }
+
+    /// The load-balancing strategy of [`Mesh::pick`] for `service`.
+    pub fn service_strategy(mut self, service: impl Into<String>, strategy: Strategy) -> Self {
+        self.balancing.per_service.insert(service.into(), strategy);
+        self
+    }
+
+    /// Which instances [`Mesh::pick`] may choose (default: healthy ones).
+    pub fn selection(mut self, selection: Selection) -> Self {
+        self.balancing.selection = selection;
+        self
+    }
+
+    /// How this peer treats many instances expiring at once (see [`SelfPreservation`];
+    /// on by default).
+    pub fn self_preservation(mut self, rule: SelfPreservation) -> Self {
+        self.self_preservation = rule;
+        self
+    }
+
+    /// How long `connect` waits for the first full view (default 60 s).
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Checks the timing and backend options as `connect` does first, without connecting.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let builder = prism_mesh::Mesh::builder()
+    ///     .instance_ttl(Duration::from_secs(2))
+    ///     .heartbeat_interval(Duration::from_secs(3));
+    /// assert_eq!(builder.validate().unwrap_err().kind(), prism_mesh::ErrorKind::InvalidConfig);
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        self.timing.validate()?;
+        if let BackendConfig::Nats(options) = &self.backend {
+            options.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Connects, loads the current view and starts watching. When this returns, reads see
+    /// every instance that was live at the time.
+    pub async fn connect(self) -> Result<Mesh> {
+        self.validate()?;
+        let store = match &self.backend {
+            BackendConfig::Memory(store) => Store::Memory(store.clone()),
+            BackendConfig::Nats(options) => {
+                let least = self.timing.cluster_min_ttl();
+                if options.replicas > 1 && self.timing.instance_ttl < least {
+                    warn!(
+                        ttl = ?self.timing.instance_ttl,
+                        heartbeat_interval = ?self.timing.heartbeat_interval,
+                        cluster_min_ttl = ?least,
+                        "instance_ttl is below what outlasts a leader election of the replicated \
+                         bucket: keys may expire on the server while it elects; peers hold such \
+                         expiries while owners re-assert (see Timing::cluster_min_ttl)"
+                    );
+                }
+                Store::Nats(NatsStore::connect(options).await?)
+            }
+        };
+        Mesh::start(store, self).await
+    }
+}
+
+impl Mesh {
+    /// Starts building a mesh.
+    pub fn builder() -> MeshBuilder {
+        MeshBuilder::default()
+    }
+
+    /// Connects to NATS at `url` with default options.
+    pub async fn connect_nats(url: &str) -> Result<Mesh> {
+        Mesh::builder().nats(NatsOptions::new(url)).connect().await
+    }
+
+    async fn start(store: Store, builder: MeshBuilder) -> Result<Mesh> {
+        let peer_id = Uuid::new_v4().to_string();
+        let registry = Arc::new(RegistryView::default());
+        let bus = Arc::new(EventBus::default());
+        let stats = Arc::new(MeshStats::default());
+        let (ready_tx, mut ready) = watch::channel(false);
+        let applied = Arc::new(Watermark::default());
+        let closing = watch::channel(false).0;
+        let alerts = Arc::new(KeyAlerts::default());
+        let task = ViewTask {
+            store: store.clone(),
+            registry: registry.clone(),
+            bus: bus.clone(),
+            stats: stats.clone(),
+            ready: ready_tx,
+            peer_id: peer_id.clone(),
+            publish_expired: builder.publish_expired_events,
+            self_preservation: builder.self_preservation,
+            applied: applied.clone(),
+            alerts: alerts.clone(),
+            closing: closing.subscribe(),
+        };
+        let span = tracing::info_span!("view", peer = %peer_id);
+        tokio::spawn(task.run(store.watch()).instrument(span));
+        match tokio::time::timeout(builder.ready_timeout, crate::util::until_true(&mut ready)).await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::new(
+                    ErrorKind::Closed,
+                    "the view task ended before the first snapshot",
+                ))
+            }
+            Err(_) => {
+                store.close().await;
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no full view of the bucket within {}",
+                        humantime::format_duration(builder.ready_timeout)
+                    ),
+                ));
+            }
+        }
+        info!(peer = %peer_id, instances = registry.instance_count(), "mesh view ready");
+        let owners = Owners::start(
+            store.clone(),
+            builder.timing,
+            stats.clone(),
+            peer_id.clone(),
+            closing.subscribe(),
+            applied,
+            alerts,
+        );
+        Ok(Mesh {
+            inner: Arc::new(Inner {
+                store,
+                timing: builder.timing,
+                peer_id,
+                registry,
+                bus,
+                stats,
+                owned: Arc::new(Mutex::new(HashMap::new())),
+                owners,
+                accepting: tokio::sync::RwLock::new(true),
+                event_stream: match &builder.backend {
+                    BackendConfig::Nats(options) => options.event_stream.clone(),
+                    BackendConfig::Memory(_) => String::new(),
+                },
+                closing,
+                balancing: builder.balancing,
+                balancers: ArcSwap::default(),
+            }),
+        })
+    }
+}
