@@ -17,11 +17,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::protocol::bucket::{bucket_change, KvChange, RemovalCause};
 use crate::protocol::{
     headers as h, instance_key as key_of, parse_instance_key, parse_ttl_header, ttl_header_value,
     whole_seconds, EventRecord, InstanceRecord, MAX_INSTANCE_TTL,
 };
-use crate::store::{bucket_change, KvChange, RemovalCause};
 
 /// Whole seconds in Go's longest duration (2^63 - 1 ns).
 const GO_DURATION_SECONDS: u64 = i64::MAX as u64 / 1_000_000_000;

@@ -40,7 +40,7 @@ pub mod protocol;
 pub mod settings;
 mod signal;
 mod store;
-mod util;
+mod sync;
 mod view;
 
 pub use balance::{Balancer, BalancerBuilder, OutlierDetection, RequestGuard, Selection, Strategy};

@@ -27,7 +27,7 @@ pub use load::{InstanceLoad, RequestGuard};
 pub use selection::Selection;
 pub use table::hash_key;
 #[cfg(feature = "tower")]
-pub use tower_discover::{DiscoverError, ServiceDiscover};
+pub use tower_discover::{DiscoverError, InstanceSource, ServiceDiscover};
 
 use crate::error::{Error, Result};
 use crate::instance::ServiceInstance;

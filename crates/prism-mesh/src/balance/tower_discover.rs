@@ -11,7 +11,6 @@ use uuid::Uuid;
 
 use super::Selection;
 use crate::instance::ServiceInstance;
-use crate::mesh::Mesh;
 use crate::view::{EventFilter, EventStream, MeshEvent};
 
 /// The error type of [`ServiceDiscover`]; the stream never yields one today (it ends when
@@ -59,6 +58,15 @@ pub struct ServiceDiscover<F, S> {
     pending: VecDeque<Change<Uuid, S>>,
 }
 
+/// Where a [`ServiceDiscover`] reads instances and hears of changes; implemented by
+/// [`Mesh`](crate::Mesh).
+pub trait InstanceSource {
+    /// The instances of `service` now.
+    fn discover(&self, service: &str) -> Vec<Arc<ServiceInstance>>;
+    /// The events that pass `filter` from now on.
+    fn subscribe_filtered(&self, filter: EventFilter) -> EventStream;
+}
+
 impl<F, S> std::fmt::Debug for ServiceDiscover<F, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceDiscover")
@@ -73,8 +81,14 @@ impl<F, S> ServiceDiscover<F, S>
 where
     F: FnMut(&ServiceInstance) -> S,
 {
-    /// Discovers `service` in `mesh`, making a service per eligible instance.
-    pub fn new(mesh: &Mesh, service: &str, selection: Selection, make_service: F) -> Self {
+    /// Discovers `service` in `mesh` (a [`Mesh`](crate::Mesh)), making a service per
+    /// eligible instance.
+    pub fn new(
+        mesh: &impl InstanceSource,
+        service: &str,
+        selection: Selection,
+        make_service: F,
+    ) -> Self {
         // Subscribe before reading the snapshot so no change falls between the two.
         let events = mesh.subscribe_filtered(EventFilter::service(service));
         let mut discover = ServiceDiscover {

@@ -75,6 +75,11 @@ pub struct ServiceInstance {
     pub updated_at: SystemTime,
 }
 
+/// The KV key of an instance: `<service>.<instance id>` (the id lowercase hyphenated).
+pub fn instance_key(service: &str, id: &Uuid) -> String {
+    format!("{service}.{}", id.hyphenated())
+}
+
 /// An optional field sent as nil reads as its default, like an omitted one
 /// (`docs/protocol.md` §4).
 pub(crate) fn nil_as_default<'de, D, T>(deserializer: D) -> std::result::Result<T, D::Error>
@@ -122,7 +127,7 @@ impl ServiceInstance {
 
     /// The KV key of this instance: `<service>.<id>`.
     pub fn key(&self) -> String {
-        crate::protocol::instance_key(&self.service, &self.id)
+        instance_key(&self.service, &self.id)
     }
 
     /// Checks every limit the wire protocol sets; the error names the field and the problem.

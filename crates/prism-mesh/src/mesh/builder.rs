@@ -16,7 +16,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::metrics::MeshStats;
 use crate::owner::Owners;
 use crate::store::{MemoryStore, NatsStore, Store};
-use crate::view::{EventBus, KeyAlerts, RegistryView, SelfPreservation, ViewTask, Watermark};
+use crate::sync::{KeyAlerts, Watermark};
+use crate::view::{EventBus, RegistryView, SelfPreservation, ViewTask};
 
 use super::{Inner, Mesh};
 
@@ -251,7 +252,7 @@ impl Mesh {
         };
         let span = tracing::info_span!("view", peer = %peer_id);
         tokio::spawn(task.run(store.watch()).instrument(span));
-        match tokio::time::timeout(builder.ready_timeout, crate::util::until_true(&mut ready)).await
+        match tokio::time::timeout(builder.ready_timeout, crate::sync::until_true(&mut ready)).await
         {
             Ok(true) => {}
             Ok(false) => {

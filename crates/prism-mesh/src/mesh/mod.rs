@@ -263,7 +263,8 @@ impl Mesh {
         &self,
         addr: impl tokio::net::ToSocketAddrs,
     ) -> Result<crate::metrics::MetricsEndpoint> {
-        crate::metrics::MetricsEndpoint::serve(self.clone(), addr).await
+        let mesh = self.clone();
+        crate::metrics::MetricsEndpoint::serve(move || mesh.render_metrics(), addr).await
     }
 
     fn metrics_source(&self) -> crate::metrics::MetricsSource {
@@ -458,5 +459,16 @@ impl Mesh {
 
     pub(crate) fn lock_owned(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Registration>> {
         lock_owned(&self.inner.owned)
+    }
+}
+
+#[cfg(feature = "tower")]
+impl crate::balance::InstanceSource for Mesh {
+    fn discover(&self, service: &str) -> Vec<Arc<ServiceInstance>> {
+        Mesh::discover(self, service)
+    }
+
+    fn subscribe_filtered(&self, filter: EventFilter) -> EventStream {
+        Mesh::subscribe_filtered(self, filter)
     }
 }

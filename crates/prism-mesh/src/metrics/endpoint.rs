@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::mesh::Mesh;
 
 /// Longest request head accepted.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -35,8 +34,13 @@ pub struct MetricsEndpoint {
 }
 
 impl MetricsEndpoint {
-    /// Listens on `addr` and serves `mesh`'s metrics.
-    pub async fn serve(mesh: Mesh, addr: impl ToSocketAddrs) -> Result<MetricsEndpoint> {
+    /// Listens on `addr` and answers each scrape of `/metrics` with what `render` returns
+    /// (for a mesh, [`Mesh::render_metrics`](crate::Mesh::render_metrics)).
+    pub async fn serve(
+        render: impl Fn() -> String + Send + Sync + 'static,
+        addr: impl ToSocketAddrs,
+    ) -> Result<MetricsEndpoint> {
+        let render = std::sync::Arc::new(render);
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             Error::with_source(
                 ErrorKind::InvalidConfig,
@@ -50,9 +54,9 @@ impl MetricsEndpoint {
         info!(%local_addr, "serving metrics at /metrics");
         let task = tokio::spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
-                let mesh = mesh.clone();
+                let render = render.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &mesh).await {
+                    if let Err(e) = answer(stream, &*render).await {
                         debug!(%peer, error = %e, "metrics request failed");
                     }
                 });
@@ -73,7 +77,10 @@ impl Drop for MetricsEndpoint {
     }
 }
 
-async fn answer(mut stream: TcpStream, mesh: &Mesh) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    render: &(dyn Fn() -> String + Send + Sync),
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -103,9 +110,7 @@ async fn answer(mut stream: TcpStream, mesh: &Mesh) -> std::io::Result<()> {
     );
     let path = path.split(|b| *b == b'?').next().unwrap_or_default();
     match (method, path) {
-        (b"GET", b"/metrics") => {
-            respond(&mut stream, "200 OK", CONTENT_TYPE, &mesh.render_metrics()).await
-        }
+        (b"GET", b"/metrics") => respond(&mut stream, "200 OK", CONTENT_TYPE, &render()).await,
         (b"GET", _) => {
             respond(
                 &mut stream,

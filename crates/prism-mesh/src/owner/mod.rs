@@ -24,7 +24,7 @@ use crate::instance::{InstanceStatus, ServiceInstance};
 use crate::metrics::MeshStats;
 use crate::protocol::EventName;
 use crate::store::{Store, WriteCondition};
-use crate::view::{KeyAlerts, Watermark};
+use crate::sync::{KeyAlerts, Watermark};
 
 mod schedule;
 mod writer;

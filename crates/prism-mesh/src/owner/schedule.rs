@@ -75,7 +75,7 @@ pub(super) async fn heartbeat_schedule(
         // Heartbeats first: a burst of new registrations must not hold them back.
         tokio::select! {
             biased;
-            _ = crate::util::until_true(&mut closing) => return,
+            _ = crate::sync::until_true(&mut closing) => return,
             Some((owned, after)) = beating.next(), if !beating.is_empty() => {
                 let owned: Arc<OwnedInstance> = owned;
                 if owned.is_live() {

@@ -18,7 +18,7 @@ use crate::instance::{InstanceStatus, ServiceInstance};
 use crate::metrics::MeshStats;
 use crate::protocol::{EventName, EventRecord, InstanceRecord, PROTOCOL_VERSION};
 use crate::store::{Store, WriteCondition};
-use crate::view::{KeyAlerts, KeyOwner, Watermark};
+use crate::sync::{KeyAlerts, KeyOwner, Watermark};
 
 /// Longest wait for this mesh's own view to show a write before the call returns.
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(2);

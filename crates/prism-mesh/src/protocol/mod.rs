@@ -1,6 +1,7 @@
 //! The wire protocol: subjects, keys, headers and payloads. `docs/protocol.md` is the
 //! language-neutral specification of what this module implements.
 
+pub(crate) mod bucket;
 #[cfg(test)]
 mod proptests;
 mod record;
@@ -58,10 +59,7 @@ pub mod headers {
     pub const KV_OPERATION: &str = "KV-Operation";
 }
 
-/// The KV key of an instance: `<service>.<instance id>`.
-pub fn instance_key(service: &str, id: &Uuid) -> String {
-    format!("{service}.{}", id.hyphenated())
-}
+pub use crate::instance::instance_key;
 
 /// Splits a KV key into service name and instance id; `None` if it is not one of ours.
 pub fn parse_instance_key(key: &str) -> Option<(&str, Uuid)> {

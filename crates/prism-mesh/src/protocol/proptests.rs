@@ -6,7 +6,7 @@
 //! - [`InstanceRecord::decode`] and [`EventRecord::decode`] (MessagePack bodies);
 //! - `validate_received`, run by the view on every decoded record;
 //! - [`parse_instance_key`] (the KV key, i.e. the subject after `$KV.<bucket>.`);
-//! - `store::removal_cause` (what the `Nats-Marker-Reason` / `KV-Operation` / `Prism-Reason`
+//! - `bucket::removal_cause` (what the `Nats-Marker-Reason` / `KV-Operation` / `Prism-Reason`
 //!   headers of a bucket message make of it), plus the two header writers `header_safe` and
 //!   [`ttl_header_value`] (TTL headers are only written by us and parsed by the server).
 //!
@@ -28,10 +28,10 @@ use proptest::test_runner::{Config, RngSeed};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::bucket::{header_safe, removal_cause, RemovalCause};
 use super::*;
 use crate::error::ErrorKind;
 use crate::instance::{InstanceStatus, Metadata, ServiceInstance};
-use crate::store::{header_safe, removal_cause, RemovalCause};
 
 /// The fixed seed of the default runs (any value; changing it explores other cases).
 const SEED: u64 = 0x5052_4953_4d5f_4d45; // "PRISM_ME"

@@ -174,7 +174,7 @@ impl MemoryStore {
         // As a NATS header carries it (async-nats trims values it reads), so peers read
         // the same reason on both backends.
         let cause = RemovalCause::Deregistered {
-            reason: reason.map(|r| super::nats::header_safe(r).trim().to_string()),
+            reason: reason.map(|r| crate::protocol::bucket::header_safe(r).trim().to_string()),
         };
         let at = std::time::SystemTime::now();
         state.keys.insert(

@@ -9,116 +9,14 @@ mod nats;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+pub(crate) use crate::protocol::bucket::{KvChange, RemovalCause, WatchItem, WriteCondition};
 pub use memory::MemoryStore;
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) use nats::bucket_change;
 pub(crate) use nats::NatsStore;
-#[cfg(test)]
-pub(crate) use nats::{header_safe, removal_cause};
 
 use crate::error::Result;
 use crate::protocol::{EventRecord, InstanceRecord};
-
-/// What a write expects of the key's current state (optimistic concurrency).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriteCondition {
-    /// The key holds no live value (never written, deleted, expired).
-    Absent,
-    /// The key's last revision is exactly this one.
-    Revision(u64),
-    /// Unconditional (an owner re-asserting its own key).
-    Any,
-}
-
-/// Why a key stopped holding a value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RemovalCause {
-    /// The owner deleted it.
-    Deregistered { reason: Option<String> },
-    /// Its TTL ran out on the server.
-    Expired,
-    /// Removed administratively (purge).
-    Purged,
-}
-
-/// One change of the key-value log, in log order.
-#[derive(Debug, Clone)]
-pub(crate) enum KvChange {
-    Put {
-        key: String,
-        value: Bytes,
-        revision: u64,
-        /// When the backend stored the write.
-        written_at: std::time::SystemTime,
-    },
-    Removed {
-        key: String,
-        revision: u64,
-        cause: RemovalCause,
-        /// When the backend stored the removal (for an expiry: when the server expired the
-        /// key, which tells an on-time expiry from one a stalled server caught up on).
-        at: std::time::SystemTime,
-    },
-    /// A write peers must not trust (for example a record that could never expire);
-    /// handled like a malformed record.
-    Refused {
-        key: String,
-        revision: u64,
-        why: String,
-    },
-}
-
-impl KvChange {
-    /// The key changed.
-    pub(crate) fn key(&self) -> &str {
-        match self {
-            KvChange::Put { key, .. }
-            | KvChange::Removed { key, .. }
-            | KvChange::Refused { key, .. } => key,
-        }
-    }
-
-    /// The revision (log position) of the change.
-    pub(crate) fn revision(&self) -> u64 {
-        match self {
-            KvChange::Put { revision, .. }
-            | KvChange::Removed { revision, .. }
-            | KvChange::Refused { revision, .. } => *revision,
-        }
-    }
-}
-
-/// What a watch delivers: a full state first (and again after every resynchronisation),
-/// then changes.
-#[derive(Debug)]
-pub(crate) enum WatchItem {
-    /// A snapshot starts: parts of an earlier snapshot that never ended (the watch failed
-    /// half-way) are void, and only this snapshot's parts say what is live.
-    SnapshotBegin,
-    /// Part of the last change of every key, as of now; streamed so peers apply it while
-    /// the rest arrives.
-    SnapshotPart(Vec<KvChange>),
-    /// The snapshot is complete: keys absent from its parts hold nothing.
-    SnapshotEnd,
-    /// A change after the snapshot.
-    Change(KvChange),
-    /// The watch was interrupted (a reconnect, a consumer lost in a leader election) and
-    /// resumed from the last revision it had delivered: nothing was missed, but owners may
-    /// have been cut off from the server meanwhile too, so expiries of keys not written
-    /// since are suspect. Changes follow, without a snapshot.
-    Resumed,
-    /// A write at `revision` (`Nats-Rollup: all`) removed every earlier message of the log,
-    /// without markers: peers keep what they hold, and owners must write their keys again.
-    /// Its change follows.
-    RolledUp { revision: u64 },
-    /// The log was replaced (the bucket made again, as after a server restart with memory
-    /// storage): its revisions start again from 1 and compare with none the view holds.
-    /// A snapshot follows.
-    LogReplaced,
-}
 
 /// The backend a mesh runs on.
 #[derive(Clone, Debug)]

@@ -6,23 +6,19 @@
 //! resulting events to subscribers. Readers never wait for it.
 //!
 //! `task` is that task; `index` its writer-side state; `registry` the read side; `events`
-//! what subscribers get; `preservation` the rule that holds suspect expiries; `alerts` what
-//! owners in the process hear about their keys; `watermark` what writers wait on to read
-//! their own writes; `history` the registry rebuilt from the audit trail.
+//! what subscribers get; `preservation` the rule that holds suspect expiries; `history` the
+//! registry rebuilt from the audit trail.
 
-mod alerts;
 mod events;
 mod history;
 mod index;
 mod preservation;
 mod registry;
 mod task;
-mod watermark;
 
 #[cfg(test)]
 mod convergence_tests;
 
-pub(crate) use alerts::{KeyAlerts, KeyOwner};
 pub(crate) use events::EventBus;
 pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
 pub use history::{diff_registries, registry_at, RegistryDiff};
@@ -30,4 +26,3 @@ pub use preservation::SelfPreservation;
 pub(crate) use registry::RegistryView;
 pub use registry::{ServiceSlot, ServiceSnapshot};
 pub(crate) use task::ViewTask;
-pub(crate) use watermark::Watermark;

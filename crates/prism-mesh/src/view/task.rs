@@ -16,12 +16,13 @@ use tracing::{debug, info, warn};
 use super::events::EventBus;
 use super::preservation::{ExpiryFacts, Preservation, SelfPreservation, Verdict};
 use super::registry::RegistryView;
-use super::{KeyAlerts, MeshEvent, Watermark};
+use super::MeshEvent;
 use crate::error::ErrorKind;
 use crate::instance::ServiceInstance;
 use crate::metrics::MeshStats;
 use crate::protocol::{EventName, EventRecord, PROTOCOL_VERSION};
 use crate::store::{KvChange, RemovalCause, Store, WatchItem};
+use crate::sync::{KeyAlerts, Watermark};
 
 use super::index::{keep_held, Index};
 
@@ -121,7 +122,7 @@ impl ViewTask {
             let deadline = preservation.next_deadline().filter(|_| resync.is_none());
             let first = tokio::select! {
                 biased;
-                _ = crate::util::until_true(&mut closing) => break 'items,
+                _ = crate::sync::until_true(&mut closing) => break 'items,
                 item = items.recv() => match item {
                     Some(item) => Some(item),
                     None => break 'items,

@@ -25,13 +25,6 @@ mod connect;
 mod watcher;
 mod write;
 
-#[cfg(any(test, feature = "fuzzing"))]
-pub(crate) use watcher::bucket_change;
-#[cfg(test)]
-pub(crate) use watcher::removal_cause;
-use watcher::Position;
-pub(crate) use write::header_safe;
-
 /// A connected NATS backend. Cheap to clone.
 #[derive(Clone, Debug)]
 pub(crate) struct NatsStore {
@@ -245,4 +238,13 @@ fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
         jetstream::context::GetStreamErrorKind::JetStream(e)
             if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
     )
+}
+
+/// Where a watch message sits: how many the server still holds for us, and when it was
+/// stored (unix nanoseconds).
+pub(super) struct Position {
+    pub(super) pending: u64,
+    pub(super) stored_at_nanos: i128,
+    /// The message's stream sequence (its revision).
+    pub(super) sequence: u64,
 }

@@ -6,17 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, consumer, stream};
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use super::connect::{ensure_bucket, ensure_event_stream, recreate_refused, setup_kind, transient};
 
-use super::{is_stream_not_found, name, Inner, NatsStore};
+use super::{is_stream_not_found, name, Inner, NatsStore, Position};
 use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::bucket::bucket_change;
 use crate::protocol::headers as h;
-use crate::store::{KvChange, RemovalCause, WatchItem};
+use crate::store::{KvChange, WatchItem};
 
 impl NatsStore {
     pub(crate) fn watch(&self) -> mpsc::UnboundedReceiver<WatchItem> {
@@ -44,7 +44,7 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
             outcome = watch_once(&inner, &tx, &mut log) => outcome,
             _ = reconnects.changed() => Ok(WatchEnd::Reconnected),
             revision = stalled(&inner, &mut awaited) => Ok(WatchEnd::Stalled(revision)),
-            _ = crate::util::until_true(&mut closed) => return,
+            _ = crate::sync::until_true(&mut closed) => return,
             // The view is gone (its mesh dropped without `shutdown`): stop now, not at the
             // next bucket message, which may never come; this task holds the connection.
             () = tx.closed() => return,
@@ -69,7 +69,7 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
                     // rest of the backoff.
                     _ = reconnects.changed() => {}
                     _ = stalled(&inner, &mut awaited) => {}
-                    _ = crate::util::until_true(&mut closed) => return,
+                    _ = crate::sync::until_true(&mut closed) => return,
                     () = tx.closed() => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -336,15 +336,6 @@ async fn next_message(
     }
 }
 
-/// Where a watch message sits: how many the server still holds for us, and when it was
-/// stored (unix nanoseconds).
-pub(super) struct Position {
-    pub(super) pending: u64,
-    pub(super) stored_at_nanos: i128,
-    /// The message's stream sequence (its revision).
-    pub(super) sequence: u64,
-}
-
 fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvChange>, Position)> {
     let info = message.info().map_err(|e| {
         Error::new(
@@ -371,64 +362,6 @@ fn to_change(prefix: &str, message: &jetstream::Message) -> Result<(Option<KvCha
         UNIX_EPOCH + Duration::from_nanos(u64::try_from(position.stored_at_nanos).unwrap_or(0));
     let change = bucket_change(key, header, &message.payload, position.sequence, written_at);
     Ok((Some(change), position))
-}
-
-/// What a message of the bucket says, from its key (the subject after the bucket's prefix),
-/// its headers and its body: a removal, a put peers may apply, or a write they must refuse.
-/// Anyone allowed to publish on the bucket's subjects controls every input.
-pub(crate) fn bucket_change<'h>(
-    key: &str,
-    header: impl Fn(&'static str) -> Option<&'h str>,
-    payload: &Bytes,
-    revision: u64,
-    written_at: SystemTime,
-) -> KvChange {
-    let key = key.to_string();
-    let cause = removal_cause(
-        header(h::NATS_MARKER_REASON),
-        header(h::KV_OPERATION),
-        || header(h::REASON).map(str::to_string),
-    );
-    match cause {
-        Some(cause) => KvChange::Removed {
-            key,
-            revision,
-            cause,
-            at: written_at,
-        },
-        None => match crate::protocol::bounded_ttl(header(h::NATS_TTL)) {
-            Ok(_) => KvChange::Put {
-                key,
-                value: payload.clone(),
-                revision,
-                written_at,
-            },
-            Err(why) => KvChange::Refused { key, revision, why },
-        },
-    }
-}
-
-/// What a bucket message's headers say it is: `None` for a put, else why the key stopped
-/// holding a value. Any `Nats-Marker-Reason` is a server marker (`MaxAge` an expiry, anything
-/// else a purge or removal); otherwise `KV-Operation: DEL`/`PURGE` (exact, case-sensitive)
-/// are removals and every other value is a put. Nothing here can fail on hostile values.
-pub(crate) fn removal_cause(
-    marker_reason: Option<&str>,
-    kv_operation: Option<&str>,
-    reason: impl FnOnce() -> Option<String>,
-) -> Option<RemovalCause> {
-    if let Some(marker) = marker_reason {
-        return Some(if marker == "MaxAge" {
-            RemovalCause::Expired
-        } else {
-            RemovalCause::Purged
-        });
-    }
-    match kv_operation {
-        Some("DEL") => Some(RemovalCause::Deregistered { reason: reason() }),
-        Some("PURGE") => Some(RemovalCause::Purged),
-        _ => None,
-    }
 }
 
 /// Changes per streamed snapshot part.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::{name, unless_denied, NatsStore};
 use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::bucket::header_safe;
 use crate::protocol::{
     event_subject, headers as h, instance_events_filter, ttl_header_value, EventName, EventRecord,
     InstanceRecord,
@@ -294,14 +295,6 @@ fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError)
         _ => (ErrorKind::Transport, "failed"),
     };
     Error::with_source(kind, format!("publish to {subject} {what}"), e)
-}
-
-/// Header values cannot hold line breaks.
-pub(crate) fn header_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(1024)
-        .collect()
 }
 
 /// The readable headers of an event (the event name is the subject's last token and the
