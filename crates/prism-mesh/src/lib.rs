@@ -26,7 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod balance;
-mod client;
+mod compat;
 mod config;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -37,16 +37,17 @@ mod mesh;
 mod metrics;
 mod owner;
 pub mod protocol;
-pub mod settings;
+pub use compat::settings;
 mod signal;
 mod store;
 mod sync;
 mod view;
 
 pub use balance::{Balancer, BalancerBuilder, OutlierDetection, RequestGuard, Selection, Strategy};
-pub use client::{
+pub use compat::client::{ClientOptions, DiscoveryClient};
+pub use compat::global::{
     configure_default, configure_default_from_settings, default_client, discover_service,
-    get_service_url, register_service, ClientOptions, DiscoveryClient,
+    get_service_url, register_service,
 };
 pub use config::{
     NatsOptions, StorageKind, Timing, DEFAULT_CONNECT_DEADLINE, MAX_ELECTION_TIMEOUT,
