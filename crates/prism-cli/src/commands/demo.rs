@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use futures::StreamExt;
-use prism_mesh::{EventKind, Mesh, MeshEvent, NatsOptions};
+use prism_mesh::{EventKind, Mesh, MeshEvent, NatsOptions, SelfPreservation};
 
 use crate::output::{event_line, instance_row, record_line, INSTANCE_HEADER};
 use crate::server::LocalServer;
@@ -136,10 +136,12 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
         .kill()
         .map_err(|e| CliError::Other(format!("kill: {e}")))?;
     let _ = victim.wait();
+    // On a loaded machine the server may expire the key late; peers then hold the expiry
+    // for self-preservation's grace before they report it.
     wait_for(
         &mut events,
         EventKind::Expired,
-        args.ttl * 3 + Duration::from_secs(5),
+        args.ttl * 3 + SelfPreservation::default().grace + Duration::from_secs(5),
     )
     .await?;
     println!(
