@@ -1,7 +1,10 @@
 //! The pick table: everything a pick needs, derived once per view change so a pick is a
 //! few array reads.
 
-use std::cell::Cell;
+use std::cell::RefCell;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use std::sync::{Arc, OnceLock};
 
 use uuid::Uuid;
@@ -186,19 +189,14 @@ pub fn hash_key(key: &[u8]) -> u64 {
 }
 
 thread_local! {
-    static RNG: Cell<u64> = Cell::new(rand::random::<u64>() | 1);
+    // Picks need speed, not secrecy: rand's small generator, one per thread, seeded from
+    // the thread's secure one.
+    static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
 }
 
-/// A fast per-thread pseudo-random number (xorshift64*): picks need speed, not secrecy.
+/// A fast per-thread pseudo-random number.
 pub(crate) fn random_u64() -> u64 {
-    RNG.with(|state| {
-        let mut x = state.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        state.set(x);
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    })
+    RNG.with_borrow_mut(|rng| rng.next_u64())
 }
 
 /// A uniform index below `n` (n > 0), by multiply-shift (no division).
