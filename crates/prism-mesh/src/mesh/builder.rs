@@ -30,12 +30,6 @@ pub enum BackendConfig {
     Nats(Box<NatsOptions>),
 }
 
-impl Default for BackendConfig {
-    fn default() -> Self {
-        BackendConfig::Memory(MemoryStore::global())
-    }
-}
-
 /// How long [`MeshBuilder::connect`] waits for the first full view by default.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -56,7 +50,9 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// ```
 #[derive(Debug, Clone)]
 pub struct MeshBuilder {
-    backend: BackendConfig,
+    /// Chosen explicitly: a builder without one refuses to connect rather than join a
+    /// process-wide mesh by surprise.
+    backend: Option<BackendConfig>,
     timing: Timing,
     publish_expired_events: bool,
     ready_timeout: Duration,
@@ -75,7 +71,7 @@ pub(super) struct Balancing {
 impl Default for MeshBuilder {
     fn default() -> Self {
         MeshBuilder {
-            backend: BackendConfig::default(),
+            backend: None,
             timing: Timing::default(),
             publish_expired_events: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,
@@ -86,27 +82,29 @@ impl Default for MeshBuilder {
 }
 
 impl MeshBuilder {
-    /// Uses the process-wide in-memory backend (the default).
+    /// Uses the process-wide in-memory backend: every mesh built with `memory()` in this
+    /// process is a peer of the others. For isolated peers, use
+    /// [`memory_store`](MeshBuilder::memory_store).
     pub fn memory(mut self) -> Self {
-        self.backend = BackendConfig::Memory(MemoryStore::global());
+        self.backend = Some(BackendConfig::Memory(MemoryStore::global()));
         self
     }
 
     /// Uses a given in-memory store (isolated peers, tests).
     pub fn memory_store(mut self, store: MemoryStore) -> Self {
-        self.backend = BackendConfig::Memory(store);
+        self.backend = Some(BackendConfig::Memory(store));
         self
     }
 
     /// Uses NATS JetStream.
     pub fn nats(mut self, options: NatsOptions) -> Self {
-        self.backend = BackendConfig::Nats(Box::new(options));
+        self.backend = Some(BackendConfig::Nats(Box::new(options)));
         self
     }
 
     /// Sets the backend.
     pub fn backend(mut self, backend: BackendConfig) -> Self {
-        self.backend = backend;
+        self.backend = Some(backend);
         self
     }
 
@@ -186,17 +184,27 @@ impl MeshBuilder {
     /// ```
     pub fn validate(&self) -> Result<()> {
         self.timing.validate()?;
-        if let BackendConfig::Nats(options) = &self.backend {
-            options.validate()?;
+        match self.chosen_backend()? {
+            BackendConfig::Nats(options) => options.validate(),
+            BackendConfig::Memory(_) => Ok(()),
         }
-        Ok(())
+    }
+
+    fn chosen_backend(&self) -> Result<&BackendConfig> {
+        self.backend.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                "no backend chosen: call nats(options), memory() (the process-wide in-memory \
+                 mesh) or memory_store(store) on the builder",
+            )
+        })
     }
 
     /// Connects, loads the current view and starts watching. When this returns, reads see
     /// every instance that was live at the time.
     pub async fn connect(self) -> Result<Mesh> {
         self.validate()?;
-        let store = match &self.backend {
+        let store = match self.chosen_backend()? {
             BackendConfig::Memory(store) => Store::Memory(store.clone()),
             BackendConfig::Nats(options) => {
                 let least = self.timing.cluster_min_ttl();
@@ -294,13 +302,30 @@ impl Mesh {
                 owners,
                 accepting: tokio::sync::RwLock::new(true),
                 event_stream: match &builder.backend {
-                    BackendConfig::Nats(options) => options.event_stream.clone(),
-                    BackendConfig::Memory(_) => String::new(),
+                    Some(BackendConfig::Nats(options)) => options.event_stream.clone(),
+                    _ => String::new(),
                 },
                 closing,
                 balancing: builder.balancing,
                 balancers: ArcSwap::default(),
             }),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_builder_without_a_backend_refuses_to_connect_and_says_how_to_choose_one() {
+        let err = Mesh::builder().connect().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        assert!(err.to_string().contains("no backend chosen"), "{err}");
+        let mesh = Mesh::builder()
+            .memory_store(MemoryStore::new())
+            .connect()
+            .await;
+        assert!(mesh.is_ok());
     }
 }
