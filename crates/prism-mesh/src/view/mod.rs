@@ -5,7 +5,8 @@
 //! changes in log order, publishes per-service snapshots for readers, then hands the
 //! resulting events to subscribers. Readers never wait for it.
 //!
-//! `task` is that task; `index` its writer-side state; `registry` the read side; `events`
+//! `task` is that task; `state` what it holds between flushes (`index`, the keys by key
+//! and service); `registry` the read side; `events`
 //! what subscribers get; `preservation` the rule that holds suspect expiries; `history` the
 //! registry rebuilt from the audit trail.
 
@@ -14,6 +15,7 @@ mod history;
 mod index;
 mod preservation;
 mod registry;
+mod state;
 mod task;
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The view task over replayed watch items: snapshots, replaced logs, removals.
 
 use super::*;
+use crate::instance::ServiceInstance;
 use crate::protocol::InstanceRecord;
+use crate::store::{KvChange, RemovalCause};
 use uuid::Uuid;
 
 /// Instance `n` of service `svc`, on 10.0.0.n port n.

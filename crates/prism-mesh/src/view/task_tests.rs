@@ -2,8 +2,10 @@
 //! test can read (the behaviours cargo-mutants found no lib test for).
 
 use super::*;
+use crate::instance::ServiceInstance;
 use crate::protocol::InstanceRecord;
 use crate::store::MemoryStore;
+use crate::store::{KvChange, RemovalCause};
 
 const TTL: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_secs(5);
