@@ -5,7 +5,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::MetricsSource;
+use super::{Kind, MetricsSource};
 
 /// A collector that asks `read` for fresh figures on every scrape.
 pub(crate) struct MeshCollector<F> {
@@ -47,24 +47,12 @@ where
         let s = &source.stats;
         let e = &mut encoder;
         // Counter names get `_total` from the encoder.
-        counter(
-            e,
-            "service_discovery_registrations",
-            "Instances registered by this peer",
-            s.registrations,
-        )?;
-        counter(
-            e,
-            "service_discovery_deregistrations",
-            "Instances deregistered by this peer",
-            s.deregistrations,
-        )?;
-        counter(
-            e,
-            "service_discovery_discoveries",
-            "Service lookups by name (discover, by-name picks, waits)",
-            s.discoveries,
-        )?;
+        for (name, help, kind, value) in s.exposed() {
+            match kind {
+                Kind::Counter => counter(e, name, help, value)?,
+                Kind::Gauge => gauge(e, name, help, value as f64)?,
+            }
+        }
         {
             let metric = ConstCounter::new(0u64);
             let mut family = e.encode_descriptor(
@@ -108,87 +96,9 @@ where
         )?;
         counter(
             e,
-            "service_discovery_changes_applied",
-            "Bucket changes applied to the view",
-            s.changes_applied,
-        )?;
-        counter(
-            e,
-            "service_discovery_events_emitted",
-            "Typed events delivered to subscribers",
-            s.events_emitted,
-        )?;
-        counter(
-            e,
-            "service_discovery_malformed_messages",
-            "Malformed or spoofed bucket messages dropped",
-            s.malformed_dropped,
-        )?;
-        counter(
-            e,
-            "service_discovery_expiries",
-            "Instances seen expiring",
-            s.expiries,
-        )?;
-        counter(
-            e,
-            "service_discovery_resyncs",
-            "Full view resynchronisations (start, long outages, a replaced bucket)",
-            s.resyncs,
-        )?;
-        counter(
-            e,
-            "service_discovery_watch_resumes",
-            "Watch interruptions resumed from the last revision seen",
-            s.resumes,
-        )?;
-        counter(
-            e,
             "service_discovery_reconnects",
             "Reconnections to the backend",
             source.reconnects,
-        )?;
-        counter(
-            e,
-            "service_discovery_reasserts",
-            "Owned keys found gone and written again",
-            s.reasserts,
-        )?;
-        counter(
-            e,
-            "service_discovery_restores",
-            "Owned keys another client wrote or removed, written again at once",
-            s.restores,
-        )?;
-        counter(
-            e,
-            "service_discovery_heartbeat_failures",
-            "Heartbeats that failed (retried)",
-            s.heartbeat_failures,
-        )?;
-        counter(
-            e,
-            "service_discovery_heartbeats_late",
-            "Heartbeats started more than half an interval after they were due",
-            s.heartbeats_late,
-        )?;
-        counter(
-            e,
-            "service_discovery_event_publish_failures",
-            "Lifecycle events not published after retries",
-            s.event_publish_failures,
-        )?;
-        counter(
-            e,
-            "service_discovery_self_preservation_activations",
-            "Mass expiries held back by self-preservation",
-            s.preservation_activations,
-        )?;
-        gauge(
-            e,
-            "service_discovery_preserved_instances",
-            "Instances kept in the view by self-preservation while their owners re-assert",
-            s.preserved as f64,
         )?;
         gauge(
             e,

@@ -7,31 +7,103 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use endpoint::MetricsEndpoint;
 
-/// Live counters of one mesh handle.
-#[derive(Debug, Default)]
-pub(crate) struct MeshStats {
-    pub(crate) changes_applied: AtomicU64,
-    pub(crate) malformed_dropped: AtomicU64,
-    pub(crate) events_emitted: AtomicU64,
-    pub(crate) expiries: AtomicU64,
-    pub(crate) resyncs: AtomicU64,
-    pub(crate) resumes: AtomicU64,
-    pub(crate) registrations: AtomicU64,
-    pub(crate) reasserts: AtomicU64,
-    pub(crate) restores: AtomicU64,
-    pub(crate) heartbeat_failures: AtomicU64,
-    pub(crate) heartbeats_late: AtomicU64,
-    pub(crate) event_publish_failures: AtomicU64,
-    pub(crate) deregistrations: AtomicU64,
-    pub(crate) discoveries: AtomicU64,
-    pub(crate) health_checks_passed: AtomicU64,
-    pub(crate) health_checks_failed: AtomicU64,
-    /// Items waiting between the backend's watch and the view task.
-    pub(crate) view_backlog: AtomicU64,
+/// Defines every counter once: the live atomics of [`MeshStats`], the public
+/// [`StatsSnapshot`] copy, and (for those given a name) the Prometheus metric each one is
+/// exposed as, in the order listed.
+macro_rules! mesh_stats {
+    ($(
+        $(#[doc = $doc:literal])+
+        $field:ident $(=> $kind:ident $name:literal $help:literal)?;
+    )*) => {
+        /// Live counters of one mesh handle.
+        #[derive(Debug, Default)]
+        pub(crate) struct MeshStats {
+            $( $(#[doc = $doc])+ pub(crate) $field: AtomicU64, )*
+        }
+
+        impl MeshStats {
+            pub(crate) fn snapshot(&self, instances_active: usize) -> StatsSnapshot {
+                StatsSnapshot {
+                    $( $field: self.$field.load(Ordering::Relaxed), )*
+                    instances_active: instances_active as u64,
+                }
+            }
+        }
+
+        /// A copy of a mesh handle's counters at one moment.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        #[non_exhaustive]
+        pub struct StatsSnapshot {
+            $( $(#[doc = $doc])+ pub $field: u64, )*
+            /// Instances in the view now.
+            pub instances_active: u64,
+        }
+
+        impl StatsSnapshot {
+            /// The figures exposed one to one, as (name, help, kind, value).
+            pub(crate) fn exposed(&self) -> Vec<(&'static str, &'static str, Kind, u64)> {
+                vec![ $( $( ($name, $help, Kind::$kind, self.$field), )? )* ]
+            }
+        }
+    };
+}
+
+/// How a figure is exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Only grows (the encoder adds `_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+}
+
+mesh_stats! {
+    /// Instances registered by this handle.
+    registrations => Counter "service_discovery_registrations" "Instances registered by this peer";
+    /// Instances deregistered by this handle.
+    deregistrations => Counter "service_discovery_deregistrations" "Instances deregistered by this peer";
+    /// Lookups of a service by name (`discover`, by-name picks, waits).
+    discoveries => Counter "service_discovery_discoveries" "Service lookups by name (discover, by-name picks, waits)";
+    /// Bucket changes applied to the view (puts, removals, snapshot entries).
+    changes_applied => Counter "service_discovery_changes_applied" "Bucket changes applied to the view";
+    /// Typed events delivered to subscribers.
+    events_emitted => Counter "service_discovery_events_emitted" "Typed events delivered to subscribers";
+    /// Messages on the bucket that could not be decoded or did not match their key;
+    /// logged and ignored.
+    malformed_dropped => Counter "service_discovery_malformed_messages" "Malformed or spoofed bucket messages dropped";
+    /// Instances seen expiring.
+    expiries => Counter "service_discovery_expiries" "Instances seen expiring";
+    /// Full resynchronisations of the view (start, a reconnect after a long outage, a
+    /// replaced bucket).
+    resyncs => Counter "service_discovery_resyncs" "Full view resynchronisations (start, long outages, a replaced bucket)";
+    /// Watch interruptions (reconnects, consumers lost in a leader election) resumed from
+    /// the last revision seen, without a snapshot.
+    resumes => Counter "service_discovery_watch_resumes" "Watch interruptions resumed from the last revision seen";
+    /// Owned keys found expired or overwritten and written again.
+    reasserts => Counter "service_discovery_reasserts" "Owned keys found gone and written again";
+    /// Owned keys this handle saw another client write or remove, and wrote again at once
+    /// (part of `reasserts`).
+    restores => Counter "service_discovery_restores" "Owned keys another client wrote or removed, written again at once";
+    /// Heartbeats that failed (retried).
+    heartbeat_failures => Counter "service_discovery_heartbeat_failures" "Heartbeats that failed (retried)";
+    /// Heartbeats that started more than half an interval (at least 50 ms) after they
+    /// were due: a busy runtime, a busy heartbeat scheduler, or so many heartbeats in
+    /// flight on a slow server that the rest wait. Each eats into the margin between the
+    /// heartbeat interval and the TTL; this rises before `reasserts` does.
+    heartbeats_late => Counter "service_discovery_heartbeats_late" "Heartbeats started more than half an interval after they were due";
+    /// Lifecycle events that could not be published after retries.
+    event_publish_failures => Counter "service_discovery_event_publish_failures" "Lifecycle events not published after retries";
     /// Mass expiries that self-preservation held back.
-    pub(crate) preservation_activations: AtomicU64,
-    /// Instances held by self-preservation now.
-    pub(crate) preserved: AtomicU64,
+    preservation_activations => Counter "service_discovery_self_preservation_activations" "Mass expiries held back by self-preservation";
+    /// Instances kept in the view by self-preservation now.
+    preserved => Gauge "service_discovery_preserved_instances" "Instances kept in the view by self-preservation while their owners re-assert";
+    /// Health checks run by this peer that passed (exposed with the failed ones, by result).
+    health_checks_passed;
+    /// Health checks run by this peer that failed.
+    health_checks_failed;
+    /// Changes received from the backend and not yet applied to the view (exposed with
+    /// what the server still holds for the watch).
+    view_backlog;
 }
 
 impl MeshStats {
@@ -47,85 +119,6 @@ impl MeshStats {
             &self.health_checks_failed
         });
     }
-
-    pub(crate) fn snapshot(&self, instances_active: usize) -> StatsSnapshot {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        StatsSnapshot {
-            changes_applied: get(&self.changes_applied),
-            malformed_dropped: get(&self.malformed_dropped),
-            events_emitted: get(&self.events_emitted),
-            expiries: get(&self.expiries),
-            resyncs: get(&self.resyncs),
-            resumes: get(&self.resumes),
-            registrations: get(&self.registrations),
-            reasserts: get(&self.reasserts),
-            restores: get(&self.restores),
-            heartbeat_failures: get(&self.heartbeat_failures),
-            heartbeats_late: get(&self.heartbeats_late),
-            event_publish_failures: get(&self.event_publish_failures),
-            deregistrations: get(&self.deregistrations),
-            discoveries: get(&self.discoveries),
-            health_checks_passed: get(&self.health_checks_passed),
-            health_checks_failed: get(&self.health_checks_failed),
-            view_backlog: get(&self.view_backlog),
-            preservation_activations: get(&self.preservation_activations),
-            preserved: get(&self.preserved),
-            instances_active: instances_active as u64,
-        }
-    }
-}
-
-/// A copy of a mesh handle's counters at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct StatsSnapshot {
-    /// Bucket changes applied to the view (puts, removals, snapshot entries).
-    pub changes_applied: u64,
-    /// Messages on the bucket that could not be decoded or did not match their key;
-    /// logged and ignored.
-    pub malformed_dropped: u64,
-    /// Typed events delivered to subscribers.
-    pub events_emitted: u64,
-    /// Instances seen expiring.
-    pub expiries: u64,
-    /// Full resynchronisations of the view (start, a reconnect after a long outage, a
-    /// replaced bucket).
-    pub resyncs: u64,
-    /// Watch interruptions (reconnects, consumers lost in a leader election) resumed from
-    /// the last revision seen, without a snapshot.
-    pub resumes: u64,
-    /// Instances registered by this handle.
-    pub registrations: u64,
-    /// Owned keys found expired or overwritten and written again.
-    pub reasserts: u64,
-    /// Owned keys this handle saw another client write or remove, and wrote again at once
-    /// (part of `reasserts`).
-    pub restores: u64,
-    /// Heartbeats that failed (retried).
-    pub heartbeat_failures: u64,
-    /// Heartbeats that started more than half an interval (at least 50 ms) after they
-    /// were due: a busy runtime, a busy heartbeat scheduler, or so many heartbeats in
-    /// flight on a slow server that the rest wait. Each eats into the margin between the
-    /// heartbeat interval and the TTL; this rises before `reasserts` does.
-    pub heartbeats_late: u64,
-    /// Lifecycle events that could not be published after retries.
-    pub event_publish_failures: u64,
-    /// Instances deregistered by this handle.
-    pub deregistrations: u64,
-    /// Lookups of a service by name (`discover`, by-name picks, waits).
-    pub discoveries: u64,
-    /// Health checks run by this peer that passed.
-    pub health_checks_passed: u64,
-    /// Health checks run by this peer that failed.
-    pub health_checks_failed: u64,
-    /// Changes received from the backend and not yet applied to the view.
-    pub view_backlog: u64,
-    /// Mass expiries that self-preservation held back.
-    pub preservation_activations: u64,
-    /// Instances kept in the view by self-preservation now.
-    pub preserved: u64,
-    /// Instances in the view now.
-    pub instances_active: u64,
 }
 
 /// What the Prometheus exposition reads at each scrape.
