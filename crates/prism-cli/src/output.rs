@@ -1,6 +1,5 @@
 //! How the CLI shows instances and events to people (and to scripts with --json).
 
-use std::io::IsTerminal;
 use std::time::SystemTime;
 
 use prism_mesh::protocol::EventRecord;
@@ -113,9 +112,13 @@ pub fn record_line(record: &EventRecord, json_output: bool) -> String {
     )
 }
 
-/// A table row for an instance; `last_heartbeat` is when this peer last saw its key
-/// written (none for rebuilt, historical views).
-pub fn instance_row(instance: &ServiceInstance, last_heartbeat: Option<SystemTime>) -> String {
+/// A table of instances, columns as wide as their widest cell (no borders, like
+/// `kubectl get`). Each row: the service when the table shows several, the instance, and
+/// when this peer last saw its key written (none for rebuilt, historical views).
+pub fn instance_table<'a>(
+    with_service: bool,
+    rows: impl IntoIterator<Item = (&'a ServiceInstance, Option<SystemTime>)>,
+) -> String {
     let ago = |time: SystemTime| {
         SystemTime::now()
             .duration_since(time)
@@ -124,45 +127,71 @@ pub fn instance_row(instance: &ServiceInstance, last_heartbeat: Option<SystemTim
             })
             .unwrap_or_else(|_| "0s".to_string())
     };
-    format!(
-        "{:<36}  {:<24}  {:<11}  {:>6}  {:<8}  {:<16}  {:<10}  {}",
-        instance.id,
-        instance.base_url(),
-        instance.status.as_str(),
-        instance.weight,
-        instance.zone.as_deref().unwrap_or("-"),
-        if instance.tags.is_empty() {
-            "-".to_string()
-        } else {
-            instance.tags.join(",")
-        },
-        ago(instance.registered_at),
-        last_heartbeat
-            .map(|t| format!("{} ago", ago(t)))
-            .unwrap_or_else(|| "-".to_string()),
-    )
+    let mut header = vec![
+        "ID",
+        "URL",
+        "STATUS",
+        "WEIGHT",
+        "ZONE",
+        "TAGS",
+        "AGE",
+        "LAST HEARTBEAT",
+    ];
+    if with_service {
+        header.insert(0, "SERVICE");
+    }
+    let mut table = plain_table(header);
+    for (instance, last_heartbeat) in rows {
+        let mut row = vec![
+            instance.id.to_string(),
+            instance.base_url(),
+            instance.status.as_str().to_string(),
+            instance.weight.to_string(),
+            instance.zone.clone().unwrap_or_else(|| "-".to_string()),
+            if instance.tags.is_empty() {
+                "-".to_string()
+            } else {
+                instance.tags.join(",")
+            },
+            ago(instance.registered_at),
+            last_heartbeat
+                .map(|t| format!("{} ago", ago(t)))
+                .unwrap_or_else(|| "-".to_string()),
+        ];
+        if with_service {
+            row.insert(0, instance.service.clone());
+        }
+        table.add_row(row);
+    }
+    table.to_string()
 }
 
-/// The header of [`instance_row`] tables.
-pub const INSTANCE_HEADER: &str =
-    "ID                                    URL                       STATUS       WEIGHT  ZONE      TAGS              AGE         LAST HEARTBEAT";
+/// A table without borders whose columns fit their cells, never wrapped to a terminal.
+pub fn plain_table(header: Vec<&str>) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
+        .set_header(header);
+    table
+}
 
 fn short(id: &str) -> &str {
     id.get(..8).unwrap_or(id)
 }
 
+/// An event name in its colour, padded; `anstream` drops the colour when the output is
+/// not a terminal or `NO_COLOR` is set.
 fn paint(kind: &str) -> String {
-    if !std::io::stdout().is_terminal() {
-        return format!("{kind:<12}");
-    }
-    let colour = match kind {
-        "registered" => "32",
-        "expired" => "31;1",
-        "deregistered" => "33",
-        "status" => "36",
-        _ => "35",
+    use anstyle::{AnsiColor, Style};
+    let style = match kind {
+        "registered" => Style::new().fg_color(Some(AnsiColor::Green.into())),
+        "expired" => Style::new().fg_color(Some(AnsiColor::Red.into())).bold(),
+        "deregistered" => Style::new().fg_color(Some(AnsiColor::Yellow.into())),
+        "status" => Style::new().fg_color(Some(AnsiColor::Cyan.into())),
+        _ => Style::new().fg_color(Some(AnsiColor::Magenta.into())),
     };
-    format!("\x1b[{colour}m{kind:<12}\x1b[0m")
+    format!("{style}{kind:<12}{style:#}")
 }
 
 #[cfg(test)]

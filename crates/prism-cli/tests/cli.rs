@@ -93,6 +93,37 @@ async fn ls_and_get_show_the_view_as_tables_and_json_with_meaningful_exit_codes(
         out.contains("LAST HEARTBEAT") && out.contains(" ago"),
         "{out}"
     );
+    // Columns fit what they hold: a long service name and a long url stay whole, and the
+    // columns after them still line up under their headers.
+    let long = "a-service-name-of-forty-eight-characters-exactly";
+    assert_eq!(long.len(), 48);
+    let wide = mesh
+        .register(
+            ServiceInstance::builder(long, "very-long-host-name.internal.example.org", 65000)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    wait_view(&mesh, long, WAIT, "the long one", |v| v.len() == 1).await;
+    let ls = text(&prism(&["ls", "--url", &url]).stdout);
+    let row = ls
+        .lines()
+        .find(|l| l.contains(long))
+        .expect("the long service is listed");
+    let header = ls.lines().next().unwrap();
+    assert_eq!(
+        row.find(" 1 ").map(|at| at + 1),
+        header.find("INSTANCES"),
+        "the count is not under its header:\n{ls}"
+    );
+    let get = text(&prism(&["get", long, "--url", &url]).stdout);
+    assert!(
+        get.contains("http://very-long-host-name.internal.example.org:65000"),
+        "{get}"
+    );
+    wide.deregister(None).await.unwrap();
+
     let get = prism(&["get", "catalog", "--url", &url, "--json"]);
     let value: Value = serde_json::from_slice(&get.stdout).unwrap();
     assert_eq!(value.as_array().unwrap().len(), 2);
@@ -247,6 +278,10 @@ async fn replay_at_and_diff_rebuild_the_past_from_the_event_stream() {
     );
 
     let replay = prism(&["replay", "audited", "--until", &stamp, "--url", &url]);
+    assert!(
+        !text(&replay.stdout).contains('\u{1b}'),
+        "colour codes in piped output"
+    );
     let out = text(&replay.stdout);
     assert!(
         out.contains("deregistered") && out.contains("(scaled in)"),

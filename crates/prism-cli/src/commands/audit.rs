@@ -11,7 +11,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::commands::inspect::parse_time;
-use crate::output::{instance_row, record_line, INSTANCE_HEADER};
+use crate::output::{instance_table, record_line};
 use crate::{CliError, ConnectArgs};
 
 /// Prints events between `since` and `until` (default now), of one service or all.
@@ -41,7 +41,7 @@ pub async fn replay(
         .take_while(|r| until.is_none_or(|until| r.at <= until))
         .filter(|r| service.is_none_or(|s| r.instance.service == s))
     {
-        println!("{}", record_line(record, connect.json));
+        anstream::println!("{}", record_line(record, connect.json));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -84,12 +84,12 @@ pub async fn at(time: &str, connect: &ConnectArgs) -> Result<ExitCode, CliError>
         return Ok(ExitCode::SUCCESS);
     }
     println!("registry at {}", humantime::format_rfc3339_millis(time));
-    println!("SERVICE                           {INSTANCE_HEADER}");
     let mut rows: Vec<&ServiceInstance> = registry.values().collect();
     rows.sort_by(|a, b| (&a.service, a.id).cmp(&(&b.service, b.id)));
-    for instance in rows {
-        println!("{:<32}  {}", instance.service, instance_row(instance, None));
-    }
+    println!(
+        "{}",
+        instance_table(true, rows.into_iter().map(|instance| (instance, None)))
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use futures::StreamExt;
 use prism_mesh::{EventKind, Mesh, MeshEvent, NatsOptions, SelfPreservation};
 
-use crate::output::{event_line, instance_row, record_line, INSTANCE_HEADER};
+use crate::output::{event_line, instance_table, record_line};
 use crate::server::LocalServer;
 use crate::CliError;
 
@@ -104,7 +104,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
     while seen < expected {
         match tokio::time::timeout_at(deadline, events.next()).await {
             Ok(Some(event)) => {
-                println!("{}", event_line(&event, false));
+                anstream::println!("{}", event_line(&event, false));
                 seen += 1;
             }
             _ => {
@@ -116,15 +116,15 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
     }
 
     println!("\n== the live view, read from this peer's memory (no network):");
-    println!("{INSTANCE_HEADER}");
-    for service in peer.services() {
-        for instance in peer.discover(&service) {
-            println!(
-                "{}",
-                instance_row(&instance, peer.last_heartbeat(instance.id))
-            );
-        }
-    }
+    let instances: Vec<_> = peer
+        .services()
+        .iter()
+        .flat_map(|service| peer.discover(service))
+        .collect();
+    let rows = instances
+        .iter()
+        .map(|instance| (instance.as_ref(), peer.last_heartbeat(instance.id)));
+    println!("{}", instance_table(true, rows));
 
     let (victim_service, victim) = &mut services.0[0];
     println!(
@@ -169,7 +169,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode, CliError> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     println!("\n== the audit trail, replayed from the event stream:");
     for record in peer.event_history(None).await? {
-        println!("{}", record_line(&record, false));
+        anstream::println!("{}", record_line(&record, false));
     }
     println!(
         "\n== {} services still live: {}",
@@ -190,7 +190,7 @@ async fn wait_for(
     loop {
         match tokio::time::timeout_at(deadline, events.next()).await {
             Ok(Some(event)) => {
-                println!("{}", event_line(&event, false));
+                anstream::println!("{}", event_line(&event, false));
                 if event.kind() == kind {
                     return Ok(event);
                 }

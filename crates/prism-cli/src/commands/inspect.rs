@@ -8,7 +8,7 @@ use futures::StreamExt;
 use prism_mesh::EventFilter;
 use serde_json::json;
 
-use crate::output::{event_line, instance_row, INSTANCE_HEADER};
+use crate::output::{event_line, instance_table, plain_table};
 use crate::{CliError, ConnectArgs};
 
 pub async fn ls(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
@@ -29,11 +29,12 @@ pub async fn ls(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
             .collect();
         println!("{}", serde_json::Value::Array(value));
     } else {
-        println!("{:<32}  {:>9}  BY STATUS", "SERVICE", "INSTANCES");
+        let mut table = plain_table(vec!["SERVICE", "INSTANCES", "BY STATUS"]);
         for (service, total, counts) in rows {
             let by_status: Vec<String> = counts.iter().map(|(s, n)| format!("{s}={n}")).collect();
-            println!("{service:<32}  {total:>9}  {}", by_status.join(" "));
+            table.add_row(vec![service, total.to_string(), by_status.join(" ")]);
         }
+        println!("{table}");
     }
     mesh.shutdown().await;
     Ok(ExitCode::SUCCESS)
@@ -60,13 +61,10 @@ pub async fn get(service: &str, connect: &ConnectArgs) -> Result<ExitCode, CliEr
         }
         println!("{}", serde_json::Value::Array(rows));
     } else {
-        println!("{INSTANCE_HEADER}");
-        for instance in &instances {
-            println!(
-                "{}",
-                instance_row(instance, mesh.last_heartbeat(instance.id))
-            );
-        }
+        let rows = instances
+            .iter()
+            .map(|instance| (instance.as_ref(), mesh.last_heartbeat(instance.id)));
+        println!("{}", instance_table(false, rows));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -86,13 +84,13 @@ pub async fn watch(service: Option<&str>, connect: &ConnectArgs) -> Result<ExitC
     for name in services {
         for instance in mesh.discover(&name) {
             let event = prism_mesh::MeshEvent::Registered { instance };
-            println!("{}", event_line(&event, connect.json));
+            anstream::println!("{}", event_line(&event, connect.json));
         }
     }
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(event) => println!("{}", event_line(&event, connect.json)),
+                Some(event) => anstream::println!("{}", event_line(&event, connect.json)),
                 None => break,
             },
             _ = tokio::signal::ctrl_c() => break,

@@ -22,7 +22,7 @@ pub async fn run(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
     loop {
         tokio::select! {
             event = expiries.next() => match event {
-                Some(event) => println!("{}", event_line(&event, connect.json)),
+                Some(event) => anstream::println!("{}", event_line(&event, connect.json)),
                 None => break,
             },
             _ = signals.recv() => break,
