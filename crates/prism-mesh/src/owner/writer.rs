@@ -71,6 +71,8 @@ pub(super) struct OwnedInstance {
     /// The last revision this owner wrote, readable without the writer's lock: an alert
     /// about a revision up to it is this owner's own write.
     pub(super) written: AtomicU64,
+    /// When this owner last restored its key (see `restore`).
+    pub(super) restored_at: std::sync::Mutex<Option<Instant>>,
     /// Held by whoever publishes an update's events, taken before the writer is released:
     /// events in the order of their writes.
     pub(super) events: tokio::sync::Mutex<()>,
@@ -94,6 +96,7 @@ impl OwnedInstance {
             live: AtomicBool::new(true),
             writer: tokio::sync::Mutex::new(KeyState { revision, sent }),
             written: AtomicU64::new(revision),
+            restored_at: std::sync::Mutex::new(None),
             events: tokio::sync::Mutex::new(()),
         });
         let alerted: Weak<dyn KeyOwner> = Arc::downgrade(&owned) as Weak<dyn KeyOwner>;
@@ -154,6 +157,12 @@ impl OwnedInstance {
     /// else wrote or removed it (or rolled the bucket up), or it expired while this owner
     /// could not reach the server.
     pub(super) async fn restore(&self, revision: u64) {
+        // Two live owners of one key (an id registered twice) would restore against each
+        // other without pause: at most one restore per `RESTORE_SPACING`.
+        let since = lock_instant(&self.restored_at).map(|at| at.elapsed());
+        if let Some(since) = since.filter(|since| *since < RESTORE_SPACING) {
+            tokio::time::sleep(RESTORE_SPACING - since).await;
+        }
         // A write in progress holds the lock until its revision is noted: once it is ours,
         // a revision above the last noted one is someone else's.
         let Ok(mut writer) = self.writer().await else {
@@ -162,6 +171,7 @@ impl OwnedInstance {
         if revision <= writer.revision {
             return;
         }
+        *self.restored_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let owners = &*self.owners;
         let instance = self.current.load_full();
         warn!(
@@ -532,6 +542,14 @@ const REASSERTED: &str = "re-asserted by its owner after its key expired or was 
 
 /// The reason an owner that saw someone else write or remove its key writes it again with.
 const RESTORED: &str = "restored by its owner after another client wrote or removed its key";
+
+/// The shortest time between two restores of one key.
+const RESTORE_SPACING: Duration = Duration::from_millis(100);
+
+/// The last restore's time (a panic elsewhere cannot leave it half-written).
+fn lock_instant(at: &std::sync::Mutex<Option<Instant>>) -> Option<Instant> {
+    *at.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// The shortest retry delay: below it, retries only add load to a server that is failing.
 const MIN_RETRY_DELAY: Duration = Duration::from_millis(50);

@@ -146,14 +146,16 @@ impl NatsStore {
     /// Records the expiry of the record at bucket `revision` as an `expired` event, once
     /// whoever else records it. The event is appended only if the instance's last event is
     /// the one this peer read (`Nats-Expected-Last-Subject-Sequence` over all the instance's
-    /// subjects), so of peers racing, one stores it and the others then read it back; no
-    /// `Nats-Msg-Id`, which another client could claim first. Returns whether this call
-    /// stored it.
+    /// subjects), so of peers racing, one stores it and the others then find it as the
+    /// instance's last `expired` event; no `Nats-Msg-Id`, which another client could claim
+    /// first. Transient failures (an election of the stream's leader) are retried as
+    /// owners' events are. Returns whether this call stored it.
     #[tracing::instrument(name = "nats.record_expiry", skip_all, fields(revision))]
     pub(crate) async fn record_expiry(&self, record: &EventRecord, revision: u64) -> Result<bool> {
         let instance = &record.instance;
         let filter =
             instance_events_filter(&self.inner.subject_prefix, &instance.service, &instance.id);
+        let expired_subject = self.event_subject(record);
         let body = Bytes::from(record.encode()?);
         let mut headers = event_headers(record);
         headers.insert(name(h::REVISION), revision.to_string());
@@ -161,33 +163,57 @@ impl NatsStore {
             name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT),
             filter.as_str(),
         );
-        // Each lost race means another event of the instance was stored meanwhile; a few
-        // are plenty (its owner is gone).
-        for _ in 0..RECORD_EXPIRY_ATTEMPTS {
-            let last = self.last_event(&filter).await?;
-            let expected = match &last {
-                Some(last) if last.recorded(revision) => return Ok(false),
-                Some(last) => last.sequence,
-                None => 0,
+        let give_up = tokio::time::Instant::now() + RECORD_EXPIRY_PATIENCE;
+        let mut delay = Duration::from_millis(100);
+        let mut conflicts = 0;
+        loop {
+            let attempt = async {
+                // Recorded already, by another peer (perhaps before the owner wrote again),
+                // or a later expiry of the same id was: nothing to add.
+                if let Some(last) = self.last_event(&expired_subject).await? {
+                    if last.revision.is_some_and(|recorded| recorded >= revision) {
+                        return Ok(false);
+                    }
+                }
+                // The instance's last event: if it is that expiry (stored since the check
+                // above), stop; else the write must come right after it.
+                let last = self.last_event(&filter).await?;
+                if last
+                    .as_ref()
+                    .and_then(|last| last.revision)
+                    .is_some_and(|recorded| recorded >= revision)
+                {
+                    return Ok(false);
+                }
+                let expected = last.map_or(0, |last| last.sequence);
+                let mut headers = headers.clone();
+                headers.insert(
+                    name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE),
+                    expected.to_string(),
+                );
+                self.publish(self.event_subject(record), headers, body.clone(), None)
+                    .await
+                    .map(|_| true)
             };
-            let mut headers = headers.clone();
-            headers.insert(
-                name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE),
-                expected.to_string(),
-            );
-            match self
-                .publish(self.event_subject(record), headers, body.clone(), None)
-                .await
-            {
-                Ok(_) => return Ok(true),
-                Err(e) if e.kind() == ErrorKind::Conflict => continue,
+            match attempt.await {
+                Ok(stored) => return Ok(stored),
+                // Another event of the instance came between the read and the write.
+                Err(e)
+                    if e.kind() == ErrorKind::Conflict && conflicts < RECORD_EXPIRY_CONFLICTS =>
+                {
+                    conflicts += 1;
+                }
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Transport)
+                        && tokio::time::Instant::now() + delay < give_up =>
+                {
+                    tracing::debug!(error = %e, "recording an expiry failed; retrying");
+                    tokio::time::sleep(rand::random_range(delay / 2..=delay)).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::new(
-            ErrorKind::Conflict,
-            format!("{filter}: other events kept arriving; expiry not recorded"),
-        ))
     }
 
     /// The last event stored on `filter`, if any.
@@ -205,7 +231,6 @@ impl NatsStore {
             match stream.get_last_raw_message_by_subject(filter).await {
                 Ok(last) => Ok(Some(LastEvent {
                     sequence: last.sequence,
-                    expired: last.subject.ends_with(".expired"),
                     revision: last
                         .headers
                         .get(name(h::REVISION))
@@ -281,6 +306,11 @@ fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError)
     use async_nats::jetstream::context::PublishErrorKind as K;
     let (kind, what) = match e.kind() {
         K::WrongLastSequence => (ErrorKind::Conflict, "failed"),
+        // A cluster refuses a conditional write racing another one in flight with its
+        // own code (10164), which async-nats does not map: the same conflict.
+        _ if e.to_string().to_lowercase().contains("wrong last sequence") => {
+            (ErrorKind::Conflict, "failed")
+        }
         K::TimedOut => (ErrorKind::Timeout, "got no acknowledgement in time"),
         // 503 "no responders": nobody stores this subject right now. During a leader
         // election or while JetStream starts that is transient, so it is not a setup error.
@@ -319,19 +349,15 @@ fn event_headers(record: &EventRecord) -> HeaderMap {
 }
 
 /// How often [`NatsStore::record_expiry`] reads and tries again after losing a race.
-const RECORD_EXPIRY_ATTEMPTS: usize = 8;
+const RECORD_EXPIRY_CONFLICTS: usize = 8;
+
+/// How long [`NatsStore::record_expiry`] retries transient failures: long enough to ride
+/// out the election of a new leader of the event stream, as owners' events do.
+const RECORD_EXPIRY_PATIENCE: Duration = Duration::from_secs(12);
 
 /// An instance's last event, as far as recording an expiry needs it.
 struct LastEvent {
     sequence: u64,
-    expired: bool,
-    /// The bucket revision an `expired` event names.
+    /// The bucket revision an `expired` event names (only `expired` events carry one).
     revision: Option<u64>,
-}
-
-impl LastEvent {
-    /// Whether this is the `expired` event of the record at bucket `revision`.
-    fn recorded(&self, revision: u64) -> bool {
-        self.expired && self.revision == Some(revision)
-    }
 }
