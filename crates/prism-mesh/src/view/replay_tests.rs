@@ -2,30 +2,18 @@
 
 use super::*;
 use crate::instance::ServiceInstance;
-use crate::protocol::InstanceRecord;
 use crate::store::{KvChange, RemovalCause};
 use uuid::Uuid;
 
 /// Instance `n` of service `svc`, on 10.0.0.n port n.
-fn instance(n: u8) -> ServiceInstance {
+pub(super) fn instance(n: u8) -> ServiceInstance {
     ServiceInstance::builder("svc", format!("10.0.0.{n}"), u16::from(n))
         .build()
         .unwrap()
 }
 
 fn put(instance: &ServiceInstance, revision: u64) -> KvChange {
-    let record = InstanceRecord {
-        v: PROTOCOL_VERSION,
-        instance: Arc::new(instance.clone()),
-        ttl_ms: 10_000,
-        reason: None,
-    };
-    KvChange::Put {
-        key: instance.key(),
-        value: record.encode().unwrap().into(),
-        revision,
-        written_at: SystemTime::now(),
-    }
+    super::task_tests::put_at(instance, revision, Duration::ZERO)
 }
 
 /// Runs a view task over `items` and returns the ids it ends up holding.

@@ -1,6 +1,7 @@
 //! What a view task does with expiries, refusals and its own end, on a memory store the
 //! test can read (the behaviours cargo-mutants found no lib test for).
 
+use super::tests::instance;
 use super::*;
 use crate::instance::ServiceInstance;
 use crate::protocol::InstanceRecord;
@@ -10,14 +11,8 @@ use crate::store::{KvChange, RemovalCause};
 const TTL: Duration = Duration::from_secs(10);
 const WAIT: Duration = Duration::from_secs(5);
 
-fn instance(n: u8) -> ServiceInstance {
-    ServiceInstance::builder("svc", format!("10.0.0.{n}"), u16::from(n))
-        .build()
-        .unwrap()
-}
-
 /// A put of `instance` at `revision`, stored `ago` before now with the 10 s TTL.
-fn put_at(instance: &ServiceInstance, revision: u64, ago: Duration) -> KvChange {
+pub(super) fn put_at(instance: &ServiceInstance, revision: u64, ago: Duration) -> KvChange {
     let record = InstanceRecord {
         v: PROTOCOL_VERSION,
         instance: Arc::new(instance.clone()),
