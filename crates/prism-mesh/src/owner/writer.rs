@@ -75,7 +75,7 @@ pub(super) struct OwnedInstance {
     pub(super) restored_at: std::sync::Mutex<Option<Instant>>,
     /// Held by whoever publishes an update's events, taken before the writer is released:
     /// events in the order of their writes.
-    pub(super) events: tokio::sync::Mutex<()>,
+    pub(super) events: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl OwnedInstance {
@@ -97,7 +97,7 @@ impl OwnedInstance {
             writer: tokio::sync::Mutex::new(KeyState { revision, sent }),
             written: AtomicU64::new(revision),
             restored_at: std::sync::Mutex::new(None),
-            events: tokio::sync::Mutex::new(()),
+            events: Arc::new(tokio::sync::Mutex::new(())),
         });
         let alerted: Weak<dyn KeyOwner> = Arc::downgrade(&owned) as Weak<dyn KeyOwner>;
         owners.alerts.own(&owned.key, alerted);
@@ -156,7 +156,7 @@ impl OwnedInstance {
     /// Writes the key again if the message at `revision` is not this owner's: someone
     /// else wrote or removed it (or rolled the bucket up), or it expired while this owner
     /// could not reach the server.
-    pub(super) async fn restore(&self, revision: u64) {
+    pub(super) async fn restore(self: &Arc<Self>, revision: u64) {
         // Two live owners of one key (an id registered twice) would restore against each
         // other without pause: at most one restore per `RESTORE_SPACING`.
         let since = lock_instant(&self.restored_at).map(|at| at.elapsed());
@@ -180,7 +180,7 @@ impl OwnedInstance {
             "the key was written or removed by someone else; restoring it"
         );
         MeshStats::incr(&owners.stats.restores);
-        if let Err(e) = self
+        match self
             .reassert(
                 &mut writer,
                 &instance,
@@ -189,7 +189,10 @@ impl OwnedInstance {
             )
             .await
         {
-            warn!(key = %self.key, error = %e, "could not restore the key; the next heartbeat tries again");
+            Ok(revision) => self.announce_reasserted(writer, instance, revision, RESTORED),
+            Err(e) => {
+                warn!(key = %self.key, error = %e, "could not restore the key; the next heartbeat tries again");
+            }
         }
     }
 
@@ -225,7 +228,7 @@ impl OwnedInstance {
 
     /// One heartbeat; returns when the next one is due. While another write holds the key
     /// it is tried again soon rather than waited for: that write may be failing.
-    pub(super) async fn heartbeat(&self) -> Duration {
+    pub(super) async fn heartbeat(self: &Arc<Self>) -> Duration {
         let timing = &self.owners.timing;
         let Ok(mut writer) = self.writer.try_lock() else {
             return retry_delay(timing.heartbeat_interval, Duration::ZERO);
@@ -243,7 +246,11 @@ impl OwnedInstance {
             left
         };
         match self.refresh(&mut writer, wait).await {
-            Ok(()) => timing.heartbeat_interval,
+            Ok(None) => timing.heartbeat_interval,
+            Ok(Some((instance, revision))) => {
+                self.announce_reasserted(writer, instance, revision, REASSERTED);
+                timing.heartbeat_interval
+            }
             Err(e) => {
                 MeshStats::incr(&self.owners.stats.heartbeat_failures);
                 let left = writer.left(timing.instance_ttl);
@@ -265,8 +272,13 @@ impl OwnedInstance {
     }
 
     /// Refreshes the key; if it expired or was overwritten meanwhile, writes it again and
-    /// announces it. Waits at most `wait` for each acknowledgement.
-    pub(super) async fn refresh(&self, writer: &mut KeyState, wait: Duration) -> Result<()> {
+    /// returns what to announce (the instance and the revision written). Waits at most
+    /// `wait` for each acknowledgement.
+    pub(super) async fn refresh(
+        &self,
+        writer: &mut KeyState,
+        wait: Duration,
+    ) -> Result<Option<(Arc<ServiceInstance>, u64)>> {
         let owners = &*self.owners;
         let instance = self.current.load_full();
         let record = record(&instance, &owners.timing, None);
@@ -284,10 +296,11 @@ impl OwnedInstance {
         match written {
             Ok(revision) => {
                 self.wrote(writer, revision, sent);
-                Ok(())
+                Ok(None)
             }
             Err(e) if e.kind() == ErrorKind::Conflict => {
-                self.reassert(writer, &instance, wait, REASSERTED).await
+                let revision = self.reassert(writer, &instance, wait, REASSERTED).await?;
+                Ok(Some((instance, revision)))
             }
             Err(e) => Err(e),
         }
@@ -299,7 +312,7 @@ impl OwnedInstance {
         instance: &Arc<ServiceInstance>,
         wait: Duration,
         reason: &str,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let owners = &*self.owners;
         let record = record(instance, &owners.timing, Some(reason));
         let sent = Instant::now();
@@ -316,14 +329,42 @@ impl OwnedInstance {
         self.wrote(writer, revision, sent);
         MeshStats::incr(&owners.stats.reasserts);
         info!(key = %self.key, revision, "re-asserted registration");
-        self.publish(
-            instance,
-            EventName::Registered,
-            None,
-            Some(reason.to_string()),
-            revision,
-        )
-        .await
+        Ok(revision)
+    }
+
+    /// Publishes the `registered` event of a re-assertion at `revision` on a task of its
+    /// own, after letting go of the key: heartbeats go on while the event waits out an
+    /// election of the event stream's leader (up to `EVENT_PUBLISH_PATIENCE`). Events stay
+    /// in the order of their writes: the events lock is taken before the key's is released
+    /// when it is free, and queued for at once otherwise.
+    pub(super) fn announce_reasserted(
+        self: &Arc<Self>,
+        writer: tokio::sync::MutexGuard<'_, KeyState>,
+        instance: Arc<ServiceInstance>,
+        revision: u64,
+        reason: &'static str,
+    ) {
+        let in_order = self.events.clone().try_lock_owned().ok();
+        drop(writer);
+        let owned = self.clone();
+        tokio::spawn(async move {
+            let _in_order = match in_order {
+                Some(guard) => guard,
+                None => owned.events.clone().lock_owned().await,
+            };
+            if let Err(e) = owned
+                .publish(
+                    &instance,
+                    EventName::Registered,
+                    None,
+                    Some(reason.to_string()),
+                    revision,
+                )
+                .await
+            {
+                warn!(key = %owned.key, error = %e, "the re-assertion's event could not be recorded");
+            }
+        });
     }
 
     pub(super) async fn update(
