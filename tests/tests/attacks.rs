@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use prism_mesh::protocol::{EventName, InstanceRecord, PROTOCOL_VERSION};
 use prism_mesh::{ErrorKind, InstanceStatus, Mesh, MeshEvent, NatsOptions, ServiceInstance};
 use prism_tests::{
@@ -151,8 +151,6 @@ fn losses(events: &mut prism_mesh::EventStream, id: Uuid) -> Vec<String> {
     }
     lost
 }
-
-use futures::FutureExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msg_id_preemption_by_a_service_that_watched_the_victims_ids_drops_none_of_its_events() {

@@ -833,3 +833,22 @@ async fn an_id_can_be_registered_again_after_its_deregistration_but_never_twice_
     assert_eq!(mesh.discover("again").len(), 1);
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_made_without_per_key_ttls_is_refused_by_name() {
+    let server = NatsServer::start();
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: prism_mesh::protocol::DEFAULT_BUCKET.to_string(),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = fast_mesh(&server.url()).connect().await.unwrap_err();
+    assert_eq!(err.kind(), prism_mesh::ErrorKind::Setup, "{err}");
+    assert!(
+        err.to_string().contains("exists without per-message TTL"),
+        "{err}"
+    );
+}

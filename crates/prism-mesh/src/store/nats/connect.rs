@@ -223,7 +223,7 @@ pub(super) async fn ensure_bucket(
 ) -> Result<String> {
     let stream_name = format!("KV_{}", options.bucket);
     let read_error = |e: &dyn std::error::Error| setup_kind(transient(e));
-    let mut stream = match js.get_stream(&stream_name).await {
+    let stream = match js.get_stream(&stream_name).await {
         Ok(stream) => stream,
         Err(e) if is_stream_not_found(&e) => {
             let config = kv::Config {
@@ -273,10 +273,8 @@ pub(super) async fn ensure_bucket(
             ))
         }
     };
-    let info = stream.info().await.map_err(|e| {
-        let kind = setup_kind(transient(&e));
-        Error::with_source(kind, format!("cannot read stream {stream_name}"), e)
-    })?;
+    // The lookup (or the create) already brought the stream's configuration.
+    let info = stream.cached_info();
     if !info.config.allow_message_ttl || info.config.subject_delete_marker_ttl.is_none() {
         return Err(Error::new(
             ErrorKind::Setup,
