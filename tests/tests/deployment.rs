@@ -108,13 +108,3 @@ fn nats_server_accepts_every_shipped_configuration() {
     std::fs::write(&path, filled).unwrap();
     server_accepts(&path, &[]);
 }
-
-#[test]
-fn the_compose_client_settings_point_at_the_replicated_cluster() {
-    let settings = prism_mesh::DiscoverySettings::from_file(
-        repo().join("config/service_discovery.compose.yaml"),
-    )
-    .expect("compose settings load");
-    assert_eq!(settings.nats.urls.len(), 3);
-    assert_eq!(settings.nats.replicas, 3);
-}

@@ -30,7 +30,7 @@ async fn round_trip(options: NatsOptions) {
 /// Connects with `options` expecting a refusal; returns the error text after checking
 /// it names the url and none of `secrets`.
 async fn refused(options: NatsOptions, secrets: &[&str]) -> prism_mesh::Error {
-    let url = options.urls[0].clone();
+    let url = options.urls()[0].clone();
     let started = std::time::Instant::now();
     let err = Mesh::builder()
         .nats(options)

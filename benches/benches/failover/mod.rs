@@ -172,9 +172,7 @@ pub(crate) async fn failover(rows: &mut Vec<Row>, changes: usize, ttl: Duration,
         }
     });
 
-    let raw_client = async_nats::connect(options(2).urls.as_slice())
-        .await
-        .expect("raw");
+    let raw_client = async_nats::connect(options(2).urls()).await.expect("raw");
     let raw_js = jetstream::new(raw_client);
     let store = raw_js
         .create_key_value(kv::Config {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use prism_mesh::{Mesh, NatsOptions};
+use prism_mesh::{Mesh, NatsAuth, NatsOptions};
 
 /// See and use a prism-mesh: services registering, finding each other and expiring.
 #[derive(Parser)]
@@ -163,19 +163,22 @@ impl ConnectArgs {
             None => NatsOptions::new(self.url.as_deref().unwrap_or(DEFAULT_URL)),
         };
         if let (Some(_), Some(url)) = (&self.config, &self.url) {
-            options.urls = url.split(',').map(|u| u.trim().to_string()).collect();
+            options = options.servers(url);
         }
         options = options
             .client_name("prism-cli")
             .connect_deadline(self.connect_deadline);
-        let mut chosen: Vec<(&str, Auth)> = Vec::new();
+        let mut chosen: Vec<(&str, NatsAuth)> = Vec::new();
         if let Some(token) = &self.token {
-            chosen.push(("--token", Auth::Token(token.clone())));
+            chosen.push(("--token", NatsAuth::Token(token.clone())));
         }
         match (&self.user, &self.password) {
             (Some(user), Some(password)) => chosen.push((
                 "--user/--password",
-                Auth::UserPassword(user.clone(), password.clone()),
+                NatsAuth::UserPassword {
+                    user: user.clone(),
+                    password: password.clone(),
+                },
             )),
             (Some(_), None) => {
                 return Err(CliError::Usage(
@@ -190,14 +193,15 @@ impl ConnectArgs {
             (None, None) => {}
         }
         if let Some(seed_file) = &self.nkey {
-            chosen.push(("--nkey", Auth::NkeySeedFile(seed_file.clone())));
+            chosen.push(("--nkey", NatsAuth::NkeySeedFile(seed_file.clone())));
         }
         if let Some(creds) = &self.creds {
-            chosen.push(("--creds", Auth::CredentialsFile(creds.clone())));
+            chosen.push(("--creds", NatsAuth::CredentialsFile(creds.clone())));
         }
         match chosen.pop() {
             None => {}
-            Some((_, auth)) if chosen.is_empty() => auth.replace_in(&mut options),
+            // A flag's method replaces whichever a --config file named.
+            Some((_, auth)) if chosen.is_empty() => options = options.auth(auth),
             Some((last, _)) => {
                 let mut flags: Vec<&str> = chosen.iter().map(|(flag, _)| *flag).collect();
                 flags.push(last);
@@ -208,7 +212,7 @@ impl ConnectArgs {
             }
         }
         if let Some(prefix) = &self.inbox_prefix {
-            options.inbox_prefix = Some(prefix.clone());
+            options = options.inbox_prefix(prefix);
         }
         if let Some(ca) = &self.tls_ca {
             options = options.tls_ca(ca);
@@ -223,31 +227,6 @@ impl ConnectArgs {
             .connect()
             .await
             .map_err(CliError::from)
-    }
-}
-
-/// An authentication method chosen by flags or their environment variables.
-enum Auth {
-    Token(String),
-    UserPassword(String, String),
-    NkeySeedFile(std::path::PathBuf),
-    CredentialsFile(std::path::PathBuf),
-}
-
-impl Auth {
-    /// Makes this the only method of `options`: it replaces whichever a --config file named.
-    fn replace_in(self, options: &mut NatsOptions) {
-        options.token = None;
-        options.user_password = None;
-        options.nkey_seed = None;
-        options.nkey_seed_file = None;
-        options.credentials_file = None;
-        match self {
-            Auth::Token(token) => options.token = Some(token),
-            Auth::UserPassword(user, password) => options.user_password = Some((user, password)),
-            Auth::NkeySeedFile(path) => options.nkey_seed_file = Some(path),
-            Auth::CredentialsFile(path) => options.credentials_file = Some(path),
-        }
     }
 }
 

@@ -50,7 +50,7 @@ pub use compat::global::{
     get_service_url, register_service,
 };
 pub use config::{
-    NatsOptions, StorageKind, Timing, DEFAULT_CONNECT_DEADLINE, MAX_ELECTION_TIMEOUT,
+    NatsAuth, NatsOptions, StorageKind, Timing, DEFAULT_CONNECT_DEADLINE, MAX_ELECTION_TIMEOUT,
     MAX_TOMBSTONE_TTL, SECRET_SAFE_LOG_DIRECTIVE,
 };
 pub use error::{Error, ErrorKind, Result};

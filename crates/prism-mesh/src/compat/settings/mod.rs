@@ -67,6 +67,8 @@ use crate::mesh::{Mesh, MeshBuilder};
 
 mod env;
 mod expand;
+#[cfg(test)]
+mod file_tests;
 mod nats;
 mod raw;
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::config::{NatsOptions, StorageKind};
+use crate::config::{NatsAuth, NatsOptions, StorageKind};
 use crate::error::Result;
 use crate::instance::validate_service_name;
 
@@ -160,11 +160,16 @@ impl<'a> Loader<'a> {
                 ),
             ));
         }
-        nats.token = token;
-        nats.user_password = user.zip(password);
-        nats.credentials_file = creds.map(PathBuf::from);
-        nats.nkey_seed = seed;
-        nats.nkey_seed_file = seed_file.map(PathBuf::from);
+        // At most one is set: more than one was refused above.
+        nats.auth = token
+            .map(NatsAuth::Token)
+            .or_else(|| {
+                user.zip(password)
+                    .map(|(user, password)| NatsAuth::UserPassword { user, password })
+            })
+            .or_else(|| creds.map(|path| NatsAuth::CredentialsFile(PathBuf::from(path))))
+            .or_else(|| seed.map(NatsAuth::NkeySeed))
+            .or_else(|| seed_file.map(|path| NatsAuth::NkeySeedFile(PathBuf::from(path))));
 
         // TLS.
         let tls = raw.tls.unwrap_or_default();

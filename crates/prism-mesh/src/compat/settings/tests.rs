@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use super::expand::expand_str;
 use super::*;
-use crate::config::StorageKind;
+use crate::config::{NatsAuth, StorageKind};
 
 fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let vars: Vec<(String, String)> = vars
@@ -205,7 +205,10 @@ service_discovery:
     let nats = &settings.nats;
     assert_eq!(settings.backend, BackendKind::Nats);
     assert_eq!(nats.urls, ["nats://a:4222", "tls://b:4222"]);
-    assert_eq!(nats.credentials_file, Some(PathBuf::from("/etc/app.creds")));
+    assert_eq!(
+        nats.auth,
+        Some(NatsAuth::CredentialsFile(PathBuf::from("/etc/app.creds")))
+    );
     assert_eq!(nats.tls_ca, Some(PathBuf::from("/ca.pem")));
     assert_eq!(
         nats.tls_client_cert,
@@ -294,7 +297,7 @@ fn secret_keys_never_quote_their_value_on_type_errors() {
         &[],
     )
     .unwrap();
-    assert_eq!(settings.nats.token.as_deref(), Some("12345"));
+    assert_eq!(settings.nats.auth, Some(NatsAuth::Token("12345".into())));
 }
 
 #[test]
@@ -304,7 +307,7 @@ fn empty_expanded_values_count_as_absent() {
             &[("NATS_URL", "nats://from-env:4222")],
         )
         .unwrap();
-    assert_eq!(settings.nats.token, None);
+    assert_eq!(settings.nats.auth, None);
     assert_eq!(settings.instance_ttl, Timing::default().instance_ttl);
     assert_eq!(settings.nats.urls, ["nats://from-env:4222"]);
 }
@@ -313,15 +316,17 @@ fn empty_expanded_values_count_as_absent() {
 fn environment_auth_replaces_the_file_method() {
     let yaml = "service_discovery:\n  backend_config:\n    nats:\n      creds_file: /c\n";
     let settings = load(yaml, &[("PRISM_NATS_TOKEN", "tok")]).unwrap();
-    assert_eq!(settings.nats.token.as_deref(), Some("tok"));
-    assert_eq!(settings.nats.credentials_file, None);
+    assert_eq!(settings.nats.auth, Some(NatsAuth::Token("tok".into())));
 
     let yaml =
         "service_discovery:\n  backend_config:\n    nats:\n      user: app\n      password: old\n";
     let settings = load(yaml, &[("PRISM_NATS_PASSWORD", "new")]).unwrap();
     assert_eq!(
-        settings.nats.user_password,
-        Some(("app".to_string(), "new".to_string()))
+        settings.nats.auth,
+        Some(NatsAuth::UserPassword {
+            user: "app".into(),
+            password: "new".into()
+        })
     );
 
     let shown = error(
@@ -449,8 +454,8 @@ fn the_nkey_seed_file_goes_into_the_nats_options_every_caller_uses() {
         )
         .unwrap();
     assert_eq!(
-        settings.nats.nkey_seed_file,
-        Some(PathBuf::from("/run/seed"))
+        settings.nats.auth,
+        Some(NatsAuth::NkeySeedFile(PathBuf::from("/run/seed")))
     );
     assert_eq!(settings.nats.inbox_prefix.as_deref(), Some("_INBOX_orders"));
 }

@@ -12,14 +12,14 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::{is_stream_not_found, unless_denied, Inner, NatsStore, WatchLag};
-use crate::config::{NatsOptions, StorageKind, UrlCredentials};
+use crate::config::{NatsAuth, NatsOptions, StorageKind, UrlCredentials};
 use crate::error::{Error, ErrorKind, Result};
 
 impl NatsStore {
-    /// Connects, then creates (or checks) the bucket and the event stream.
+    /// Connects, then creates (or checks) the bucket and the event stream. `options` were
+    /// validated by the mesh builder; the files they name are read now.
     #[tracing::instrument(name = "nats.connect", skip_all, fields(urls = %options.redacted_urls()))]
     pub(crate) async fn connect(options: &NatsOptions) -> Result<NatsStore> {
-        options.validate()?;
         options.check_files()?;
         let urls = options.redacted_urls();
         let addrs = options
@@ -87,33 +87,32 @@ impl NatsStore {
             Some(UrlCredentials::Token(token)) => connect = connect.token(token),
             None => {}
         }
-        if let Some(path) = &options.nkey_seed_file {
-            let seed = std::fs::read_to_string(path).map_err(|e| {
-                Error::with_source(
-                    ErrorKind::InvalidConfig,
-                    format!("cannot read the nkey_seed_file {}", path.display()),
-                    e,
-                )
-            })?;
-            connect = connect.nkey(seed.trim().to_string());
-        }
-        if let Some(token) = &options.token {
-            connect = connect.token(token.clone());
-        }
-        if let Some((user, password)) = &options.user_password {
-            connect = connect.user_and_password(user.clone(), password.clone());
-        }
-        if let Some(seed) = &options.nkey_seed {
-            connect = connect.nkey(seed.clone());
-        }
-        if let Some(path) = &options.credentials_file {
-            connect = connect.credentials_file(path).await.map_err(|e| {
-                Error::with_source(
-                    ErrorKind::InvalidConfig,
-                    format!("cannot read credentials file {}", path.display()),
-                    e,
-                )
-            })?;
+        match &options.auth {
+            None => {}
+            Some(NatsAuth::Token(token)) => connect = connect.token(token.clone()),
+            Some(NatsAuth::UserPassword { user, password }) => {
+                connect = connect.user_and_password(user.clone(), password.clone());
+            }
+            Some(NatsAuth::NkeySeed(seed)) => connect = connect.nkey(seed.clone()),
+            Some(NatsAuth::NkeySeedFile(path)) => {
+                let seed = std::fs::read_to_string(path).map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig,
+                        format!("cannot read the nkey_seed_file {}", path.display()),
+                        e,
+                    )
+                })?;
+                connect = connect.nkey(seed.trim().to_string());
+            }
+            Some(NatsAuth::CredentialsFile(path)) => {
+                connect = connect.credentials_file(path).await.map_err(|e| {
+                    Error::with_source(
+                        ErrorKind::InvalidConfig,
+                        format!("cannot read credentials file {}", path.display()),
+                        e,
+                    )
+                })?;
+            }
         }
         if let Some(ca) = &options.tls_ca {
             connect = connect.add_root_certificates(ca.clone());
