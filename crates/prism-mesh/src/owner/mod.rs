@@ -26,6 +26,7 @@ use crate::protocol::EventName;
 use crate::store::{Store, WriteCondition};
 use crate::sync::{KeyAlerts, Watermark};
 
+mod events;
 mod schedule;
 mod writer;
 
