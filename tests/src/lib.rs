@@ -4,6 +4,9 @@
 //!
 //! A missing or too old `nats-server` is a loud failure that says how to install one.
 
+mod http;
+pub use http::{http_get, http_request, HttpMode, TestHttpServer};
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -618,103 +621,6 @@ impl PeerProcess {
 impl Drop for PeerProcess {
     fn drop(&mut self) {
         self.kill9();
-    }
-}
-
-/// What a [`TestHttpServer`] answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum HttpMode {
-    /// `200 OK`.
-    Healthy = 0,
-    /// `503 Service Unavailable`.
-    Unhealthy = 1,
-    /// Accepts the connection and never answers.
-    Hang = 2,
-}
-
-/// A real HTTP server on 127.0.0.1 whose health answers a test controls.
-pub struct TestHttpServer {
-    port: u16,
-    mode: std::sync::Arc<std::sync::atomic::AtomicU8>,
-    fail_next: std::sync::Arc<std::sync::atomic::AtomicU32>,
-    hits: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TestHttpServer {
-    /// Starts answering `200 OK` to every request.
-    pub async fn start() -> TestHttpServer {
-        use std::sync::atomic::Ordering::SeqCst;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(HttpMode::Healthy as u8));
-        let fail_next = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (m, f, h) = (mode.clone(), fail_next.clone(), hits.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let (mode, fail_next) = (m.load(SeqCst), f.clone());
-                h.fetch_add(1, SeqCst);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = stream.read(&mut buf).await;
-                    if mode == HttpMode::Hang as u8 {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        return;
-                    }
-                    let blip = fail_next
-                        .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                    let status = if mode == HttpMode::Unhealthy as u8 || blip {
-                        "503 Service Unavailable"
-                    } else {
-                        "200 OK"
-                    };
-                    let response = format!(
-                        "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        TestHttpServer {
-            port,
-            mode,
-            fail_next,
-            hits,
-            task,
-        }
-    }
-
-    /// The port it listens on.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Changes what it answers from now on.
-    pub fn set(&self, mode: HttpMode) {
-        self.mode
-            .store(mode as u8, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Answers `503` to the next `n` requests, then goes back to its mode.
-    pub fn fail_next(&self, n: u32) {
-        self.fail_next.store(n, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Requests received so far.
-    pub fn hits(&self) -> u64 {
-        self.hits.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for TestHttpServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -245,14 +245,7 @@ async fn a_client_from_a_yaml_file_checks_itself_and_serves_metrics() {
     let addr = client
         .metrics_addr()
         .expect("metrics endpoint from the file");
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
+    let (_, _, body) = prism_tests::http_get(addr, "/metrics").await;
     assert!(
         body.contains("service_discovery_registrations_total 1"),
         "{body}"

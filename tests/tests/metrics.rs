@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use prism_mesh::ServiceInstance;
-use prism_tests::{fast_mesh, wait_view, NatsServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prism_tests::{fast_mesh, http_get, wait_view, NatsServer};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -18,18 +17,6 @@ fn sample(text: &str, sample: &str) -> Option<f64> {
             .parse()
             .ok()
     })
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.to_string(), body.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,9 +54,15 @@ async fn metrics_follow_registrations_lookups_malformed_input_and_reconnects() {
     );
 
     let endpoint = peer.serve_metrics("127.0.0.1:0").await.unwrap();
-    let (head, body) = http_get(endpoint.local_addr(), "/metrics").await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("application/openmetrics-text"), "{head}");
+    let (status, headers, body) = http_get(endpoint.local_addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{headers:?}"
+    );
     assert!(
         body.ends_with("# EOF\n"),
         "OpenMetrics text ends with # EOF"
@@ -151,8 +144,8 @@ async fn metrics_follow_registrations_lookups_malformed_input_and_reconnects() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let (head, _) = http_get(endpoint.local_addr(), "/other").await;
-    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (status, _, _) = http_get(endpoint.local_addr(), "/other").await;
+    assert_eq!(status, 404);
     owner.shutdown().await;
     peer.shutdown().await;
 }

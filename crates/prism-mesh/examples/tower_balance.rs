@@ -1,6 +1,6 @@
 //! Balances real HTTP requests across discovered instances with `tower::balance::p2c`.
 //!
-//! Starts three tiny HTTP servers, registers them in a mesh (NATS when `NATS_URL` is set,
+//! Starts three small HTTP servers, registers them in a mesh (NATS when `NATS_URL` is set,
 //! otherwise the in-memory backend), then sends requests through a tower power-of-two-
 //! choices balancer fed by `ServiceDiscover`. One instance is put in maintenance half way:
 //! the balancer stops sending it requests as soon as the view changes.
@@ -25,7 +25,7 @@ use tower::balance::p2c::Balance;
 use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
 use tower::{BoxError, Service, ServiceExt};
 
-/// An HTTP/1.1 GET client for one instance, as a tower service.
+/// An HTTP GET client for one instance, as a tower service.
 #[derive(Clone, Debug)]
 struct HttpGet {
     address: String,

@@ -6,7 +6,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Empty;
+use hyper::body::Bytes;
+use hyper::header::{HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::instance::ServiceInstance;
@@ -154,42 +157,41 @@ pub async fn run_check(
 }
 
 /// GET `url`; `Ok("HTTP 200")` for 2xx, `Err` with the status or the error otherwise.
+/// The status is all a check reads: the body is not waited for.
 async fn http_status(url: &str) -> Result<String, String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("{url}: only http:// health URLs are checked here; use a custom check for others")
-    })?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let mut stream = TcpStream::connect(authority)
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: prism-mesh\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    // The status line is all a check needs.
-    let mut head = Vec::with_capacity(128);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 4096 {
-        let n = stream
-            .read(&mut buf)
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
+    let failed = |e: &dyn std::fmt::Display| format!("GET {url}: {e}");
+    let uri: hyper::Uri = url.parse().map_err(|e| failed(&e))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!(
+            "{url}: only http:// health URLs are checked here; use a custom check for others"
+        ));
     }
-    let line = String::from_utf8_lossy(&head);
-    let code: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("GET {url}: not an HTTP response"))?;
-    if (200..300).contains(&code) {
+    let authority = uri
+        .authority()
+        .ok_or_else(|| failed(&"no host in the URL"))?
+        .clone();
+    let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let stream = TcpStream::connect(address).await.map_err(|e| failed(&e))?;
+    let (mut sender, mut connection) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(&e))?;
+    let request = hyper::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .header(HOST, authority.as_str())
+        .header(USER_AGENT, "prism-mesh")
+        .body(Empty::new())
+        .map_err(|e| failed(&e))?;
+    let response = tokio::select! {
+        response = sender.send_request(request) => response.map_err(|e| failed(&e))?,
+        closed = &mut connection => {
+            return Err(match closed {
+                Ok(()) => failed(&"connection closed before a response"),
+                Err(e) => failed(&e),
+            });
+        }
+    };
+    let code = response.status().as_u16();
+    if response.status().is_success() {
         Ok(format!("HTTP {code}"))
     } else {
         Err(format!("HTTP {code}"))

@@ -1,23 +1,25 @@
-//! An optional HTTP endpoint for Prometheus: `GET /metrics` answers the exposition.
-//!
-//! Hand-written on purpose: one read-only route does not justify an HTTP server stack in
-//! every service that embeds the library.
+//! An optional HTTP endpoint for Prometheus: `GET /metrics` answers the exposition
+//! (HTTP/1.1 by hyper).
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// Longest request head accepted.
-const MAX_REQUEST: usize = 8 * 1024;
-/// A client that sends nothing for this long is dropped.
+/// A client that has not sent a whole request head for this long is dropped.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A running metrics endpoint; it stops when dropped.
 ///
@@ -40,7 +42,7 @@ impl MetricsEndpoint {
         render: impl Fn() -> String + Send + Sync + 'static,
         addr: impl ToSocketAddrs,
     ) -> Result<MetricsEndpoint> {
-        let render = std::sync::Arc::new(render);
+        let render = Arc::new(render);
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             Error::with_source(
                 ErrorKind::InvalidConfig,
@@ -56,7 +58,16 @@ impl MetricsEndpoint {
             while let Ok((stream, peer)) = listener.accept().await {
                 let render = render.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = answer(stream, &*render).await {
+                    let service = hyper::service::service_fn(move |request| {
+                        let response = answer(&request, &*render);
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    let served = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    if let Err(e) = served {
                         debug!(%peer, error = %e, "metrics request failed");
                     }
                 });
@@ -77,72 +88,29 @@ impl Drop for MetricsEndpoint {
     }
 }
 
-async fn answer(
-    mut stream: TcpStream,
+fn answer(
+    request: &Request<Incoming>,
     render: &(dyn Fn() -> String + Send + Sync),
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() > MAX_REQUEST {
-            return respond(
-                &mut stream,
-                "431 Request Header Fields Too Large",
-                "text/plain",
-                "",
-            )
-            .await;
-        }
-        let n = match tokio::time::timeout(READ_TIMEOUT, stream.read(&mut buf)).await {
-            Ok(read) => read?,
-            Err(_) => return Ok(()),
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
+) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => (StatusCode::OK, OPENMETRICS, render()),
+        (&Method::GET, _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "only /metrics is served\n".to_string(),
+        ),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(ALLOW, hyper::header::HeaderValue::from_static("GET"));
     }
-    let request_line = head.split(|b| *b == b'\r').next().unwrap_or_default();
-    let mut parts = request_line.split(|b| *b == b' ');
-    let (method, path) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let path = path.split(|b| *b == b'?').next().unwrap_or_default();
-    match (method, path) {
-        (b"GET", b"/metrics") => respond(&mut stream, "200 OK", CONTENT_TYPE, &render()).await,
-        (b"GET", _) => {
-            respond(
-                &mut stream,
-                "404 Not Found",
-                "text/plain",
-                "only /metrics is served\n",
-            )
-            .await
-        }
-        _ => {
-            respond(
-                &mut stream,
-                "405 Method Not Allowed",
-                "text/plain",
-                "GET only\n",
-            )
-            .await
-        }
-    }
-}
-
-async fn respond(
-    stream: &mut TcpStream,
-    status: &str,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    response
 }
