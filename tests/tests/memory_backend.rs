@@ -412,21 +412,25 @@ async fn a_shutdown_racing_registrations_deregisters_every_instance_it_accepted(
 }
 
 #[tokio::test]
-async fn an_event_history_replay_reports_its_progress_like_a_nats_replay() {
+async fn the_memory_history_filters_by_service_and_follows_new_events() {
     let store = MemoryStore::new();
     let mesh = peer(&store).await;
-    for _ in 0..3 {
-        mesh.register(instance("orders")).await.unwrap();
-    }
-    let calls = std::sync::Mutex::new(Vec::new());
-    let history = mesh
-        .event_history_with_progress(None, |done, total| {
-            calls.lock().unwrap().push((done, total))
-        })
+    mesh.register(instance("orders")).await.unwrap();
+    mesh.register(instance("billing")).await.unwrap();
+    let query = prism_mesh::HistoryQuery::new().service("orders").follow(true);
+    let mut events = mesh.history(query).await.unwrap();
+    let first = events.next().await.unwrap().unwrap();
+    assert_eq!(first.record.instance.service, "orders");
+    let later = mesh.register(instance("billing")).await.unwrap();
+    let later = mesh.register(instance("orders")).await.map(|_| later).unwrap();
+    let next = tokio::time::timeout(WAIT, events.next())
         .await
+        .expect("the followed history goes on")
+        .unwrap()
         .unwrap();
-    assert_eq!(history.len(), 3);
-    // As on NATS: the last call says the replay is complete.
-    assert_eq!(calls.into_inner().unwrap().last(), Some(&(3, 3)));
+    assert_eq!(next.record.instance.service, "orders", "billing is filtered out");
+    assert_ne!(next.record.instance.id, later.id());
+    assert!(next.sequence > first.sequence);
+    assert_eq!(mesh.event_history(None).await.unwrap().len(), 4);
     mesh.shutdown().await;
 }

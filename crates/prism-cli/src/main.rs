@@ -57,14 +57,8 @@ enum Command {
     /// deregistered or expired, when and why.
     #[command(alias = "history")]
     Replay {
-        /// Start: RFC 3339, or an age such as `10m` or `"1h ago"` (default: the oldest kept).
-        #[arg(long)]
-        since: Option<String>,
-        /// End (default: now).
-        #[arg(long)]
-        until: Option<String>,
-        /// Only this service.
-        service: Option<String>,
+        #[command(flatten)]
+        args: commands::audit::ReplayArgs,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -221,12 +215,25 @@ impl ConnectArgs {
     }
 
     pub async fn connect(&self) -> Result<Mesh, CliError> {
-        Mesh::builder()
-            .nats(self.options()?.connect_timeout(Duration::from_secs(3)))
-            .publish_expired_events(false)
+        self.builder()?.connect().await.map_err(CliError::from)
+    }
+
+    /// A mesh for reading the audit trail: the same connection, without loading the live
+    /// view of the bucket (the trail is read from the event stream).
+    pub async fn connect_reader(&self) -> Result<Mesh, CliError> {
+        self.builder()?
+            .registry(false)
             .connect()
             .await
             .map_err(CliError::from)
+    }
+
+    /// A short-lived peer: it records no expiries and writes no checkpoints.
+    pub fn builder(&self) -> Result<prism_mesh::MeshBuilder, CliError> {
+        Ok(Mesh::builder()
+            .nats(self.options()?.connect_timeout(Duration::from_secs(3)))
+            .publish_expired_events(false)
+            .checkpoints(prism_mesh::CheckpointPolicy::disabled()))
     }
 }
 
@@ -258,20 +265,7 @@ async fn main() -> ExitCode {
         Command::Watch { service, connect } => {
             commands::inspect::watch(service.as_deref(), &connect).await
         }
-        Command::Replay {
-            since,
-            until,
-            service,
-            connect,
-        } => {
-            commands::audit::replay(
-                since.as_deref(),
-                until.as_deref(),
-                service.as_deref(),
-                &connect,
-            )
-            .await
-        }
+        Command::Replay { args, connect } => commands::audit::replay(&args, &connect).await,
         Command::At { time, connect } => commands::audit::at(&time, &connect).await,
         Command::Diff { from, to, connect } => commands::audit::diff(&from, &to, &connect).await,
         Command::Register(args) => commands::sidecar::run(args).await,
@@ -286,6 +280,7 @@ async fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(CliError::OutputClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("prism: {e}");
             ExitCode::from(e.exit_code())
@@ -305,6 +300,9 @@ pub enum CliError {
     /// Anything else (spawning processes, I/O).
     #[error("{0}")]
     Other(String),
+    /// Standard output was closed by its reader (`| head`): the command ends quietly.
+    #[error("standard output closed")]
+    OutputClosed,
 }
 
 impl CliError {

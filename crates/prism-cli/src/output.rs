@@ -1,10 +1,90 @@
 //! How the CLI shows instances and events to people (and to scripts with --json).
 
+use std::io::{BufWriter, IsTerminal, StdoutLock, Write};
 use std::time::SystemTime;
 
 use prism_mesh::protocol::EventRecord;
-use prism_mesh::{MeshEvent, ServiceInstance};
+use prism_mesh::{MeshEvent, ServiceInstance, StoredEvent};
 use serde_json::json;
+
+/// Standard output for commands that print many lines: buffered (line by line on a
+/// terminal or when following), colour only where `anstream` would keep it, and a closed
+/// pipe (`| head -1`) reported as [`CliError::OutputClosed`], which ends the command quietly.
+pub struct Out {
+    writer: BufWriter<StdoutLock<'static>>,
+    colour: bool,
+    flush_each: bool,
+}
+
+impl Out {
+    /// `follow`: every line is flushed as it is written (a stream that goes on).
+    pub fn new(follow: bool) -> Out {
+        let stdout = std::io::stdout();
+        let colour = anstream::AutoStream::choice(&stdout) != anstream::ColorChoice::Never;
+        let flush_each = follow || stdout.is_terminal();
+        Out {
+            writer: BufWriter::with_capacity(64 * 1024, stdout.lock()),
+            colour,
+            flush_each,
+        }
+    }
+
+    /// Writes one line.
+    pub fn line(&mut self, text: &str) -> Result<(), crate::CliError> {
+        let written = if self.colour {
+            writeln!(self.writer, "{text}")
+        } else {
+            writeln!(self.writer, "{}", anstream::adapter::strip_str(text))
+        };
+        written
+            .and_then(|()| {
+                if self.flush_each {
+                    self.writer.flush()
+                } else {
+                    Ok(())
+                }
+            })
+            .map_err(output_error)
+    }
+
+    /// Writes what is buffered.
+    pub fn flush(&mut self) -> Result<(), crate::CliError> {
+        self.writer.flush().map_err(output_error)
+    }
+}
+
+fn output_error(e: std::io::Error) -> crate::CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        crate::CliError::OutputClosed
+    } else {
+        crate::CliError::Other(format!("cannot write to standard output: {e}"))
+    }
+}
+
+/// One line for an instance of the live view, shown as the current state (stamped with
+/// its registration).
+pub fn current_line(instance: &ServiceInstance, json_output: bool) -> String {
+    let registered = humantime::format_rfc3339_millis(instance.registered_at).to_string();
+    if json_output {
+        return json!({
+            "event": "current",
+            "at": registered,
+            "service": instance.service,
+            "id": instance.id.to_string(),
+            "status": instance.status.as_str(),
+            "url": instance.base_url(),
+        })
+        .to_string();
+    }
+    format!(
+        "{registered} {} {}/{} [{}] {} (live now)",
+        paint("current"),
+        instance.service,
+        short(&instance.id.to_string()),
+        instance.status,
+        instance.base_url()
+    )
+}
 
 /// One line for a live event.
 pub fn event_line(event: &MeshEvent, json_output: bool) -> String {
@@ -82,17 +162,7 @@ pub fn what_changed(previous: &ServiceInstance, current: &ServiceInstance) -> St
 pub fn record_line(record: &EventRecord, json_output: bool) -> String {
     let instance = &record.instance;
     if json_output {
-        return json!({
-            "at": humantime::format_rfc3339_millis(record.at).to_string(),
-            "event": record.event.as_str(),
-            "service": instance.service,
-            "id": instance.id.to_string(),
-            "status": instance.status.as_str(),
-            "previous_status": record.previous_status.map(|s| s.as_str()),
-            "reason": record.reason,
-            "origin": record.origin,
-        })
-        .to_string();
+        return record_json(record).to_string();
     }
     let change = match record.previous_status {
         Some(previous) => format!("{previous} -> {}", instance.status),
@@ -110,6 +180,36 @@ pub fn record_line(record: &EventRecord, json_output: bool) -> String {
         instance.service,
         short(&instance.id.to_string()),
     )
+}
+
+/// An event of the trail as JSON: the record's fields, times in RFC 3339.
+fn record_json(record: &EventRecord) -> serde_json::Value {
+    let instance = &record.instance;
+    json!({
+        "at": humantime::format_rfc3339_millis(record.at).to_string(),
+        "event": record.event.as_str(),
+        "service": instance.service,
+        "id": instance.id.to_string(),
+        "status": instance.status.as_str(),
+        "url": instance.base_url(),
+        "previous_status": record.previous_status.map(|s| s.as_str()),
+        "reason": record.reason,
+        "origin": record.origin,
+    })
+}
+
+/// One line for an event read from the trail; in JSON with its stream sequence and the
+/// time the stream stored it.
+pub fn stored_event_line(event: &StoredEvent, json_output: bool) -> String {
+    if json_output {
+        let mut value = record_json(&event.record);
+        value["sequence"] = event.sequence.into();
+        value["stored_at"] = humantime::format_rfc3339_millis(event.stored_at)
+            .to_string()
+            .into();
+        return value.to_string();
+    }
+    record_line(&event.record, false)
 }
 
 /// A table of instances, columns as wide as their widest cell (no borders, like

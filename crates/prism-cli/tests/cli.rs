@@ -166,14 +166,22 @@ async fn ls_and_get_show_the_view_as_tables_and_json_with_meaningful_exit_codes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_streams_live_events_one_json_object_a_line() {
+async fn watch_shows_the_current_state_then_live_events_with_their_own_times() {
     let server = NatsServer::start();
     let url = server.url();
-    let (mesh, _registrations) = owner_with(&server, "watched", &[8201]).await;
+    let (mesh, registrations) = owner_with(&server, "watched", &[8201]).await;
+    let registered_at = humantime::format_rfc3339_millis(
+        mesh.discover("watched")[0].registered_at,
+    )
+    .to_string();
+    assert_eq!(mesh.discover("watched")[0].id, registrations[0].id());
     let mut watch = PeerProcess::spawn(PRISM, &["watch", "watched", "--url", &url, "--json"]);
-    watch.expect_line(WAIT, "current instance", |v| {
-        v["event"] == "registered" && v["url"] == "http://127.0.0.1:8201"
+    // The instance live before the watch is the current state, stamped with its
+    // registration, not the watch's start.
+    let current = watch.expect_line(WAIT, "current instance", |v| {
+        v["event"] == "current" && v["url"] == "http://127.0.0.1:8201"
     });
+    assert_eq!(current["at"], registered_at.as_str());
     let late = mesh
         .register(
             ServiceInstance::builder("watched", "127.0.0.1", 8202)
@@ -182,15 +190,23 @@ async fn watch_streams_live_events_one_json_object_a_line() {
         )
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     late.set_status(InstanceStatus::Healthy, Some("ready"))
         .await
         .unwrap();
-    watch.expect_line(WAIT, "new instance", |v| {
+    let registered = watch.expect_line(WAIT, "new instance", |v| {
         v["event"] == "registered" && v["url"] == "http://127.0.0.1:8202"
     });
     let status = watch.expect_line(WAIT, "status change", |v| v["event"] == "status");
-    assert_eq!(status["detail"], "starting -> healthy");
+    assert_eq!(status["previous_status"], "starting");
+    assert_eq!(status["status"], "healthy");
     assert_eq!(status["reason"], "ready");
+    // Each live event carries the time it happened (RFC 3339), the status change later.
+    let time = |v: &serde_json::Value| {
+        humantime::parse_rfc3339(v["at"].as_str().expect("a time")).expect("RFC 3339")
+    };
+    let gap = time(&status).duration_since(time(&registered)).unwrap();
+    assert!(gap >= Duration::from_millis(250), "{gap:?} between the two events");
     mesh.shutdown().await;
 }
 

@@ -32,6 +32,7 @@ mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod health;
+mod history;
 mod instance;
 mod mesh;
 mod metrics;
@@ -66,7 +67,11 @@ pub use owner::Registration;
 pub use settings::DiscoverySettings;
 pub use signal::TerminationSignals;
 pub use store::MemoryStore;
+pub use history::{
+    diff_registries, registry_at, CheckpointPolicy, History, HistoryQuery, PastRegistry,
+    RegistryDiff, StoredEvent,
+};
 pub use view::{
-    diff_registries, registry_at, EventFilter, EventKind, EventStream, MeshEvent, RegistryDiff,
-    SelfPreservation, ServiceSlot, ServiceSnapshot,
+    EventFilter, EventKind, EventStream, MeshEvent, SelfPreservation, ServiceSlot,
+    ServiceSnapshot,
 };

@@ -1,96 +1,128 @@
-//! The audit trail: `replay`, and the registry rebuilt at a moment (`at`) or between two
-//! (`diff`).
+//! The audit trail: `replay` streams events as it reads them; `at` and `diff` rebuild the
+//! registry at one or two moments from the nearest checkpoint before them.
 
-use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use prism_mesh::{diff_registries, registry_at, ServiceInstance};
+use prism_mesh::{HistoryQuery, PastRegistry, ServiceInstance};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::commands::inspect::parse_time;
-use crate::output::{instance_table, record_line};
+use crate::output::{instance_table, stored_event_line, Out};
 use crate::{CliError, ConnectArgs};
 
-/// Prints events between `since` and `until` (default now), of one service or all.
-pub async fn replay(
-    since: Option<&str>,
-    until: Option<&str>,
-    service: Option<&str>,
-    connect: &ConnectArgs,
-) -> Result<ExitCode, CliError> {
-    let since = since.map(parse_time).transpose()?;
-    let until = until.map(parse_time).transpose()?;
+/// What `prism replay` reads.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// Only this service (the server filters).
+    pub service: Option<String>,
+    /// Only this instance id (the server filters).
+    #[arg(long)]
+    pub instance: Option<Uuid>,
+    /// Start: RFC 3339, or an age such as `10m` or `"1h ago"` (default: the oldest kept).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// End (default: the end of the stream when the read starts).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// After the stored events, go on with live ones until Ctrl-C (like `tail -f`).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+/// Prints the events `args` select, as they are read.
+pub async fn replay(args: &ReplayArgs, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
+    let mut query = HistoryQuery::new().follow(args.follow);
+    if let Some(service) = &args.service {
+        prism_mesh::validate_service_name(service)?;
+        query = query.service(service);
+    }
+    if let Some(id) = args.instance {
+        query = query.instance(id);
+    }
+    let since = args.since.as_deref().map(parse_time).transpose()?;
+    let until = args.until.as_deref().map(parse_time).transpose()?;
     if let (Some(since), Some(until)) = (since, until) {
         if until < since {
             return Err(CliError::Usage("--until is before --since".to_string()));
         }
     }
-    if let Some(service) = service {
-        prism_mesh::validate_service_name(service)?;
+    if let Some(since) = since {
+        query = query.since(since);
     }
-    let mesh = connect.connect().await?;
-    let records = mesh
-        .event_history_with_progress(since, progress_printer())
-        .await?;
+    if let Some(until) = until {
+        query = query.until(until);
+    }
+    let mesh = connect.connect_reader().await?;
+    let printed = print_history(&mesh, query, connect.json, args.follow).await;
     mesh.shutdown().await;
-    for record in records
-        .iter()
-        .take_while(|r| until.is_none_or(|until| r.at <= until))
-        .filter(|r| service.is_none_or(|s| r.instance.service == s))
-    {
-        anstream::println!("{}", record_line(record, connect.json));
-    }
-    Ok(ExitCode::SUCCESS)
+    printed.map(|()| ExitCode::SUCCESS)
 }
 
-/// Progress on stderr for long replays, when a person is watching.
-fn progress_printer() -> impl Fn(u64, u64) + Send + Sync {
-    let show = std::io::stderr().is_terminal();
-    move |done, total| {
-        if show && total >= 10_000 {
-            eprint!("\rreplaying: {done}/{total} events");
-            if done == total {
-                eprintln!();
-            }
+async fn print_history(
+    mesh: &prism_mesh::Mesh,
+    query: HistoryQuery,
+    json: bool,
+    follow: bool,
+) -> Result<(), CliError> {
+    let mut events = mesh.history(query).await?;
+    let mut out = Out::new(follow);
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(event) => out.line(&stored_event_line(&event?, json))?,
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
         }
     }
+    out.flush()?;
+    if events.skipped() > 0 {
+        eprintln!(
+            "prism: skipped {} stored messages that are not valid events",
+            events.skipped()
+        );
+    }
+    Ok(())
 }
 
-async fn registry_at_time(
-    time: SystemTime,
-    connect: &ConnectArgs,
-) -> Result<BTreeMap<Uuid, ServiceInstance>, CliError> {
-    let mesh = connect.connect().await?;
-    let records = mesh
-        .event_history_with_progress(None, progress_printer())
-        .await?;
-    mesh.shutdown().await;
-    Ok(registry_at(&records, time))
+/// Says on stderr when the stream's retention removed events a rebuilt registry needed.
+fn warn_if_incomplete(registry: &PastRegistry, time: SystemTime) {
+    if !registry.is_complete() {
+        eprintln!(
+            "prism: the event stream no longer holds every event before {} and no checkpoint \
+             covers them: instances registered earlier may be missing",
+            humantime::format_rfc3339_millis(time)
+        );
+    }
 }
 
 /// The registry as it was at `time`.
 pub async fn at(time: &str, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
     let time = parse_time(time)?;
-    let registry = registry_at_time(time, connect).await?;
-    if connect.json {
-        let instances: Vec<&ServiceInstance> = registry.values().collect();
-        println!(
-            "{}",
-            serde_json::to_string(&instances).map_err(|e| CliError::Other(e.to_string()))?
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("registry at {}", humantime::format_rfc3339_millis(time));
-    let mut rows: Vec<&ServiceInstance> = registry.values().collect();
+    let mesh = connect.connect_reader().await?;
+    let registry = mesh.past_registry(Some(time)).await;
+    mesh.shutdown().await;
+    let registry = registry?;
+    warn_if_incomplete(&registry, time);
+    let mut rows: Vec<&ServiceInstance> = registry.instances().map(|i| &**i).collect();
     rows.sort_by(|a, b| (&a.service, a.id).cmp(&(&b.service, b.id)));
-    println!(
-        "{}",
-        instance_table(true, rows.into_iter().map(|instance| (instance, None)))
-    );
-    Ok(ExitCode::SUCCESS)
+    let mut out = Out::new(false);
+    if connect.json {
+        let text = serde_json::to_string(&rows).map_err(|e| CliError::Other(e.to_string()))?;
+        out.line(&text)?;
+        return out.flush().map(|()| ExitCode::SUCCESS);
+    }
+    out.line(&format!(
+        "registry at {}",
+        humantime::format_rfc3339_millis(time)
+    ))?;
+    out.line(&instance_table(
+        true,
+        rows.into_iter().map(|instance| (instance, None)),
+    ))?;
+    out.flush().map(|()| ExitCode::SUCCESS)
 }
 
 /// What changed between two moments.
@@ -101,38 +133,34 @@ pub async fn diff(from: &str, to: &str, connect: &ConnectArgs) -> Result<ExitCod
             "the second time is before the first".to_string(),
         ));
     }
-    let mesh = connect.connect().await?;
-    let records = mesh
-        .event_history_with_progress(None, progress_printer())
-        .await?;
+    let mesh = connect.connect_reader().await?;
+    let diff = mesh.registry_diff(from, to).await;
     mesh.shutdown().await;
-    let diff = diff_registries(&registry_at(&records, from), &registry_at(&records, to));
+    let (diff, before, _) = diff?;
+    warn_if_incomplete(&before, from);
+    let mut out = Out::new(false);
     if connect.json {
         let value = json!({
             "added": diff.added,
             "removed": diff.removed,
             "changed": diff.changed.iter().map(|(before, after)| json!({"before": before, "after": after})).collect::<Vec<_>>(),
         });
-        println!("{value}");
-        return Ok(ExitCode::SUCCESS);
+        out.line(&value.to_string())?;
+        return out.flush().map(|()| ExitCode::SUCCESS);
     }
-    for instance in &diff.added {
-        println!(
-            "+ {}/{} {} [{}]",
+    let line = |sign: char, instance: &ServiceInstance, status: String| {
+        format!(
+            "{sign} {}/{} {} [{status}]",
             instance.service,
             instance.id,
-            instance.base_url(),
-            instance.status
-        );
+            instance.base_url()
+        )
+    };
+    for instance in &diff.added {
+        out.line(&line('+', instance, instance.status.to_string()))?;
     }
     for instance in &diff.removed {
-        println!(
-            "- {}/{} {} [{}]",
-            instance.service,
-            instance.id,
-            instance.base_url(),
-            instance.status
-        );
+        out.line(&line('-', instance, instance.status.to_string()))?;
     }
     for (before, after) in &diff.changed {
         let status = if before.status == after.status {
@@ -140,15 +168,10 @@ pub async fn diff(from: &str, to: &str, connect: &ConnectArgs) -> Result<ExitCod
         } else {
             format!("{} -> {}", before.status, after.status)
         };
-        println!(
-            "~ {}/{} {} [{status}]",
-            after.service,
-            after.id,
-            after.base_url()
-        );
+        out.line(&line('~', after, status))?;
     }
     if diff.added.is_empty() && diff.removed.is_empty() && diff.changed.is_empty() {
-        println!("no change");
+        out.line("no change")?;
     }
-    Ok(ExitCode::SUCCESS)
+    out.flush().map(|()| ExitCode::SUCCESS)
 }

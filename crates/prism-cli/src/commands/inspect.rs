@@ -4,11 +4,10 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
-use prism_mesh::EventFilter;
+use prism_mesh::HistoryQuery;
 use serde_json::json;
 
-use crate::output::{event_line, instance_table, plain_table};
+use crate::output::{current_line, instance_table, plain_table, stored_event_line, Out};
 use crate::{CliError, ConnectArgs};
 
 pub async fn ls(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
@@ -73,31 +72,50 @@ pub async fn watch(service: Option<&str>, connect: &ConnectArgs) -> Result<ExitC
     if let Some(service) = service {
         prism_mesh::validate_service_name(service)?;
     }
-    let mesh = connect.connect().await?;
-    let filter = service.map(EventFilter::service).unwrap_or_default();
-    let mut events = mesh.subscribe_filtered(filter);
-    // Show what is live now, then what changes.
+    // This peer records the expiries it sees (where permissions let it), so that a service
+    // with no other peer left still shows its end.
+    let mesh = connect
+        .builder()?
+        .publish_expired_events(true)
+        .connect()
+        .await?;
+    let shown = show_then_follow(&mesh, service, connect.json).await;
+    mesh.shutdown().await;
+    shown.map(|()| ExitCode::SUCCESS)
+}
+
+/// The live view as the current state, then the events stored after it as they come.
+async fn show_then_follow(
+    mesh: &prism_mesh::Mesh,
+    service: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
+    let end = mesh.history_end().await?;
+    let mut out = Out::new(true);
     let services = match service {
         Some(s) => vec![s.to_string()],
         None => mesh.services(),
     };
     for name in services {
         for instance in mesh.discover(&name) {
-            let event = prism_mesh::MeshEvent::Registered { instance };
-            anstream::println!("{}", event_line(&event, connect.json));
+            out.line(&current_line(&instance, json))?;
         }
     }
+    let mut query = HistoryQuery::new().after_sequence(end).follow(true);
+    if let Some(service) = service {
+        query = query.service(service);
+    }
+    let mut events = mesh.history(query).await?;
     loop {
         tokio::select! {
             event = events.next() => match event {
-                Some(event) => anstream::println!("{}", event_line(&event, connect.json)),
+                Some(event) => out.line(&stored_event_line(&event?, json))?,
                 None => break,
             },
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    mesh.shutdown().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// RFC 3339, or a humantime duration meaning that long ago ("10m", "1h 30m", "2h ago").

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::balance::{Selection, Strategy};
 use crate::config::{NatsOptions, Timing};
 use crate::error::{Error, ErrorKind, Result};
+use crate::history::{CheckpointPolicy, CheckpointTask};
 use crate::metrics::MeshStats;
 use crate::owner::Owners;
 use crate::store::{MemoryStore, NatsStore, Store};
@@ -58,6 +59,8 @@ pub struct MeshBuilder {
     ready_timeout: Duration,
     balancing: Balancing,
     self_preservation: SelfPreservation,
+    checkpoints: CheckpointPolicy,
+    registry: bool,
 }
 
 /// How [`Mesh::pick`] balances each service.
@@ -77,6 +80,8 @@ impl Default for MeshBuilder {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             balancing: Balancing::default(),
             self_preservation: SelfPreservation::default(),
+            checkpoints: CheckpointPolicy::default(),
+            registry: true,
         }
     }
 }
@@ -185,9 +190,28 @@ impl MeshBuilder {
     pub fn validate(&self) -> Result<()> {
         self.timing.validate()?;
         match self.chosen_backend()? {
-            BackendConfig::Nats(options) => options.validate(),
+            BackendConfig::Nats(options) => {
+                options.validate()?;
+                self.checkpoints.validate(Some(options.event_max_age))
+            }
             BackendConfig::Memory(_) => Ok(()),
         }
+    }
+
+    /// Whether this mesh follows the bucket into a live registry (default true). Without
+    /// it, a mesh reads the audit trail ([`Mesh::history`], [`Mesh::past_registry`]) and
+    /// nothing else: it sees no instances and cannot register any, and connecting does not
+    /// wait for a snapshot of the bucket.
+    pub fn registry(mut self, follow: bool) -> Self {
+        self.registry = follow;
+        self
+    }
+
+    /// When this peer writes checkpoints of the registry into the event stream (NATS only;
+    /// see [`CheckpointPolicy`]). Default: a checkpoint every 10,000 events or 24 h.
+    pub fn checkpoints(mut self, policy: CheckpointPolicy) -> Self {
+        self.checkpoints = policy;
+        self
     }
 
     fn chosen_backend(&self) -> Result<&BackendConfig> {
@@ -259,7 +283,12 @@ impl Mesh {
             closing: closing.subscribe(),
         };
         let span = tracing::info_span!("view", peer = %peer_id);
-        tokio::spawn(task.run(store.watch()).instrument(span));
+        if builder.registry {
+            tokio::spawn(task.run(store.watch()).instrument(span));
+        } else {
+            drop(task);
+            ready = watch::channel(true).1;
+        }
         match tokio::time::timeout(builder.ready_timeout, crate::sync::until_true(&mut ready)).await
         {
             Ok(true) => {}
@@ -281,6 +310,10 @@ impl Mesh {
             }
         }
         info!(peer = %peer_id, instances = registry.instance_count(), "mesh view ready");
+        if let (Store::Nats(_), true) = (&store, builder.checkpoints.is_enabled()) {
+            let span = tracing::info_span!("checkpoints", peer = %peer_id);
+            CheckpointTask::spawn(store.clone(), builder.checkpoints, closing.subscribe(), span);
+        }
         let owners = Owners::start(
             store.clone(),
             builder.timing,
@@ -300,11 +333,7 @@ impl Mesh {
                 stats,
                 owned: Arc::new(Mutex::new(HashMap::new())),
                 owners,
-                accepting: tokio::sync::RwLock::new(true),
-                event_stream: match &builder.backend {
-                    Some(BackendConfig::Nats(options)) => options.event_stream.clone(),
-                    _ => String::new(),
-                },
+                accepting: tokio::sync::RwLock::new(builder.registry),
                 closing,
                 balancing: builder.balancing,
                 balancers: ArcSwap::default(),

@@ -2,7 +2,8 @@
 //! react to changes.
 //!
 //! `builder` configures and connects one (the only way to make a `Mesh`); `shutdown`
-//! holds the ways it ends; this file holds what a running mesh does.
+//! holds the ways it ends; `audit` reads the trail; this file holds what a running mesh
+//! does.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,7 +13,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::StreamExt;
 use tokio::sync::watch;
-use tracing::warn;
 use uuid::Uuid;
 
 use crate::balance::{Balancer, BalancerBuilder, RequestGuard, Strategy};
@@ -25,6 +25,7 @@ use crate::owner::{lock_owned, OwnedMap, Owners, Registration};
 use crate::store::Store;
 use crate::view::{EventBus, EventFilter, EventStream, MeshEvent, RegistryView, ServiceSlot};
 
+mod audit;
 mod builder;
 mod shutdown;
 
@@ -78,7 +79,6 @@ struct Inner {
     /// each registration under way; a shutdown write-locks it to wait for them and set it
     /// false (the lock is fair: a registration that comes later waits and sees false).
     accepting: tokio::sync::RwLock<bool>,
-    event_stream: String,
     closing: watch::Sender<bool>,
     balancing: Balancing,
     /// The balancers behind by-name picks, one per service, created on first pick.
@@ -115,7 +115,10 @@ impl Mesh {
         // Held until the registration is listed: `shutdown` waits for it.
         let accepting = self.inner.accepting.read().await;
         if !*accepting {
-            return Err(Error::new(ErrorKind::Closed, "the mesh is shut down"));
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the mesh is shut down (or was built with registry(false), to read the trail)",
+            ));
         }
         // In the caller's task: a task per registration costs measurable latency. A call
         // cancelled before it returns stops its heartbeats again, and being acknowledged
@@ -408,46 +411,6 @@ impl Mesh {
                 handler(event).await;
             }
         })
-    }
-
-    /// The audit trail: lifecycle events from `since` (or the oldest kept), oldest first.
-    /// Stored messages that cannot be decoded are skipped and logged.
-    pub async fn event_history(
-        &self,
-        since: Option<std::time::SystemTime>,
-    ) -> Result<Vec<crate::protocol::EventRecord>> {
-        self.event_history_with_progress(since, |_, _| {}).await
-    }
-
-    /// [`event_history`](Mesh::event_history), calling `progress(done, total)` every
-    /// 10,000 messages on long replays.
-    pub async fn event_history_with_progress(
-        &self,
-        since: Option<std::time::SystemTime>,
-        progress: impl Fn(u64, u64) + Send + Sync,
-    ) -> Result<Vec<crate::protocol::EventRecord>> {
-        let (records, malformed) = self
-            .inner
-            .store
-            .event_history(&self.inner.event_stream, since, &progress)
-            .await?;
-        if malformed > 0 {
-            warn!(
-                malformed,
-                "skipped undecodable messages in the event stream"
-            );
-        }
-        Ok(records)
-    }
-
-    /// The registry as it was at `at`, rebuilt from the audit trail (see
-    /// [`registry_at`](crate::registry_at)); as complete as the event stream's retention.
-    pub async fn registry_at(
-        &self,
-        at: std::time::SystemTime,
-    ) -> Result<std::collections::BTreeMap<Uuid, ServiceInstance>> {
-        let records = self.event_history(None).await?;
-        Ok(crate::view::registry_at(&records, at))
     }
 
     /// Counters of this peer.

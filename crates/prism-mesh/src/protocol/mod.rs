@@ -2,11 +2,16 @@
 //! language-neutral specification of what this module implements.
 
 pub(crate) mod bucket;
+mod checkpoint;
 #[cfg(test)]
 mod proptests;
 mod record;
 mod shape;
 
+pub use checkpoint::{
+    checkpoint_subject, split_into_parts, CheckpointPart, CHECKPOINT_PART_BYTES, CHECKPOINT_TOKEN,
+    MAX_CHECKPOINT_PART_BYTES,
+};
 pub use record::{EventName, EventRecord, InstanceRecord, MAX_PAYLOAD_DEPTH, PROTOCOL_VERSION};
 
 use std::sync::Arc;
@@ -41,6 +46,10 @@ pub mod headers {
     /// On an `expired` event: the bucket revision of the record that expired, which makes
     /// one expiry one event whoever records it.
     pub const REVISION: &str = "Prism-Revision";
+    /// On a checkpoint part: the last event stream sequence folded into it.
+    pub const CHECKPOINT_UP_TO: &str = "Prism-Checkpoint-Up-To";
+    /// On a checkpoint part: `<part>/<parts>`.
+    pub const CHECKPOINT_PART: &str = "Prism-Checkpoint-Part";
     /// JetStream de-duplication id.
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
     /// Per-message TTL (nats-server 2.11+).
@@ -77,6 +86,13 @@ pub fn parse_instance_key(key: &str) -> Option<(&str, Uuid)> {
 /// Subject of a lifecycle event: `<prefix>.<service>.<instance id>.<event>`.
 pub fn event_subject(prefix: &str, service: &str, id: &Uuid, event: EventName) -> String {
     format!("{prefix}.{service}.{}.{}", id.hyphenated(), event.as_str())
+}
+
+/// The lifecycle events of one service, one instance, both, or all (a subject filter of
+/// four tokens, so checkpoints never match): `<prefix>.<service|*>.<id|*>.*`.
+pub fn events_filter(prefix: &str, service: Option<&str>, id: Option<&Uuid>) -> String {
+    let id = id.map_or_else(|| "*".to_string(), |id| id.hyphenated().to_string());
+    format!("{prefix}.{}.{id}.*", service.unwrap_or("*"))
 }
 
 /// The subjects of every lifecycle event of one instance: `<prefix>.<service>.<id>.>`.

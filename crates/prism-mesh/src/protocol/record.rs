@@ -120,7 +120,7 @@ impl EventRecord {
 /// A typical record's encoded size: one buffer, not a chain of doublings from empty.
 const ENCODE_CAPACITY: usize = 512;
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+pub(super) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(ENCODE_CAPACITY);
     value
         .serialize(&mut rmp_serde::Serializer::new(&mut bytes).with_struct_map())
@@ -128,7 +128,7 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
+pub(super) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
     // rmp-serde stops when its counter, decremented per array or map, reaches zero.
     deserializer.set_max_depth(MAX_PAYLOAD_DEPTH + 1);
@@ -152,7 +152,7 @@ fn shape_error(bytes: &[u8], why: String) -> Error {
     )
 }
 
-fn check_version(v: u32) -> Result<()> {
+pub(super) fn check_version(v: u32) -> Result<()> {
     if v == 0 {
         return Err(Error::new(
             ErrorKind::Decode,

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::{KvChange, RemovalCause, WatchItem, WriteCondition};
 use crate::error::{Error, ErrorKind, Result};
+use crate::history::{History, HistoryQuery, Start, StoredEvent};
 use crate::protocol::{EventRecord, InstanceRecord};
 
 /// How often expired keys are swept (NATS runs a 1 s timing wheel; we are finer).
@@ -46,6 +47,8 @@ struct Inner {
     state: Mutex<State>,
     reconnects: watch::Sender<u64>,
     sweeper: Mutex<Option<JoinHandle<()>>>,
+    /// The last event sequence, for histories that follow the log.
+    appended: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -54,8 +57,19 @@ struct State {
     revision: u64,
     deadlines: BinaryHeap<Reverse<(Instant, u64, String)>>,
     watchers: Vec<mpsc::UnboundedSender<WatchItem>>,
-    events: VecDeque<(String, EventRecord)>,
+    events: VecDeque<LoggedEvent>,
     event_ids: HashSet<String>,
+    /// The sequence of the last event appended (the first is 1).
+    event_sequence: u64,
+}
+
+/// An event as the memory log keeps it: like a stream message, with a sequence and time.
+#[derive(Debug, Clone)]
+struct LoggedEvent {
+    msg_id: String,
+    sequence: u64,
+    stored_at: std::time::SystemTime,
+    record: EventRecord,
 }
 
 #[derive(Debug)]
@@ -81,6 +95,7 @@ impl MemoryStore {
                 state: Mutex::new(State::default()),
                 reconnects: watch::channel(0).0,
                 sweeper: Mutex::new(None),
+                appended: watch::channel(0).0,
             }),
         }
     }
@@ -93,7 +108,11 @@ impl MemoryStore {
 
     /// The lifecycle events published so far (the last 10,000), oldest first.
     pub fn events(&self) -> Vec<EventRecord> {
-        self.lock().events.iter().map(|(_, e)| e.clone()).collect()
+        self.lock()
+            .events
+            .iter()
+            .map(|e| e.record.clone())
+            .collect()
     }
 
     /// Number of keys held, tombstones included (they expire too).
@@ -212,13 +231,100 @@ impl MemoryStore {
         if !state.event_ids.insert(msg_id.to_string()) {
             return false;
         }
-        state.events.push_back((msg_id.to_string(), record.clone()));
+        state.event_sequence += 1;
+        let sequence = state.event_sequence;
+        state.events.push_back(LoggedEvent {
+            msg_id: msg_id.to_string(),
+            sequence,
+            stored_at: std::time::SystemTime::now(),
+            record: record.clone(),
+        });
         while state.events.len() > EVENT_LOG_CAPACITY {
-            if let Some((id, _)) = state.events.pop_front() {
-                state.event_ids.remove(&id);
+            if let Some(dropped) = state.events.pop_front() {
+                state.event_ids.remove(&dropped.msg_id);
             }
         }
+        drop(state);
+        self.inner.appended.send_replace(sequence);
         true
+    }
+
+    /// The kept events after `after` that `query` selects, up to its `until`.
+    fn events_after(&self, after: u64, query: &HistoryQuery) -> Vec<StoredEvent> {
+        let until = query.until_time();
+        self.lock()
+            .events
+            .iter()
+            .filter(|e| e.sequence > after)
+            .take_while(|e| until.is_none_or(|until| e.stored_at <= until))
+            .filter(|e| {
+                let instance = &e.record.instance;
+                query.service_name().is_none_or(|s| instance.service == s)
+                    && query.instance_id().is_none_or(|id| instance.id == *id)
+            })
+            .map(|e| StoredEvent {
+                sequence: e.sequence,
+                stored_at: e.stored_at,
+                record: e.record.clone(),
+            })
+            .collect()
+    }
+
+    /// Events as `query` says; with `follow`, then every event appended later.
+    pub(crate) fn history(&self, query: &HistoryQuery) -> History {
+        let after = match query.start() {
+            Start::First => 0,
+            Start::After(sequence) => sequence,
+            Start::Time(time) => self
+                .lock()
+                .events
+                .iter()
+                .find(|e| e.stored_at >= time)
+                .map_or(u64::MAX, |e| e.sequence - 1),
+        };
+        let after = after.min(self.lock().event_sequence);
+        let first = self.events_after(after, query);
+        let skipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if !query.follows() {
+            return History::new(futures::stream::iter(first.into_iter().map(Ok)), skipped);
+        }
+        let store = self.clone();
+        let query = query.clone();
+        let appended = self.inner.appended.subscribe();
+        let last = first.last().map_or(after, |e| e.sequence);
+        let batches = futures::stream::unfold(
+            (store, query, appended, last, Some(first)),
+            |(store, query, mut appended, mut last, first)| async move {
+                if let Some(first) = first {
+                    return Some((first, (store, query, appended, last, None)));
+                }
+                loop {
+                    let batch = store.events_after(last, &query);
+                    if let Some(newest) = batch.last() {
+                        last = newest.sequence;
+                        return Some((batch, (store, query, appended, last, None)));
+                    }
+                    // Filtered out or nothing yet: wait for the next append.
+                    last = last.max(*appended.borrow_and_update());
+                    appended.changed().await.ok()?;
+                }
+            },
+        );
+        History::new(
+            futures::StreamExt::flat_map(batches, |batch| {
+                futures::stream::iter(batch.into_iter().map(Ok))
+            }),
+            skipped,
+        )
+    }
+
+    /// The first and last sequence of the kept events (0, 0 when none is).
+    pub(crate) fn event_bounds(&self) -> (u64, u64) {
+        let state = self.lock();
+        match (state.events.front(), state.events.back()) {
+            (Some(first), Some(last)) => (first.sequence, last.sequence),
+            _ => (0, 0),
+        }
     }
 
     /// In one process every peer sees the same expiry: the id makes it one event.

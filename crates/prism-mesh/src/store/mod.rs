@@ -7,7 +7,7 @@
 mod memory;
 mod nats;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 
@@ -16,7 +16,21 @@ pub use memory::MemoryStore;
 pub(crate) use nats::NatsStore;
 
 use crate::error::Result;
-use crate::protocol::{EventRecord, InstanceRecord};
+use crate::history::{History, HistoryQuery};
+use crate::protocol::{CheckpointPart, EventRecord, InstanceRecord};
+
+/// Where a checkpoint part is looked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Locate {
+    /// The last part stored.
+    Last,
+    /// The part at this stream sequence.
+    Sequence(u64),
+    /// The first part after this stream sequence.
+    NextAfter(u64),
+    /// The first part stored at or after this time.
+    FirstAtOrAfter(SystemTime),
+}
 
 /// The backend a mesh runs on.
 #[derive(Clone, Debug)]
@@ -116,30 +130,47 @@ impl Store {
         }
     }
 
-    /// Lifecycle events from `since` (or the oldest kept) to now, and how many stored
-    /// messages could not be decoded.
-    pub(crate) async fn event_history(
-        &self,
-        event_stream: &str,
-        since: Option<std::time::SystemTime>,
-        progress: &(dyn Fn(u64, u64) + Send + Sync),
-    ) -> Result<(Vec<EventRecord>, u64)> {
+    /// Lifecycle events as `query` says, read as they are consumed.
+    pub(crate) async fn history(&self, query: &HistoryQuery) -> Result<History> {
         match self {
-            Store::Memory(store) => {
-                let events: Vec<EventRecord> = store
-                    .events()
-                    .into_iter()
-                    .filter(|e| since.is_none_or(|since| e.at >= since))
-                    .collect();
-                // One step, reported like a NATS replay's last one (which, like here, makes
-                // no call for an empty history).
-                let count = events.len() as u64;
-                if count > 0 {
-                    progress(count, count);
-                }
-                Ok((events, 0))
-            }
-            Store::Nats(store) => store.event_history(event_stream, since, progress).await,
+            Store::Memory(store) => Ok(store.history(query)),
+            Store::Nats(store) => store.history(query).await,
+        }
+    }
+
+    /// The first and last sequence of the event log (0, 0 when it is empty).
+    pub(crate) async fn event_bounds(&self) -> Result<(u64, u64)> {
+        match self {
+            Store::Memory(store) => Ok(store.event_bounds()),
+            Store::Nats(store) => store.event_bounds().await,
+        }
+    }
+
+    /// A checkpoint part with its stream sequence and time, located as `locate` says (the
+    /// memory store keeps none: its log is read whole).
+    pub(crate) async fn checkpoint_part(
+        &self,
+        locate: Locate,
+    ) -> Result<Option<(u64, SystemTime, CheckpointPart)>> {
+        match self {
+            Store::Memory(_) => Ok(None),
+            Store::Nats(store) => store.checkpoint_part(locate).await,
+        }
+    }
+
+    /// Appends a checkpoint part right after sequence `expected` of the checkpoint subject;
+    /// a conflict when another writer got there first.
+    pub(crate) async fn publish_checkpoint_part(
+        &self,
+        part: &CheckpointPart,
+        expected: u64,
+    ) -> Result<u64> {
+        match self {
+            Store::Memory(_) => Err(crate::error::Error::new(
+                crate::error::ErrorKind::InvalidInput,
+                "the memory backend keeps no checkpoints",
+            )),
+            Store::Nats(store) => store.publish_checkpoint_part(part, expected).await,
         }
     }
 

@@ -7,11 +7,9 @@
 //!
 //! `task` is that task; `state` what it holds between flushes (`index`, the keys by key
 //! and service); `registry` the read side; `events`
-//! what subscribers get; `preservation` the rule that holds suspect expiries; `history` the
-//! registry rebuilt from the audit trail.
+//! what subscribers get; `preservation` the rule that holds suspect expiries.
 
 mod events;
-mod history;
 mod index;
 mod preservation;
 mod registry;
@@ -23,7 +21,6 @@ mod convergence_tests;
 
 pub(crate) use events::EventBus;
 pub use events::{EventFilter, EventKind, EventStream, MeshEvent};
-pub use history::{diff_registries, registry_at, RegistryDiff};
 pub use preservation::SelfPreservation;
 pub(crate) use registry::RegistryView;
 pub use registry::{ServiceSlot, ServiceSnapshot};

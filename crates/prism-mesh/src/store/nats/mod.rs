@@ -4,7 +4,8 @@
 //!
 //! `connect` opens the connection and finds (or creates) the bucket and the stream;
 //! `write` holds every write (puts, tombstones, events, expiries); `watcher` follows the
-//! bucket and turns its messages into changes. This file holds the handle and what they
+//! bucket and turns its messages into changes; `history` reads the event stream (events
+//! and checkpoints). This file holds the handle and what they
 //! share.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,16 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::header::HeaderName;
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use tokio::sync::{broadcast, watch};
 use tracing::debug;
 
 use crate::config::NatsOptions;
-use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::EventRecord;
 
 mod connect;
+mod history;
 mod watcher;
 mod write;
 
@@ -114,68 +113,6 @@ impl NatsStore {
         });
     }
 
-    /// Reads the event stream from `since` (or its start) to its current end.
-    #[tracing::instrument(name = "nats.event_history", skip_all)]
-    pub(crate) async fn event_history(
-        &self,
-        event_stream: &str,
-        since: Option<SystemTime>,
-        progress: &(dyn Fn(u64, u64) + Send + Sync),
-    ) -> Result<(Vec<EventRecord>, u64)> {
-        let stream = self.inner.js.get_stream(event_stream).await.map_err(|e| {
-            Error::with_source(
-                ErrorKind::Setup,
-                format!("cannot open event stream {event_stream}"),
-                e,
-            )
-        })?;
-        let deliver_policy = match since {
-            Some(time) => consumer::DeliverPolicy::ByStartTime {
-                start_time: time.into(),
-            },
-            None => consumer::DeliverPolicy::All,
-        };
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| {
-                Error::with_source(ErrorKind::Transport, "cannot create replay consumer", e)
-            })?;
-        let mut pending = consumer.cached_info().num_pending;
-        let total = pending;
-        let mut records = Vec::with_capacity(usize::try_from(pending).unwrap_or(0));
-        let mut malformed = 0;
-        if pending > 0 {
-            let mut messages = consumer.messages().await.map_err(|e| {
-                Error::with_source(ErrorKind::Transport, "cannot start replay consumer", e)
-            })?;
-            while pending > 0 {
-                let Some(message) = messages.next().await else {
-                    break;
-                };
-                let message = message.map_err(|e| {
-                    Error::with_source(ErrorKind::Transport, "replay consumer failed", e)
-                })?;
-                pending = message.info().map(|i| i.pending).unwrap_or(0);
-                let done = total.saturating_sub(pending);
-                if done % PROGRESS_EVERY == 0 || pending == 0 {
-                    progress(done, total);
-                }
-                match EventRecord::decode(&message.payload) {
-                    Ok(record) => records.push(record),
-                    Err(e) => {
-                        malformed += 1;
-                        debug!(subject = %message.subject, error = %e, "skipping malformed event");
-                    }
-                }
-            }
-        }
-        Ok((records, malformed))
-    }
-
     pub(crate) async fn close(&self) {
         self.inner.closed.send_replace(true);
         // Bounded: with the server unreachable a flush would wait for a reconnect forever.
@@ -198,8 +135,6 @@ impl NatsStore {
 /// Longest wait for outgoing messages to leave when a mesh closes.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Replays report progress every this many messages.
-const PROGRESS_EVERY: u64 = 10_000;
 
 /// Runs a JetStream request, or returns the server's text as soon as it refuses the
 /// request's `subject` (a refused request gets no reply and would wait out its timeout).

@@ -260,7 +260,7 @@ impl NatsStore {
 
     /// Publishes and waits for the stream's acknowledgement: at most `wait` if given, else
     /// the connection's request timeout.
-    async fn publish(
+    pub(super) async fn publish(
         &self,
         subject: String,
         headers: HeaderMap,
