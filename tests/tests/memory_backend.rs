@@ -417,18 +417,27 @@ async fn the_memory_history_filters_by_service_and_follows_new_events() {
     let mesh = peer(&store).await;
     mesh.register(instance("orders")).await.unwrap();
     mesh.register(instance("billing")).await.unwrap();
-    let query = prism_mesh::HistoryQuery::new().service("orders").follow(true);
+    let query = prism_mesh::HistoryQuery::new()
+        .service("orders")
+        .follow(true);
     let mut events = mesh.history(query).await.unwrap();
     let first = events.next().await.unwrap().unwrap();
     assert_eq!(first.record.instance.service, "orders");
     let later = mesh.register(instance("billing")).await.unwrap();
-    let later = mesh.register(instance("orders")).await.map(|_| later).unwrap();
+    let later = mesh
+        .register(instance("orders"))
+        .await
+        .map(|_| later)
+        .unwrap();
     let next = tokio::time::timeout(WAIT, events.next())
         .await
         .expect("the followed history goes on")
         .unwrap()
         .unwrap();
-    assert_eq!(next.record.instance.service, "orders", "billing is filtered out");
+    assert_eq!(
+        next.record.instance.service, "orders",
+        "billing is filtered out"
+    );
     assert_ne!(next.record.instance.id, later.id());
     assert!(next.sequence > first.sequence);
     assert_eq!(mesh.event_history(None).await.unwrap().len(), 4);

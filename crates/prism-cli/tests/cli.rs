@@ -170,10 +170,8 @@ async fn watch_shows_the_current_state_then_live_events_with_their_own_times() {
     let server = NatsServer::start();
     let url = server.url();
     let (mesh, registrations) = owner_with(&server, "watched", &[8201]).await;
-    let registered_at = humantime::format_rfc3339_millis(
-        mesh.discover("watched")[0].registered_at,
-    )
-    .to_string();
+    let registered_at =
+        humantime::format_rfc3339_millis(mesh.discover("watched")[0].registered_at).to_string();
     assert_eq!(mesh.discover("watched")[0].id, registrations[0].id());
     let mut watch = PeerProcess::spawn(PRISM, &["watch", "watched", "--url", &url, "--json"]);
     // The instance live before the watch is the current state, stamped with its
@@ -206,7 +204,10 @@ async fn watch_shows_the_current_state_then_live_events_with_their_own_times() {
         humantime::parse_rfc3339(v["at"].as_str().expect("a time")).expect("RFC 3339")
     };
     let gap = time(&status).duration_since(time(&registered)).unwrap();
-    assert!(gap >= Duration::from_millis(250), "{gap:?} between the two events");
+    assert!(
+        gap >= Duration::from_millis(250),
+        "{gap:?} between the two events"
+    );
     mesh.shutdown().await;
 }
 

@@ -56,6 +56,10 @@ pub use config::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
+pub use history::{
+    diff_registries, registry_at, CheckpointPolicy, History, HistoryQuery, PastRegistry,
+    RegistryDiff, StoredEvent,
+};
 pub use instance::{
     count_by_status, validate_service_name, InstanceStatus, Metadata, ServiceInstance,
     ServiceInstanceBuilder, DEFAULT_WEIGHT, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_METADATA_DEPTH,
@@ -67,11 +71,6 @@ pub use owner::Registration;
 pub use settings::DiscoverySettings;
 pub use signal::TerminationSignals;
 pub use store::MemoryStore;
-pub use history::{
-    diff_registries, registry_at, CheckpointPolicy, History, HistoryQuery, PastRegistry,
-    RegistryDiff, StoredEvent,
-};
 pub use view::{
-    EventFilter, EventKind, EventStream, MeshEvent, SelfPreservation, ServiceSlot,
-    ServiceSnapshot,
+    EventFilter, EventKind, EventStream, MeshEvent, SelfPreservation, ServiceSlot, ServiceSnapshot,
 };

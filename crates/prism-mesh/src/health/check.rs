@@ -170,7 +170,11 @@ async fn http_status(url: &str) -> Result<String, String> {
         .authority()
         .ok_or_else(|| failed(&"no host in the URL"))?
         .clone();
-    let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+    let address = format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    );
     let stream = TcpStream::connect(address).await.map_err(|e| failed(&e))?;
     let (mut sender, mut connection) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))

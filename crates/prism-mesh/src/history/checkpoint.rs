@@ -13,6 +13,9 @@ use super::past::write_checkpoint;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{Locate, Store};
 
+/// The longest a checkpoint stands before the next is due, unless configured.
+const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
 /// When this peer writes checkpoints of the registry into the event stream.
 ///
 /// A checkpoint is due when the events stored since the last one outnumber both
@@ -33,7 +36,8 @@ use crate::store::{Locate, Store};
 pub struct CheckpointPolicy {
     enabled: bool,
     every_events: u64,
-    max_age: Duration,
+    /// `None`: a quarter of the event stream's max age, at most a day.
+    max_age: Option<Duration>,
     check_every: Duration,
 }
 
@@ -42,7 +46,7 @@ impl Default for CheckpointPolicy {
         CheckpointPolicy {
             enabled: true,
             every_events: 10_000,
-            max_age: Duration::from_secs(24 * 3600),
+            max_age: None,
             check_every: Duration::from_secs(60),
         }
     }
@@ -68,9 +72,21 @@ impl CheckpointPolicy {
         self
     }
 
-    /// Age at which a checkpoint is due whatever happened since (default 24 h).
+    /// Age at which a checkpoint is due whatever happened since (default: a quarter of
+    /// the event stream's max age, at most 24 h).
     pub fn max_age(mut self, age: Duration) -> Self {
-        self.max_age = age;
+        self.max_age = Some(age);
+        self
+    }
+
+    /// The max age in force for an event stream kept `retention` long.
+    pub(crate) fn with_retention(mut self, retention: Duration) -> Self {
+        let quarter = if retention.is_zero() {
+            DEFAULT_MAX_AGE
+        } else {
+            (retention / 4).min(DEFAULT_MAX_AGE)
+        };
+        self.max_age = Some(self.max_age.unwrap_or(quarter));
         self
     }
 
@@ -87,20 +103,21 @@ impl CheckpointPolicy {
         if !self.enabled {
             return Ok(());
         }
-        if self.max_age.is_zero() || self.check_every.is_zero() {
+        if self.max_age.is_some_and(|age| age.is_zero()) || self.check_every.is_zero() {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
                 "checkpoint max_age and check_every must be above zero",
             ));
         }
-        if let Some(retention) = retention.filter(|r| !r.is_zero()) {
-            if self.max_age >= retention {
+        if let (Some(retention), Some(max_age)) = (retention.filter(|r| !r.is_zero()), self.max_age)
+        {
+            if max_age >= retention {
                 return Err(Error::new(
                     ErrorKind::InvalidConfig,
                     format!(
                         "checkpoint max_age ({}) must be below the event stream's max age ({}): \
                          an instance registered earlier would drop out of the trail",
-                        humantime::format_duration(self.max_age),
+                        humantime::format_duration(max_age),
                         humantime::format_duration(retention)
                     ),
                 ));
@@ -121,7 +138,8 @@ async fn due(store: &Store, policy: &CheckpointPolicy) -> Result<bool> {
                 .duration_since(stored_at)
                 .unwrap_or_default();
             let since = last.saturating_sub(part.up_to);
-            age >= policy.max_age || since >= policy.every_events.max(part.total)
+            age >= policy.max_age.unwrap_or(DEFAULT_MAX_AGE)
+                || since >= policy.every_events.max(part.total)
         }
     })
 }

@@ -136,9 +136,10 @@ impl PastRegistry {
         for (id, instance) in &later.instances {
             match self.instances.get(id) {
                 None => diff.added.push(ServiceInstance::clone(instance)),
-                Some(old) if !old.same_content(instance) => diff
-                    .changed
-                    .push((ServiceInstance::clone(old), ServiceInstance::clone(instance))),
+                Some(old) if !old.same_content(instance) => diff.changed.push((
+                    ServiceInstance::clone(old),
+                    ServiceInstance::clone(instance),
+                )),
                 Some(_) => {}
             }
         }

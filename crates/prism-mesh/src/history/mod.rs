@@ -24,8 +24,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::instance::validate_service_name;
 use crate::protocol::EventRecord;
 
-pub(crate) use checkpoint::CheckpointTask;
 pub use checkpoint::CheckpointPolicy;
+pub(crate) use checkpoint::CheckpointTask;
 pub use fold::{diff_registries, registry_at, PastRegistry, RegistryDiff};
 pub(crate) use past::{past_registry, registry_diff, write_checkpoint};
 

@@ -14,9 +14,7 @@ use crate::store::{Locate, Store};
 
 /// The registry as the event stream had made it at `at` (`None`: now).
 pub(crate) async fn past_registry(store: &Store, at: Option<SystemTime>) -> Result<PastRegistry> {
-    let registry = checkpoint_before(store, at)
-        .await?
-        .unwrap_or_default();
+    let registry = checkpoint_before(store, at).await?.unwrap_or_default();
     fold_until(store, registry, at).await
 }
 
@@ -78,7 +76,10 @@ async fn checkpoint_before(store: &Store, at: Option<SystemTime>) -> Result<Opti
 /// a part is missing or does not belong to it.
 async fn load(store: &Store, first: u64) -> Result<Option<PastRegistry>> {
     let gone = |why: String| {
-        warn!(first, "the checkpoint cannot be read ({why}); folding from the stream's start");
+        warn!(
+            first,
+            "the checkpoint cannot be read ({why}); folding from the stream's start"
+        );
         Ok(None)
     };
     let Some((_, _, head)) = store.checkpoint_part(Locate::Sequence(first)).await? else {

@@ -310,9 +310,12 @@ impl Mesh {
             }
         }
         info!(peer = %peer_id, instances = registry.instance_count(), "mesh view ready");
-        if let (Store::Nats(_), true) = (&store, builder.checkpoints.is_enabled()) {
+        if let (Some(BackendConfig::Nats(options)), true) =
+            (&builder.backend, builder.checkpoints.is_enabled())
+        {
+            let policy = builder.checkpoints.with_retention(options.event_max_age);
             let span = tracing::info_span!("checkpoints", peer = %peer_id);
-            CheckpointTask::spawn(store.clone(), builder.checkpoints, closing.subscribe(), span);
+            CheckpointTask::spawn(store.clone(), policy, closing.subscribe(), span);
         }
         let owners = Owners::start(
             store.clone(),

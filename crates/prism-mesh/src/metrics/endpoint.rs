@@ -108,7 +108,10 @@ fn answer(
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(content_type));
+    headers.insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     if status == StatusCode::METHOD_NOT_ALLOWED {
         headers.insert(ALLOW, hyper::header::HeaderValue::from_static("GET"));
     }

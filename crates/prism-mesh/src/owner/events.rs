@@ -105,7 +105,7 @@ impl OwnedInstance {
         loop {
             // The same id every time: the stream stores the event once, however many
             // attempts reached it.
-            match owners.store.publish_event(&record, &msg_id).await {
+            match owners.store.publish_event(&record, &msg_id, revision).await {
                 Ok(()) => return Ok(()),
                 Err(e)
                     if Instant::now() + delay < give_up

@@ -26,8 +26,11 @@ pub(crate) enum RemovalCause {
     Deregistered { reason: Option<String> },
     /// Its TTL ran out on the server.
     Expired,
-    /// Removed administratively (purge).
+    /// Purged from outside the mesh (a KV purge, or a server marker other than an expiry).
     Purged,
+    /// Deleted from outside the mesh: a plain KV delete (`nats kv del`), which, unlike an
+    /// owner's tombstone, carries no TTL.
+    Deleted,
 }
 
 /// One change of the key-value log, in log order.
@@ -120,6 +123,7 @@ pub(crate) fn bucket_change<'h>(
     let cause = removal_cause(
         header(h::NATS_MARKER_REASON),
         header(h::KV_OPERATION),
+        header(h::NATS_TTL).is_some(),
         || header(h::REASON).map(str::to_string),
     );
     match cause {
@@ -144,10 +148,13 @@ pub(crate) fn bucket_change<'h>(
 /// What a bucket message's headers say it is: `None` for a put, else why the key stopped
 /// holding a value. Any `Nats-Marker-Reason` is a server marker (`MaxAge` an expiry, anything
 /// else a purge or removal); otherwise `KV-Operation: DEL`/`PURGE` (exact, case-sensitive)
-/// are removals and every other value is a put. Nothing here can fail on hostile values.
+/// are removals (a `DEL` with a `Nats-TTL` is an owner's tombstone, one without a plain
+/// delete from outside the mesh) and every other value is a put. Nothing here can fail on
+/// hostile values.
 pub(crate) fn removal_cause(
     marker_reason: Option<&str>,
     kv_operation: Option<&str>,
+    has_ttl: bool,
     reason: impl FnOnce() -> Option<String>,
 ) -> Option<RemovalCause> {
     if let Some(marker) = marker_reason {
@@ -158,7 +165,8 @@ pub(crate) fn removal_cause(
         });
     }
     match kv_operation {
-        Some("DEL") => Some(RemovalCause::Deregistered { reason: reason() }),
+        Some("DEL") if has_ttl => Some(RemovalCause::Deregistered { reason: reason() }),
+        Some("DEL") => Some(RemovalCause::Deleted),
         Some("PURGE") => Some(RemovalCause::Purged),
         _ => None,
     }

@@ -112,7 +112,9 @@ impl CheckpointPart {
 
 /// Splits `instances` into parts of at most about [`CHECKPOINT_PART_BYTES`] each (an
 /// instance larger than that gets a part of its own), without numbering them yet.
-pub fn split_into_parts(instances: Vec<Arc<ServiceInstance>>) -> Result<Vec<Vec<Arc<ServiceInstance>>>> {
+pub fn split_into_parts(
+    instances: Vec<Arc<ServiceInstance>>,
+) -> Result<Vec<Vec<Arc<ServiceInstance>>>> {
     let mut parts = Vec::new();
     let mut current = Vec::new();
     let mut size = 0;
@@ -145,7 +147,9 @@ mod tests {
             base: 0,
             total: 1,
             instances: vec![Arc::new(
-                ServiceInstance::builder("svc", "10.0.0.1", 80).build().unwrap(),
+                ServiceInstance::builder("svc", "10.0.0.1", 80)
+                    .build()
+                    .unwrap(),
             )],
         }
     }
@@ -171,7 +175,13 @@ mod tests {
     #[test]
     fn many_instances_are_split_into_parts_under_the_size() {
         let instances: Vec<_> = (0..5000)
-            .map(|port| Arc::new(ServiceInstance::builder("svc", "10.0.0.1", port).build().unwrap()))
+            .map(|port| {
+                Arc::new(
+                    ServiceInstance::builder("svc", "10.0.0.1", port)
+                        .build()
+                        .unwrap(),
+                )
+            })
             .collect();
         let parts = split_into_parts(instances).unwrap();
         assert!(parts.len() > 1);

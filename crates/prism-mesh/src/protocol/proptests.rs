@@ -604,22 +604,29 @@ proptest! {
         marker in header_value(),
         operation in header_value(),
         reason in header_value(),
+        has_ttl in any::<bool>(),
     ) {
         let mut asked_reason = false;
-        let cause = removal_cause(marker.as_deref(), operation.as_deref(), || {
+        let cause = removal_cause(marker.as_deref(), operation.as_deref(), has_ttl, || {
             asked_reason = true;
             reason.clone()
         });
         let expected = match (marker.as_deref(), operation.as_deref()) {
             (Some("MaxAge"), _) => Some(RemovalCause::Expired),
             (Some(_), _) => Some(RemovalCause::Purged),
-            (None, Some("DEL")) => Some(RemovalCause::Deregistered { reason: reason.clone() }),
+            (None, Some("DEL")) if has_ttl => {
+                Some(RemovalCause::Deregistered { reason: reason.clone() })
+            }
+            (None, Some("DEL")) => Some(RemovalCause::Deleted),
             (None, Some("PURGE")) => Some(RemovalCause::Purged),
             (None, _) => None,
         };
         prop_assert_eq!(cause, expected);
         // The reason header is read only for a tombstone.
-        prop_assert_eq!(asked_reason, marker.is_none() && operation.as_deref() == Some("DEL"));
+        prop_assert_eq!(
+            asked_reason,
+            marker.is_none() && operation.as_deref() == Some("DEL") && has_ttl
+        );
     }
 
     #[test]

@@ -327,11 +327,15 @@ impl MemoryStore {
         }
     }
 
-    /// In one process every peer sees the same expiry: the id makes it one event.
-    pub(crate) fn record_expiry(&self, record: &EventRecord, revision: u64) -> bool {
+    /// In one process every peer sees the same removal: the id makes it one event.
+    pub(crate) fn record_removal(&self, record: &EventRecord, revision: u64) -> bool {
         self.append_event(
             record,
-            &format!("expired-{}-{revision}", record.instance.id),
+            &format!(
+                "{}-{}-{revision}",
+                record.event.as_str(),
+                record.instance.id
+            ),
         )
     }
 

@@ -80,20 +80,27 @@ impl Store {
         }
     }
 
-    /// Appends a lifecycle event; `msg_id` makes it idempotent.
-    pub(crate) async fn publish_event(&self, record: &EventRecord, msg_id: &str) -> Result<()> {
+    /// Appends an owner's lifecycle event about its write at bucket `revision`; `msg_id`
+    /// makes it idempotent.
+    pub(crate) async fn publish_event(
+        &self,
+        record: &EventRecord,
+        msg_id: &str,
+        revision: u64,
+    ) -> Result<()> {
         match self {
             Store::Memory(store) => store.publish_event(record, msg_id),
-            Store::Nats(store) => store.publish_event(record, msg_id).await,
+            Store::Nats(store) => store.publish_event(record, msg_id, revision).await,
         }
     }
 
-    /// Records the expiry of the record at bucket `revision` as an `expired` event, once
-    /// whoever else records it; says whether this call stored it.
-    pub(crate) async fn record_expiry(&self, record: &EventRecord, revision: u64) -> Result<bool> {
+    /// Records a removal no owner announces (the record's event: an expiry, or a delete
+    /// from outside the mesh) at bucket `revision`, once whoever else records it, and never
+    /// after an event about a later write; says whether this call stored it.
+    pub(crate) async fn record_removal(&self, record: &EventRecord, revision: u64) -> Result<bool> {
         match self {
-            Store::Memory(store) => Ok(store.record_expiry(record, revision)),
-            Store::Nats(store) => store.record_expiry(record, revision).await,
+            Store::Memory(store) => Ok(store.record_removal(record, revision)),
+            Store::Nats(store) => store.record_removal(record, revision).await,
         }
     }
 

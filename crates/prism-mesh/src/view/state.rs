@@ -15,6 +15,7 @@ use super::registry::RegistryView;
 use super::MeshEvent;
 use crate::instance::ServiceInstance;
 use crate::metrics::MeshStats;
+use crate::protocol::EventName;
 use crate::store::{KvChange, RemovalCause, WatchItem};
 use crate::sync::KeyAlerts;
 
@@ -33,18 +34,27 @@ struct Removal {
     at: Option<SystemTime>,
 }
 
-/// An expiry applied: what the event stream should record, under the bucket revision of
-/// the record that expired.
-pub(super) struct ExpiryToPublish {
+/// A removal no owner announces (an expiry, or a delete or purge from outside the mesh):
+/// what the event stream should record, under the bucket revision of the removal.
+pub(super) struct RemovalToRecord {
     pub(super) instance: Arc<ServiceInstance>,
     pub(super) revision: u64,
+    pub(super) event: EventName,
+    pub(super) reason: &'static str,
 }
 
-/// What a flush hands on: the events for subscribers and the expiries to record.
+/// What a flush hands on: the events for subscribers and the removals to record.
 pub(super) struct Flushed {
     pub(super) events: Vec<MeshEvent>,
-    pub(super) expiries: Vec<ExpiryToPublish>,
+    pub(super) removals: Vec<RemovalToRecord>,
 }
+
+/// The reason recorded with an expiry.
+const EXPIRED: &str = "ttl";
+/// The reason of a plain KV delete of an instance's key.
+const DELETED_OUTSIDE: &str = "removed from outside the mesh (a KV delete, not its owner)";
+/// The reason of a KV purge of an instance's key.
+const PURGED_OUTSIDE: &str = "removed from outside the mesh (a KV purge)";
 
 /// The view between flushes.
 pub(super) struct ViewState {
@@ -57,7 +67,7 @@ pub(super) struct ViewState {
     /// The highest revision applied so far (what writers may wait for after a flush).
     high: u64,
     events: Vec<MeshEvent>,
-    expiries: Vec<ExpiryToPublish>,
+    removals: Vec<RemovalToRecord>,
     registry: Arc<RegistryView>,
     stats: Arc<MeshStats>,
     alerts: Arc<KeyAlerts>,
@@ -83,7 +93,7 @@ impl ViewState {
             synced: false,
             high: 0,
             events: Vec::new(),
-            expiries: Vec::new(),
+            removals: Vec::new(),
             registry,
             stats,
             alerts,
@@ -202,7 +212,7 @@ impl ViewState {
         self.index.flush(&self.registry);
         Flushed {
             events: std::mem::take(&mut self.events),
-            expiries: std::mem::take(&mut self.expiries),
+            removals: std::mem::take(&mut self.removals),
         }
     }
 
@@ -421,8 +431,8 @@ impl ViewState {
         }
     }
 
-    /// The event for an instance leaving the view; expiries are also queued for the
-    /// event stream under `revision`.
+    /// The event for an instance leaving the view; removals no owner announces are also
+    /// queued for the event stream under `revision`.
     fn removal_event(
         &mut self,
         instance: Arc<ServiceInstance>,
@@ -432,17 +442,32 @@ impl ViewState {
         match cause {
             RemovalCause::Expired => {
                 MeshStats::incr(&self.stats.expiries);
-                self.expiries.push(ExpiryToPublish {
+                self.removals.push(RemovalToRecord {
                     instance: instance.clone(),
                     revision,
+                    event: EventName::Expired,
+                    reason: EXPIRED,
                 });
                 MeshEvent::Expired { instance }
             }
             RemovalCause::Deregistered { reason } => MeshEvent::Deregistered { instance, reason },
-            RemovalCause::Purged => MeshEvent::Deregistered {
-                instance,
-                reason: Some("purged".to_string()),
-            },
+            RemovalCause::Purged | RemovalCause::Deleted => {
+                let reason = if cause == RemovalCause::Purged {
+                    PURGED_OUTSIDE
+                } else {
+                    DELETED_OUTSIDE
+                };
+                self.removals.push(RemovalToRecord {
+                    instance: instance.clone(),
+                    revision,
+                    event: EventName::Deregistered,
+                    reason,
+                });
+                MeshEvent::Deregistered {
+                    instance,
+                    reason: Some(reason.to_string()),
+                }
+            }
         }
     }
 

@@ -17,11 +17,11 @@ use super::preservation::SelfPreservation;
 use super::registry::RegistryView;
 use crate::error::ErrorKind;
 use crate::metrics::MeshStats;
-use crate::protocol::{EventName, EventRecord, PROTOCOL_VERSION};
+use crate::protocol::{EventRecord, PROTOCOL_VERSION};
 use crate::store::{Store, WatchItem};
 use crate::sync::{KeyAlerts, Watermark};
 
-use super::state::{ExpiryToPublish, ViewState};
+use super::state::{RemovalToRecord, ViewState};
 
 /// Most watch items applied before readers see a new snapshot.
 const MAX_BATCH: usize = 4096;
@@ -157,8 +157,8 @@ impl ViewTask {
                 self.ready
                     .send_if_modified(|ready| !std::mem::replace(ready, true));
             }
-            for expiry in flushed.expiries {
-                self.publish_expired(expiry, &refused_expiries);
+            for removal in flushed.removals {
+                self.record_removal(removal, &refused_expiries);
             }
         }
         debug!("view task ends: the mesh or its watch closed");
@@ -182,23 +182,25 @@ impl ViewTask {
         });
     }
 
-    /// Records an expiry on the event stream, unless this peer may not record that
-    /// service's expiries (the server refused it once: under least privilege a service
-    /// records its own service's, and a witness user every service's).
-    fn publish_expired(&self, expiry: ExpiryToPublish, refused: &Arc<Mutex<FastSet<String>>>) {
+    /// Records a removal no owner announces (an expiry, a delete from outside the mesh) on
+    /// the event stream, unless this peer may not record that service's (the server refused
+    /// it once: under least privilege a service records its own service's, and a witness
+    /// user every service's).
+    fn record_removal(&self, removal: RemovalToRecord, refused: &Arc<Mutex<FastSet<String>>>) {
         if !self.publish_expired {
             return;
         }
-        let service = expiry.instance.service.clone();
-        if lock_set(refused).contains(&service) {
+        let service = removal.instance.service.clone();
+        let refusal = format!("{service}.{}", removal.event.as_str());
+        if lock_set(refused).contains(&refusal) {
             return;
         }
         let record = EventRecord {
             v: PROTOCOL_VERSION,
-            event: EventName::Expired,
-            instance: expiry.instance.clone(),
+            event: removal.event,
+            instance: removal.instance.clone(),
             previous_status: None,
-            reason: Some("ttl".to_string()),
+            reason: Some(removal.reason.to_string()),
             at: SystemTime::now(),
             origin: self.peer_id.clone(),
         };
@@ -206,18 +208,19 @@ impl ViewTask {
         let stats = self.stats.clone();
         let refused = refused.clone();
         tokio::spawn(async move {
-            match store.record_expiry(&record, expiry.revision).await {
+            match store.record_removal(&record, removal.revision).await {
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::PermissionDenied => {
                     info!(
                         service,
-                        "this user may not record expiries of {service}; leaving them to a peer that may"
+                        event = record.event.as_str(),
+                        "this user may not record these events of {service}; leaving them to a peer that may"
                     );
-                    lock_set(&refused).insert(service);
+                    lock_set(&refused).insert(refusal);
                 }
                 Err(e) => {
                     MeshStats::incr(&stats.event_publish_failures);
-                    warn!(error = %e, "could not record an expiry");
+                    warn!(error = %e, event = record.event.as_str(), "could not record a removal");
                 }
             }
         });

@@ -4,7 +4,7 @@
 use super::tests::instance;
 use super::*;
 use crate::instance::ServiceInstance;
-use crate::protocol::InstanceRecord;
+use crate::protocol::{EventName, InstanceRecord};
 use crate::store::MemoryStore;
 use crate::store::{KvChange, RemovalCause};
 

@@ -15,7 +15,9 @@ use super::{name, NatsStore};
 use crate::error::{Error, ErrorKind, Result};
 use crate::history::{History, HistoryQuery, Start, StoredEvent};
 use crate::protocol::headers as h;
-use crate::protocol::{checkpoint_subject, events_filter, CheckpointPart, EventRecord};
+use crate::protocol::{
+    checkpoint_subject, event_subject, events_filter, CheckpointPart, EventRecord,
+};
 use crate::store::Locate;
 
 /// JetStream's error code for "no message found".
@@ -62,53 +64,67 @@ impl NatsStore {
         })?;
         let until = query.until_time();
         let counted = skipped.clone();
-        let events = futures::stream::unfold(
-            (messages, false),
-            move |(mut messages, mut done)| {
-                let counted = counted.clone();
-                async move {
-                    loop {
-                        if done {
-                            return None;
+        let prefix = options.subject_prefix.clone();
+        let events = futures::stream::unfold((messages, false), move |(mut messages, mut done)| {
+            let counted = counted.clone();
+            let prefix = prefix.clone();
+            async move {
+                loop {
+                    if done {
+                        return None;
+                    }
+                    let message = match messages.next().await? {
+                        Ok(message) => message,
+                        Err(e) => {
+                            let error = Error::with_source(
+                                ErrorKind::Transport,
+                                "the history consumer failed",
+                                e,
+                            );
+                            return Some((Err(error), (messages, true)));
                         }
-                        let message = match messages.next().await? {
-                            Ok(message) => message,
-                            Err(e) => {
-                                let error = Error::with_source(
-                                    ErrorKind::Transport,
-                                    "the history consumer failed",
-                                    e,
-                                );
-                                return Some((Err(error), (messages, true)));
-                            }
-                        };
-                        let Ok(info) = message.info() else {
-                            continue;
-                        };
-                        let stored_at = to_system_time(info.published.unix_timestamp_nanos());
-                        if until.is_some_and(|until| stored_at > until) {
-                            return None;
+                    };
+                    let Ok(info) = message.info() else {
+                        continue;
+                    };
+                    let stored_at = to_system_time(info.published.unix_timestamp_nanos());
+                    if until.is_some_and(|until| stored_at > until) {
+                        return None;
+                    }
+                    let sequence = info.stream_sequence;
+                    done = !follow && info.pending == 0;
+                    // An event is what its subject says it is: a payload naming another
+                    // instance, service or event is not history.
+                    let decoded = EventRecord::decode(&message.payload).and_then(|record| {
+                        let instance = &record.instance;
+                        let subject =
+                            event_subject(&prefix, &instance.service, &instance.id, record.event);
+                        if subject == message.subject.as_str() {
+                            Ok(record)
+                        } else {
+                            Err(Error::new(
+                                ErrorKind::Decode,
+                                format!("its payload is an event of {subject}"),
+                            ))
                         }
-                        let sequence = info.stream_sequence;
-                        done = !follow && info.pending == 0;
-                        match EventRecord::decode(&message.payload) {
-                            Ok(record) => {
-                                let event = StoredEvent {
-                                    sequence,
-                                    stored_at,
-                                    record,
-                                };
-                                return Some((Ok(event), (messages, done)));
-                            }
-                            Err(e) => {
-                                counted.fetch_add(1, Ordering::Relaxed);
-                                warn!(subject = %message.subject, sequence, error = %e, "skipping an undecodable event");
-                            }
+                    });
+                    match decoded {
+                        Ok(record) => {
+                            let event = StoredEvent {
+                                sequence,
+                                stored_at,
+                                record,
+                            };
+                            return Some((Ok(event), (messages, done)));
+                        }
+                        Err(e) => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            warn!(subject = %message.subject, sequence, error = %e, "skipping an undecodable event");
                         }
                     }
                 }
-            },
-        );
+            }
+        });
         Ok(History::new(events, skipped))
     }
 
@@ -116,7 +132,11 @@ impl NatsStore {
     pub(crate) async fn event_bounds(&self) -> Result<(u64, u64)> {
         let mut stream = self.event_stream().await?;
         let info = stream.info().await.map_err(|e| {
-            Error::with_source(ErrorKind::Transport, "cannot read the event stream's state", e)
+            Error::with_source(
+                ErrorKind::Transport,
+                "cannot read the event stream's state",
+                e,
+            )
         })?;
         Ok((info.state.first_sequence, info.state.last_sequence))
     }
@@ -145,7 +165,9 @@ impl NatsStore {
             })?;
         let raw = match response {
             jetstream::response::Response::Ok(got) => got.message,
-            jetstream::response::Response::Err { error } if error.error_code().0 == NO_MESSAGE_FOUND => {
+            jetstream::response::Response::Err { error }
+                if error.error_code().0 == NO_MESSAGE_FOUND =>
+            {
                 return Ok(None)
             }
             jetstream::response::Response::Err { error } => {
@@ -161,7 +183,10 @@ impl NatsStore {
         let sequence = raw.sequence;
         let stored_at = to_system_time(raw.time.unix_timestamp_nanos());
         let message = jetstream::message::StreamMessage::try_from(raw).map_err(|e| {
-            Error::new(ErrorKind::Decode, format!("checkpoint message {sequence}: {e}"))
+            Error::new(
+                ErrorKind::Decode,
+                format!("checkpoint message {sequence}: {e}"),
+            )
         })?;
         let part = CheckpointPart::decode(&message.payload)?;
         Ok(Some((sequence, stored_at, part)))

@@ -135,7 +135,6 @@ impl NatsStore {
 /// Longest wait for outgoing messages to leave when a mesh closes.
 const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
-
 /// Runs a JetStream request, or returns the server's text as soon as it refuses the
 /// request's `subject` (a refused request gets no reply and would wait out its timeout).
 async fn unless_denied<T>(

@@ -120,9 +120,15 @@ impl NatsStore {
     }
 
     #[tracing::instrument(name = "nats.publish_event", skip_all, fields(event = record.event.as_str(), msg_id = msg_id))]
-    pub(crate) async fn publish_event(&self, record: &EventRecord, msg_id: &str) -> Result<()> {
+    pub(crate) async fn publish_event(
+        &self,
+        record: &EventRecord,
+        msg_id: &str,
+        revision: u64,
+    ) -> Result<()> {
         let mut headers = event_headers(record);
         headers.insert(name(h::NATS_MSG_ID), msg_id);
+        headers.insert(name(h::REVISION), revision.to_string());
         self.publish(
             self.event_subject(record),
             headers,
@@ -143,19 +149,21 @@ impl NatsStore {
         )
     }
 
-    /// Records the expiry of the record at bucket `revision` as an `expired` event, once
-    /// whoever else records it. The event is appended only if the instance's last event is
-    /// the one this peer read (`Nats-Expected-Last-Subject-Sequence` over all the instance's
-    /// subjects), so of peers racing, one stores it and the others then find it as the
-    /// instance's last `expired` event; no `Nats-Msg-Id`, which another client could claim
-    /// first. Transient failures (an election of the stream's leader) are retried as
-    /// owners' events are. Returns whether this call stored it.
-    #[tracing::instrument(name = "nats.record_expiry", skip_all, fields(revision))]
-    pub(crate) async fn record_expiry(&self, record: &EventRecord, revision: u64) -> Result<bool> {
+    /// Records a removal no owner announces (an expiry, or a delete from outside the mesh)
+    /// at bucket `revision` as the record's event, once whoever else records it. The event
+    /// is appended only if the instance's last event is the one this peer read
+    /// (`Nats-Expected-Last-Subject-Sequence` over all the instance's subjects) and is not
+    /// about a write at or after `revision` (every event names its revision): of peers
+    /// racing, one stores it and the others then find it; an owner that wrote its key again
+    /// after the removal is not followed by the removal. No `Nats-Msg-Id`, which another
+    /// client could claim first. Transient failures (an election of the stream's leader)
+    /// are retried as owners' events are. Returns whether this call stored it.
+    #[tracing::instrument(name = "nats.record_removal", skip_all, fields(revision))]
+    pub(crate) async fn record_removal(&self, record: &EventRecord, revision: u64) -> Result<bool> {
         let instance = &record.instance;
         let filter =
             instance_events_filter(&self.inner.subject_prefix, &instance.service, &instance.id);
-        let expired_subject = self.event_subject(record);
+        let own_subject = self.event_subject(record);
         let body = Bytes::from(record.encode()?);
         let mut headers = event_headers(record);
         headers.insert(name(h::REVISION), revision.to_string());
@@ -163,14 +171,14 @@ impl NatsStore {
             name(h::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT),
             filter.as_str(),
         );
-        let give_up = tokio::time::Instant::now() + RECORD_EXPIRY_PATIENCE;
+        let give_up = tokio::time::Instant::now() + RECORD_REMOVAL_PATIENCE;
         let mut delay = Duration::from_millis(100);
         let mut conflicts = 0;
         loop {
             let attempt = async {
                 // Recorded already, by another peer (perhaps before the owner wrote again),
                 // or a later expiry of the same id was: nothing to add.
-                if let Some(last) = self.last_event(&expired_subject).await? {
+                if let Some(last) = self.last_event(&own_subject).await? {
                     if last.revision.is_some_and(|recorded| recorded >= revision) {
                         return Ok(false);
                     }
@@ -199,7 +207,7 @@ impl NatsStore {
                 Ok(stored) => return Ok(stored),
                 // Another event of the instance came between the read and the write.
                 Err(e)
-                    if e.kind() == ErrorKind::Conflict && conflicts < RECORD_EXPIRY_CONFLICTS =>
+                    if e.kind() == ErrorKind::Conflict && conflicts < RECORD_REMOVAL_CONFLICTS =>
                 {
                     conflicts += 1;
                 }
@@ -348,12 +356,12 @@ fn event_headers(record: &EventRecord) -> HeaderMap {
     headers
 }
 
-/// How often [`NatsStore::record_expiry`] reads and tries again after losing a race.
-const RECORD_EXPIRY_CONFLICTS: usize = 8;
+/// How often [`NatsStore::record_removal`] reads and tries again after losing a race.
+const RECORD_REMOVAL_CONFLICTS: usize = 8;
 
-/// How long [`NatsStore::record_expiry`] retries transient failures: long enough to ride
+/// How long [`NatsStore::record_removal`] retries transient failures: long enough to ride
 /// out the election of a new leader of the event stream, as owners' events do.
-const RECORD_EXPIRY_PATIENCE: Duration = Duration::from_secs(12);
+const RECORD_REMOVAL_PATIENCE: Duration = Duration::from_secs(12);
 
 /// An instance's last event, as far as recording an expiry needs it.
 struct LastEvent {
