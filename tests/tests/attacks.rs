@@ -268,6 +268,27 @@ async fn a_service_cannot_forge_the_expiry_of_another_services_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_witness_may_write_a_checkpoint_so_no_service_can_restate_the_registry() {
+    let server = server_with_auth_conf();
+    let (admin, billing, victim) = billing_with_a_victim(&server).await;
+    let orders = mesh_as(&server, "orders").await;
+    let err = orders
+        .write_checkpoint()
+        .await
+        .expect_err("a service wrote a checkpoint stating every service's instances");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    let witness = mesh_as(&server, "witness").await;
+    let first = witness.write_checkpoint().await.unwrap();
+    assert!(first.is_some(), "the witness's checkpoint was not stored");
+    let now = orders.past_registry(None).await.unwrap();
+    assert_eq!(now.checkpoint(), first, "readers start from the witness's checkpoint");
+    assert!(now.get(&victim.id()).is_some());
+    for mesh in [orders, witness, billing, admin] {
+        mesh.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_expiry_is_recorded_once_by_a_peer_allowed_to_record_it() {
     let server = server_with_auth_conf();
     // The admin creates the bucket and the stream, and leaves: it may record any expiry.
