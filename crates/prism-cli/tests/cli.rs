@@ -797,3 +797,82 @@ async fn witness_records_the_expiry_no_peer_of_the_service_is_left_to_record() {
     assert_eq!(witness.wait(WAIT), Some(0));
     admin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_follow_prints_the_stored_events_then_live_ones() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (owner, registrations) = owner_with(&server, "followed", &[8401]).await;
+    let mut replay = PeerProcess::spawn(
+        PRISM,
+        &["replay", "followed", "--follow", "--url", &url, "--json"],
+    );
+    let stored = replay.expect_line(WAIT, "the stored registration", |v| {
+        v["event"] == "registered" && v["id"] == registrations[0].id().to_string()
+    });
+    let first_sequence = stored["sequence"].as_u64().expect("a sequence");
+    // Another service's events are filtered out by the server; this one's come live.
+    let (other, _) = owner_with(&server, "unrelated", &[8402]).await;
+    registrations[0]
+        .set_status(InstanceStatus::Healthy, Some("live now"))
+        .await
+        .unwrap();
+    let live = replay.expect_line(WAIT, "the live status change", |v| {
+        v["event"] == "status" && v["reason"] == "live now"
+    });
+    assert!(live["sequence"].as_u64().unwrap() > first_sequence);
+    assert_eq!(live["service"], "followed");
+    other.shutdown().await;
+    owner.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_into_a_pipe_closed_after_one_line_ends_quietly_with_exit_0() {
+    use std::io::BufRead;
+    let server = NatsServer::start();
+    let url = server.url();
+    // More output than a pipe and the command's buffer hold, so writing goes on after the
+    // reader is gone.
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mesh = fast_mesh(&url).connect().await.unwrap();
+    let mut acks = Vec::new();
+    for port in 0..3000u16 {
+        let instance = ServiceInstance::builder("chatty", "127.0.0.1", 10_000 + port)
+            .build()
+            .unwrap();
+        let record = prism_mesh::protocol::EventRecord {
+            v: prism_mesh::protocol::PROTOCOL_VERSION,
+            event: prism_mesh::protocol::EventName::Registered,
+            previous_status: None,
+            reason: Some("a long enough reason to make every line of the replay longer".into()),
+            at: SystemTime::now(),
+            origin: "test".into(),
+            instance: instance.into(),
+        };
+        let subject = format!("discovery.chatty.{}.registered", record.instance.id);
+        acks.push(js.publish(subject, record.encode().unwrap().into()).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let mut child = Command::new(PRISM)
+        .args(["replay", "--json", "--url", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    assert!(first.contains("\"chatty\""), "{first}");
+    drop(stdout);
+    let output = child.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "stderr: {stderr}");
+    assert!(
+        !stderr.contains("prism:") && !stderr.contains("panicked"),
+        "a closed pipe is not an error: {stderr}"
+    );
+    mesh.shutdown().await;
+}
