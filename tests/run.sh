@@ -10,6 +10,14 @@ cd "$(dirname "$0")/.."
 
 NATS_SERVER_BIN="$(nats/install-nats-server.sh)"
 export NATS_SERVER_BIN
+# The audit bench measures `prism` processes with GNU time.
+if [ ! -x /usr/bin/time ]; then
+  echo "installing GNU time (/usr/bin/time) for the audit bench" >&2
+  apt-get update -qq && apt-get install -y -qq time >/dev/null || {
+    echo "/usr/bin/time is missing and could not be installed: apt-get install time" >&2
+    exit 1
+  }
+fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
@@ -29,6 +37,8 @@ PRISM_BENCH_SAMPLES=20 PRISM_BENCH_REGISTRATIONS=300 PRISM_BENCH_COLD=300 \
   PRISM_BENCH_FAILOVER_TAIL_SECS=1 \
   cargo bench --profile dev -p prism-benches --bench mesh_vs_raw
 PRISM_PICKS=2000 PRISM_PICK_SERVICES=10 cargo bench --profile dev -p prism-benches --bench picks
+PRISM_BENCH_EVENTS=3000 PRISM_BENCH_LIVE=200 PRISM_BIN="${CARGO_TARGET_DIR:-target}/debug/prism" \
+  cargo bench --profile dev -p prism-benches --bench audit
 if [ -n "${PRISM_FUZZ_SECONDS:-}" ]; then
   fuzz/run.sh "$PRISM_FUZZ_SECONDS"
 fi

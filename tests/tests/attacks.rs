@@ -281,7 +281,11 @@ async fn only_the_witness_may_write_a_checkpoint_so_no_service_can_restate_the_r
     let first = witness.write_checkpoint().await.unwrap();
     assert!(first.is_some(), "the witness's checkpoint was not stored");
     let now = orders.past_registry(None).await.unwrap();
-    assert_eq!(now.checkpoint(), first, "readers start from the witness's checkpoint");
+    assert_eq!(
+        now.checkpoint(),
+        first,
+        "readers start from the witness's checkpoint"
+    );
     assert!(now.get(&victim.id()).is_some());
     for mesh in [orders, witness, billing, admin] {
         mesh.shutdown().await;

@@ -17,7 +17,15 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(15);
 
 /// What a comparison looks at: everything of an instance but its timestamps.
-type Content = (String, String, u16, InstanceStatus, Vec<String>, u32, String);
+type Content = (
+    String,
+    String,
+    u16,
+    InstanceStatus,
+    Vec<String>,
+    u32,
+    String,
+);
 
 fn content(instance: &ServiceInstance) -> Content {
     (
@@ -54,7 +62,10 @@ async fn settled(peer: &Mesh) {
     let mut last = (view_of(peer), peer.history_end().await.unwrap());
     let mut still = 0;
     while still < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "the mesh never settled");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the mesh never settled"
+        );
         tokio::time::sleep(Duration::from_millis(150)).await;
         let now = (view_of(peer), peer.history_end().await.unwrap());
         still = if now == last { still + 1 } else { 0 };
@@ -139,7 +150,11 @@ async fn the_registry_at_any_moment_equals_what_a_peer_held_then_across_checkpoi
         checkpoints.insert(past.checkpoint());
     }
     let now = peer.past_registry(None).await.unwrap();
-    assert_eq!(past_of(&now), view_of(&peer), "at now differs from the live view");
+    assert_eq!(
+        past_of(&now),
+        view_of(&peer),
+        "at now differs from the live view"
+    );
     assert!(
         checkpoints.iter().flatten().count() >= 2,
         "the run should span several checkpoints, read from: {checkpoints:?}"
@@ -195,7 +210,10 @@ async fn a_plain_kv_delete_is_recorded_as_a_removal_from_outside_and_at_agrees()
     let reason = last.record.reason.clone().unwrap_or_default();
     assert!(reason.contains("outside the mesh"), "{reason}");
     let now = peer.past_registry(None).await.unwrap();
-    assert!(now.get(&orphan_id).is_none(), "at now still lists the deleted key");
+    assert!(
+        now.get(&orphan_id).is_none(),
+        "at now still lists the deleted key"
+    );
     assert_eq!(past_of(&now), view_of(&peer));
 
     // With its owner alive, a deleted key comes back at once, and the trail ends with it
@@ -205,11 +223,21 @@ async fn a_plain_kv_delete_is_recorded_as_a_removal_from_outside_and_at_agrees()
     wait_view(&peer, "kept", WAIT, "the kept instance", |v| v.len() == 1).await;
     bucket.delete(kept.instance().key()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    wait_view(&peer, "kept", WAIT, "the restored instance", |v| v.len() == 1).await;
+    wait_view(&peer, "kept", WAIT, "the restored instance", |v| {
+        v.len() == 1
+    })
+    .await;
     settled(&peer).await;
-    assert_eq!(last_event_of(&peer, kept.id()).await.record.event, EventName::Registered);
+    assert_eq!(
+        last_event_of(&peer, kept.id()).await.record.event,
+        EventName::Registered
+    );
     let now = peer.past_registry(None).await.unwrap();
-    assert_eq!(past_of(&now), view_of(&peer), "at now differs from the live view");
+    assert_eq!(
+        past_of(&now),
+        view_of(&peer),
+        "at now differs from the live view"
+    );
     keeper.shutdown().await;
     peer.shutdown().await;
 }

@@ -851,7 +851,11 @@ async fn replay_into_a_pipe_closed_after_one_line_ends_quietly_with_exit_0() {
             instance: instance.into(),
         };
         let subject = format!("discovery.chatty.{}.registered", record.instance.id);
-        acks.push(js.publish(subject, record.encode().unwrap().into()).await.unwrap());
+        acks.push(
+            js.publish(subject, record.encode().unwrap().into())
+                .await
+                .unwrap(),
+        );
     }
     for ack in acks {
         ack.await.unwrap();

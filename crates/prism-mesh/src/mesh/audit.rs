@@ -70,8 +70,8 @@ impl Mesh {
         Ok(self.past_registry(Some(at)).await?.into_map())
     }
 
-    /// What changed between `from` and `to`, reading the events between them once, with
-    /// the registries at both ends.
+    /// What changed between `from` and `to`, with the registries at both ends (each read
+    /// from its nearest checkpoint).
     pub async fn registry_diff(
         &self,
         from: SystemTime,
