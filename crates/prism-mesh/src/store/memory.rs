@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::{History, HistoryQuery, Start, StoredEvent};
 use super::{KvChange, RemovalCause, WatchItem, WriteCondition};
 use crate::error::{Error, ErrorKind, Result};
-use crate::history::{History, HistoryQuery, Start, StoredEvent};
 use crate::protocol::{EventRecord, InstanceRecord};
 
 /// How often expired keys are swept (NATS runs a 1 s timing wheel; we are finer).

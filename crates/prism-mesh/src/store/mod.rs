@@ -4,6 +4,7 @@
 //! records through it, peers watch it. Everything above (owners, the peer view, events) is
 //! shared, so the in-process [`MemoryStore`] and NATS JetStream behave the same.
 
+mod history;
 mod memory;
 mod nats;
 
@@ -12,11 +13,12 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 pub(crate) use crate::protocol::bucket::{KvChange, RemovalCause, WatchItem, WriteCondition};
+pub(crate) use history::Start;
+pub use history::{History, HistoryQuery, StoredEvent};
 pub use memory::MemoryStore;
 pub(crate) use nats::NatsStore;
 
 use crate::error::Result;
-use crate::history::{History, HistoryQuery};
 use crate::protocol::{CheckpointPart, EventRecord, InstanceRecord};
 
 /// Where a checkpoint part is looked for.

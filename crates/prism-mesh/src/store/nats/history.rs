@@ -13,12 +13,12 @@ use tracing::warn;
 
 use super::{name, NatsStore};
 use crate::error::{Error, ErrorKind, Result};
-use crate::history::{History, HistoryQuery, Start, StoredEvent};
 use crate::protocol::headers as h;
 use crate::protocol::{
     checkpoint_subject, event_subject, events_filter, CheckpointPart, EventRecord,
 };
 use crate::store::Locate;
+use crate::store::{History, HistoryQuery, Start, StoredEvent};
 
 /// JetStream's error code for "no message found".
 const NO_MESSAGE_FOUND: u64 = 10037;
