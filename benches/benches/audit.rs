@@ -26,7 +26,8 @@ use prism_tests::NatsServer;
 
 const SERVICES: usize = 1000;
 const NEEDLE: &str = "needle";
-const WINDOW: usize = 8192;
+// Below async-nats's default limit of acknowledgements in flight (a publish waits for a slot).
+const WINDOW: usize = 512;
 
 /// The `prism` binary to measure: `PRISM_BIN`, or the release build (made if missing).
 fn prism_bin() -> PathBuf {
@@ -233,13 +234,14 @@ async fn generate(
     }
 }
 
-/// A raw ordered consumer over every event subject, from the first: (events, time).
-async fn raw_read(js: &jetstream::Context) -> (u64, Duration) {
+/// A raw ordered consumer, created and read to its first message (`filter` empty: all) and
+/// on to the end when `whole`: (messages, time).
+async fn raw_consumer(js: &jetstream::Context, filter: &str, whole: bool) -> (u64, Duration) {
     let started = Instant::now();
     let stream = js.get_stream("PRISM_DISCOVERY").await.expect("stream");
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: "discovery.*.*.*".into(),
+            filter_subject: filter.to_string(),
             ..Default::default()
         })
         .await
@@ -249,21 +251,24 @@ async fn raw_read(js: &jetstream::Context) -> (u64, Duration) {
     while let Some(message) = messages.next().await {
         let message = message.expect("message");
         count += 1;
-        if message.info().expect("info").pending == 0 {
+        if !whole || message.info().expect("info").pending == 0 {
             break;
         }
     }
     (count, started.elapsed())
 }
 
-/// The library's history over the same stream, every event decoded: (events, time).
-async fn mesh_read(mesh: &Mesh) -> (u64, Duration) {
+/// The library's history as `query` says, to its first event or its end: (events, time).
+async fn mesh_history(mesh: &Mesh, query: HistoryQuery, whole: bool) -> (u64, Duration) {
     let started = Instant::now();
-    let mut events = mesh.history(HistoryQuery::new()).await.expect("history");
+    let mut events = mesh.history(query).await.expect("history");
     let mut count = 0;
     while let Some(event) = events.next().await {
         event.expect("event");
         count += 1;
+        if !whole {
+            break;
+        }
     }
     (count, started.elapsed())
 }
@@ -310,9 +315,9 @@ async fn main() {
     );
 
     // Full reads: raw first and last, the library in between, to spread any warm-up.
-    let (raw_count, raw_first) = raw_read(&js).await;
-    let (mesh_count, mesh_took) = mesh_read(&mesh).await;
-    let (_, raw_second) = raw_read(&js).await;
+    let (raw_count, raw_first) = raw_consumer(&js, "", true).await;
+    let (mesh_count, mesh_took) = mesh_history(&mesh, HistoryQuery::new(), true).await;
+    let (_, raw_second) = raw_consumer(&js, "", true).await;
     let raw_took = (raw_first + raw_second) / 2;
     assert_eq!(
         raw_count, mesh_count,
@@ -320,6 +325,16 @@ async fn main() {
     );
     let rate = |count: u64, took: Duration| count as f64 / took.as_secs_f64();
 
+    let (_, raw_first_event) = raw_consumer(&js, "", false).await;
+    let (_, mesh_first_event) = mesh_history(&mesh, HistoryQuery::new(), false).await;
+    let (raw_needles, raw_needle) = raw_consumer(&js, "discovery.needle.*.*", true).await;
+    let (mesh_needles, mesh_needle) =
+        mesh_history(&mesh, HistoryQuery::new().service(NEEDLE), true).await;
+    assert_eq!(
+        (raw_needles, mesh_needles),
+        (5, 5),
+        "the needle has five events"
+    );
     let stamp = |time: SystemTime| humantime::format_rfc3339_micros(time).to_string();
     let now = stamp(SystemTime::now());
     let (at_took, at_mib, _) = measured(&prism, &url, &["at", &now, "--json"]);
@@ -337,7 +352,7 @@ async fn main() {
     assert!(needle_bytes > 0, "the needle's events were not printed");
     let first = first_line(&prism, &url);
     let (replay_took, replay_mib, replay_bytes) = measured(&prism, &url, &["replay"]);
-    let (small_took, small_mib, _) = {
+    let (_, small_mib, _) = {
         // The same command on a history of one event: its memory is the baseline.
         let small = NatsServer::start();
         let small_mesh = Mesh::builder()
@@ -377,25 +392,36 @@ async fn main() {
         replay_took.as_secs_f64() / raw_took.as_secs_f64()
     );
     println!(
-        "| `prism replay` peak memory: whole history vs a one-event history | {replay_mib:.1} MiB | {small_mib:.1} MiB ({}) | {:.2}x |",
-        ms(small_took),
+        "| `prism replay` peak memory: whole history vs a one-event history | {replay_mib:.1} MiB | {small_mib:.1} MiB | {:.2}x |",
         replay_mib / small_mib
     );
     println!(
-        "| `prism replay` first line on a pipe | {} | - | - |",
+        "| first event of the whole history (`Mesh::history`; raw: an ordered consumer's first message) | {} | {} | {:.2}x |",
+        ms(mesh_first_event),
+        ms(raw_first_event),
+        mesh_first_event.as_secs_f64() / raw_first_event.as_secs_f64()
+    );
+    println!(
+        "| `prism replay` first line on a pipe (a process: start, connect, read) | {} | - | - |",
         ms(first)
     );
     println!(
-        "| `prism replay {NEEDLE}` (5 events among {mesh_count}) | {} | - | - |",
+        "| the 5 events of one service among {mesh_count} (`Mesh::history` of `{NEEDLE}`; raw: an ordered consumer filtered on it) | {} | {} | {:.2}x |",
+        ms(mesh_needle),
+        ms(raw_needle),
+        mesh_needle.as_secs_f64() / raw_needle.as_secs_f64()
+    );
+    println!(
+        "| `prism replay {NEEDLE}` (a process: start, connect, read) | {} | - | - |",
         ms(needle_took)
     );
     println!(
-        "| `prism at <now>` ({} checkpoints in the stream) | {} , {at_mib:.1} MiB | - | - |",
+        "| `prism at <now>` ({} checkpoints in the stream), wall time and peak memory | {} , {at_mib:.1} MiB | - | - |",
         generated.checkpoints,
         ms(at_took)
     );
     println!(
-        "| `prism diff <half> <three quarters>` | {} , {diff_mib:.1} MiB | - | - |",
+        "| `prism diff <half> <three quarters> --json`, wall time and peak memory | {} , {diff_mib:.1} MiB | - | - |",
         ms(diff_took)
     );
     println!("| event stream size | {stream_mib:.0} MiB | - | - |");

@@ -69,6 +69,9 @@ enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Write a checkpoint of the registry into the event stream now (peers and `prism
+    /// witness` write them when due; under nats/auth.conf only the witness user may).
+    Checkpoint(ConnectArgs),
     /// What changed in the registry between two moments.
     Diff {
         /// From (RFC 3339 or an age).
@@ -267,6 +270,7 @@ async fn main() -> ExitCode {
         }
         Command::Replay { args, connect } => commands::audit::replay(&args, &connect).await,
         Command::At { time, connect } => commands::audit::at(&time, &connect).await,
+        Command::Checkpoint(connect) => commands::audit::checkpoint(&connect).await,
         Command::Diff { from, to, connect } => commands::audit::diff(&from, &to, &connect).await,
         Command::Register(args) => commands::sidecar::run(args).await,
         Command::Health {

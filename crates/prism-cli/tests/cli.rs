@@ -308,6 +308,36 @@ async fn replay_at_and_diff_rebuild_the_past_from_the_event_stream() {
         !out.contains("disk full"),
         "--until cut the later events: {out}"
     );
+    // A checkpoint written now changes nothing `at` says, before or after it.
+    let checkpoint = prism(&["checkpoint", "--url", &url]);
+    assert!(checkpoint.status.success(), "{}", text(&checkpoint.stderr));
+    assert!(
+        text(&checkpoint.stdout).contains("checkpoint written at stream sequence"),
+        "{}",
+        text(&checkpoint.stdout)
+    );
+    let again: Value =
+        serde_json::from_slice(&prism(&["at", &stamp, "--url", &url, "--json"]).stdout).unwrap();
+    assert_eq!(again, value, "a checkpoint changed the past");
+    let now: Value =
+        serde_json::from_slice(&prism(&["at", "0s ago", "--url", &url, "--json"]).stdout).unwrap();
+    let mut ids: Vec<&str> = now
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut live_ids: Vec<String> = live
+        .discover("audited")
+        .iter()
+        .map(|i| i.id.to_string())
+        .collect();
+    live_ids.sort();
+    assert_eq!(
+        ids, live_ids,
+        "at now after a checkpoint differs from the live view"
+    );
     let replay = prism(&["replay", "--since", &stamp, "--url", &url, "--json"]);
     let events: Vec<Value> = text(&replay.stdout)
         .lines()

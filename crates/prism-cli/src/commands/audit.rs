@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use prism_mesh::{HistoryQuery, PastRegistry, ServiceInstance};
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::commands::inspect::parse_time;
@@ -87,6 +86,19 @@ async fn print_history(
     Ok(())
 }
 
+/// Writes a checkpoint of the registry now (as the `witness` user under nats/auth.conf).
+pub async fn checkpoint(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
+    let mesh = connect.connect_reader().await?;
+    let written = mesh.write_checkpoint().await;
+    mesh.shutdown().await;
+    let mut out = Out::new(false);
+    match written? {
+        Some(first) => out.line(&format!("checkpoint written at stream sequence {first}"))?,
+        None => out.line("another peer wrote a checkpoint at the same moment; it stands")?,
+    }
+    out.flush().map(|()| ExitCode::SUCCESS)
+}
+
 /// Says on stderr when the stream's retention removed events a rebuilt registry needed.
 fn warn_if_incomplete(registry: &PastRegistry, time: SystemTime) {
     if !registry.is_complete() {
@@ -140,12 +152,30 @@ pub async fn diff(from: &str, to: &str, connect: &ConnectArgs) -> Result<ExitCod
     warn_if_incomplete(&before, from);
     let mut out = Out::new(false);
     if connect.json {
-        let value = json!({
-            "added": diff.added,
-            "removed": diff.removed,
-            "changed": diff.changed.iter().map(|(before, after)| json!({"before": before, "after": after})).collect::<Vec<_>>(),
-        });
-        out.line(&value.to_string())?;
+        // Serialized from references, not through a `serde_json::Value` copy of every
+        // instance: a diff across a busy hour holds tens of thousands.
+        #[derive(serde::Serialize)]
+        struct Changed<'a> {
+            before: &'a ServiceInstance,
+            after: &'a ServiceInstance,
+        }
+        #[derive(serde::Serialize)]
+        struct Diff<'a> {
+            added: &'a [ServiceInstance],
+            removed: &'a [ServiceInstance],
+            changed: Vec<Changed<'a>>,
+        }
+        let shown = Diff {
+            added: &diff.added,
+            removed: &diff.removed,
+            changed: diff
+                .changed
+                .iter()
+                .map(|(before, after)| Changed { before, after })
+                .collect(),
+        };
+        let text = serde_json::to_string(&shown).map_err(|e| CliError::Other(e.to_string()))?;
+        out.line(&text)?;
         return out.flush().map(|()| ExitCode::SUCCESS);
     }
     let line = |sign: char, instance: &ServiceInstance, status: String| {

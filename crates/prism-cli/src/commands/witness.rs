@@ -1,7 +1,9 @@
-//! `prism witness`: records every expiry this user may record on the event stream, and
-//! prints each expiry it sees. Under `nats/auth.conf` services record only their own
-//! service's expiries; run this as the `witness` user so that the last instance of a
-//! service expiring is recorded too. Any number may run: one expiry is one event.
+//! `prism witness`: records every expiry (and removal from outside the mesh) this user may
+//! record on the event stream, writes checkpoints when they are due, and prints each expiry
+//! it sees. Under `nats/auth.conf` services record only their own service's expiries and
+//! no service writes checkpoints; run this as the `witness` user so that the last instance
+//! of a service expiring is recorded too and the trail is checkpointed. Any number may run:
+//! one expiry is one event, one checkpoint wins a race.
 
 use std::process::ExitCode;
 

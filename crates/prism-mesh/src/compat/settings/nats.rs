@@ -288,6 +288,26 @@ impl<'a> Loader<'a> {
                 *field = timeout;
             }
         }
+        // Retention of the audit trail (docs/architecture.md sizes it).
+        if let Some(age) = self.layered(
+            "backend_config.nats.event_max_age",
+            raw.event_max_age,
+            None,
+            parse_duration,
+        )? {
+            if age.is_zero() {
+                return Err(self.at("backend_config.nats.event_max_age", "must be above zero"));
+            }
+            nats.event_max_age = age;
+        }
+        if let Some(bytes) = self.layered(
+            "backend_config.nats.event_max_bytes",
+            raw.event_max_bytes,
+            None,
+            parse_count,
+        )? {
+            nats.event_max_bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        }
         nats.client_name = raw.client_name.as_ref().and_then(non_empty);
         nats.inbox_prefix = raw.inbox_prefix.as_ref().and_then(non_empty);
         Ok(())

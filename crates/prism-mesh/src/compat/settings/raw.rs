@@ -59,6 +59,8 @@ pub(super) struct RawNats {
     pub(super) connect_timeout: Option<Scalar>,
     pub(super) connect_deadline: Option<Scalar>,
     pub(super) request_timeout: Option<Scalar>,
+    pub(super) event_max_age: Option<Scalar>,
+    pub(super) event_max_bytes: Option<Scalar>,
     pub(super) client_name: Option<Scalar>,
     pub(super) inbox_prefix: Option<Scalar>,
 }

@@ -459,3 +459,25 @@ fn the_nkey_seed_file_goes_into_the_nats_options_every_caller_uses() {
     );
     assert_eq!(settings.nats.inbox_prefix.as_deref(), Some("_INBOX_orders"));
 }
+
+#[test]
+fn the_event_streams_retention_is_read_from_the_nats_section() {
+    let settings = load(
+        "service_discovery:\n  backend_config:\n    nats:\n      event_max_age: 2d\n      event_max_bytes: 5368709120\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        settings.nats.event_max_age,
+        Duration::from_secs(2 * 24 * 3600)
+    );
+    assert_eq!(settings.nats.event_max_bytes, 5 << 30);
+    let shown = error(
+        "service_discovery:\n  backend_config:\n    nats:\n      event_max_age: 0s\n",
+        &[],
+    );
+    assert!(
+        shown.contains("backend_config.nats.event_max_age: must be above zero"),
+        "{shown}"
+    );
+}

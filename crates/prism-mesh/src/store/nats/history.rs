@@ -28,11 +28,19 @@ impl NatsStore {
     #[tracing::instrument(name = "nats.history", skip_all)]
     pub(crate) async fn history(&self, query: &HistoryQuery) -> Result<History> {
         let options = &self.inner.options;
-        let filter = events_filter(
-            &options.subject_prefix,
-            query.service_name(),
-            query.instance_id(),
-        );
+        // Everything: no filter, which the server starts at once (a wildcard filter over
+        // a long stream costs it a count of the matching messages); the checkpoints among
+        // them are passed over here.
+        let filter = if query.service_name().is_none() && query.instance_id().is_none() {
+            String::new()
+        } else {
+            events_filter(
+                &options.subject_prefix,
+                query.service_name(),
+                query.instance_id(),
+            )
+        };
+        let checkpoints = checkpoint_subject(&options.subject_prefix);
         let deliver_policy = match query.start() {
             Start::First => consumer::DeliverPolicy::All,
             Start::Time(time) => consumer::DeliverPolicy::ByStartTime {
@@ -65,9 +73,11 @@ impl NatsStore {
         let until = query.until_time();
         let counted = skipped.clone();
         let prefix = options.subject_prefix.clone();
+        let checkpoints = Arc::new(checkpoints);
         let events = futures::stream::unfold((messages, false), move |(mut messages, mut done)| {
             let counted = counted.clone();
             let prefix = prefix.clone();
+            let checkpoints = checkpoints.clone();
             async move {
                 loop {
                     if done {
@@ -93,6 +103,9 @@ impl NatsStore {
                     }
                     let sequence = info.stream_sequence;
                     done = !follow && info.pending == 0;
+                    if message.subject.as_str() == checkpoints.as_str() {
+                        continue;
+                    }
                     // An event is what its subject says it is: a payload naming another
                     // instance, service or event is not history.
                     let decoded = EventRecord::decode(&message.payload).and_then(|record| {
