@@ -178,7 +178,9 @@ async fn generate(
                     slots[slot] = Some(instance.clone());
                     record(EventName::Registered, instance)
                 }
-                Some(instance) if state.is_multiple_of(5) => record(EventName::Deregistered, instance),
+                Some(instance) if state.is_multiple_of(5) => {
+                    record(EventName::Deregistered, instance)
+                }
                 Some(instance) => {
                     let mut changed = ServiceInstance::clone(&instance);
                     changed.status = if changed.status == InstanceStatus::Healthy {
