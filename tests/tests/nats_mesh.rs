@@ -544,6 +544,7 @@ async fn puts_carry_only_the_headers_the_server_acts_on_and_events_the_documente
             "Nats-Msg-Id",
             "Prism-Instance",
             "Prism-Origin",
+            "Prism-Revision",
             "Prism-Service",
             "Prism-Status"
         ]
@@ -568,6 +569,8 @@ async fn puts_carry_only_the_headers_the_server_acts_on_and_events_the_documente
     assert_eq!(header(&registered, "Prism-Instance"), id);
     assert_eq!(header(&registered, "Prism-Status"), "starting");
     assert!(!header(&registered, "Prism-Origin").is_empty());
+    // The event names the bucket revision of the write it is about: the create's.
+    assert_eq!(header(&registered, "Prism-Revision"), created_at);
     let status = next_message(&mut events).await;
     assert_eq!(
         header_names(&status),
@@ -577,6 +580,7 @@ async fn puts_carry_only_the_headers_the_server_acts_on_and_events_the_documente
             "Prism-Origin",
             "Prism-Previous-Status",
             "Prism-Reason",
+            "Prism-Revision",
             "Prism-Service",
             "Prism-Status"
         ]
