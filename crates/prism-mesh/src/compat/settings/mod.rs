@@ -287,7 +287,7 @@ impl DiscoverySettings {
     /// let settings = DiscoverySettings::from_yaml_str(yaml, "inline.yaml", &env)?;
     ///
     /// assert_eq!(settings.backend, BackendKind::Nats);
-    /// assert_eq!(settings.nats.urls, ["nats://127.0.0.1:4222"]);
+    /// assert_eq!(settings.nats.urls(), ["nats://127.0.0.1:4222"]);
     /// assert_eq!(settings.heartbeat_interval, Duration::from_millis(2500));
     /// assert_eq!(settings.load_balancing.strategy, Strategy::LeastOutstanding);
     /// assert_eq!(
