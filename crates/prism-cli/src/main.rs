@@ -16,6 +16,10 @@ use prism_mesh::{Mesh, NatsAuth, NatsOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Show the library's log lines on stderr: -v warnings, -vv info, -vvv debug
+    /// (`PRISM_LOG` takes a full filter instead). Quiet by default.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
 }
 
 const EXAMPLES: &str = "Examples:
@@ -29,8 +33,10 @@ const EXAMPLES: &str = "Examples:
   prism register --service api --port 8080 --check-http /health -- ./api-server
   prism health orders
 
-Exit codes: 0 ok, 1 error, 2 usage or configuration, 3 cannot reach the server, 4 not found,
-5 a health check failed; `register` exits with its command's code (128 + signal).";
+Exit codes: 0 ok, 1 error, 2 usage, configuration or invalid input, 3 cannot reach the
+server, 4 not found, 5 a health check failed, 6 authentication or permission refused;
+`register` exits with its command's code (128 + signal), 126 when the command cannot be
+run, 127 when it does not exist.";
 
 #[derive(Subcommand)]
 enum Command {
@@ -244,23 +250,41 @@ impl ConnectArgs {
 const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
 /// Caps async-nats' connection logging below the level where it prints credentials.
-fn secret_safe_directive() -> tracing_subscriber::filter::Directive {
-    prism_mesh::SECRET_SAFE_LOG_DIRECTIVE
-        .parse()
-        .unwrap_or_else(|_| tracing::Level::WARN.into())
+/// The log filter: `PRISM_LOG` if set, else one from `-v`s (none: nothing). async-nats is
+/// capped at info whenever the filter would let it log below that, because at debug it
+/// prints server urls with any password in them.
+fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::filter::LevelFilter;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PRISM_LOG").unwrap_or_else(|_| {
+        let level = match verbose {
+            0 => LevelFilter::OFF,
+            1 => LevelFilter::WARN,
+            2 => LevelFilter::INFO,
+            _ => LevelFilter::DEBUG,
+        };
+        tracing_subscriber::EnvFilter::default().add_directive(level.into())
+    });
+    if filter.max_level_hint().is_some_and(|hint| hint > LevelFilter::INFO) {
+        match prism_mesh::SECRET_SAFE_LOG_DIRECTIVE.parse() {
+            Ok(cap) => filter.add_directive(cap),
+            Err(_) => filter,
+        }
+    } else {
+        filter
+    }
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stderr = std::io::stderr();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PRISM_LOG")
-                .unwrap_or_else(|_| "warn".into())
-                .add_directive(secret_safe_directive()),
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&stderr) && std::env::var_os("NO_COLOR").is_none(),
         )
+        .with_env_filter(log_filter(cli.verbose))
         .init();
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Ls(connect) => commands::inspect::ls(&connect).await,
@@ -304,6 +328,10 @@ pub enum CliError {
     /// Anything else (spawning processes, I/O).
     #[error("{0}")]
     Other(String),
+    /// The sidecar's command could not be run: 127 when it does not exist, 126 when it is
+    /// not executable (as a shell says).
+    #[error("{message}")]
+    CommandNotRun { code: u8, message: String },
     /// Standard output was closed by its reader (`| head`): the command ends quietly.
     #[error("standard output closed")]
     OutputClosed,
@@ -313,7 +341,16 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
-            CliError::Mesh(e) if e.kind() == prism_mesh::ErrorKind::InvalidConfig => 2,
+            CliError::CommandNotRun { code, .. } => *code,
+            CliError::Mesh(e)
+                if matches!(
+                    e.kind(),
+                    prism_mesh::ErrorKind::InvalidConfig | prism_mesh::ErrorKind::InvalidInput
+                ) =>
+            {
+                2
+            }
+            CliError::Mesh(e) if e.kind() == prism_mesh::ErrorKind::PermissionDenied => 6,
             CliError::Mesh(e)
                 if matches!(
                     e.kind(),

@@ -141,7 +141,7 @@ async fn ls_and_get_show_the_view_as_tables_and_json_with_meaningful_exit_codes(
         4,
         "no live instance of service \"nobody\"",
     );
-    assert_clean_error(&prism(&["get", "bad.name", "--url", &url]), 1, "'.'");
+    assert_clean_error(&prism(&["get", "bad.name", "--url", &url]), 2, "'.'");
     let dead = format!("nats://127.0.0.1:{}", free_port());
     let started = std::time::Instant::now();
     assert_clean_error(
@@ -741,6 +741,19 @@ async fn every_way_of_giving_credentials_works_for_a_least_privilege_user() {
         );
     }
 
+    // A refused password is its own exit code, and says so in one line.
+    let out = prism(&[
+        "ls",
+        "--url",
+        &url,
+        "--user",
+        "observer",
+        "--password",
+        "wrong",
+    ]);
+    assert_clean_error(&out, 6, "uthorization");
+    assert_eq!(text(&out.stderr).lines().count(), 1, "{}", text(&out.stderr));
+
     // Options that cannot apply, or contradict each other, are usage errors naming them.
     let out = prism(&["ls", "--url", &url, "--tls-ca", seed]);
     assert_clean_error(&out, 2, "tls_ca");
@@ -909,4 +922,53 @@ async fn replay_into_a_pipe_closed_after_one_line_ends_quietly_with_exit_0() {
         "a closed pipe is not an error: {stderr}"
     );
     mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_quiet_on_stderr_unless_asked_and_verbose_shows_library_lines() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let (mesh, _) = owner_with(&server, "quiet", &[8501]).await;
+    let out = prism(&["ls", "--url", &url]);
+    assert!(out.status.success());
+    assert_eq!(text(&out.stderr), "", "library lines on stderr by default");
+    let mut command = Command::new(PRISM);
+    command.args(["ls", "--url", &url]).env("PRISM_LOG", "off");
+    assert_eq!(text(&command.output().unwrap().stderr), "");
+    let loud = prism(&["ls", "--url", &url, "-vv"]);
+    let stderr = text(&loud.stderr);
+    assert!(stderr.contains("INFO"), "-vv shows info lines: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes on a pipe: {stderr}");
+    mesh.shutdown().await;
+}
+
+#[test]
+fn the_sidecar_exits_127_for_a_missing_command_and_126_for_one_it_cannot_run() {
+    let missing = prism(&[
+        "register",
+        "--service",
+        "ghost",
+        "--port",
+        "8600",
+        "--url",
+        "nats://127.0.0.1:1",
+        "--",
+        "/nonexistent/command",
+    ]);
+    assert_clean_error(&missing, 127, "/nonexistent/command");
+    let dir = tempfile::tempdir().unwrap();
+    let not_executable = dir.path().join("script.sh");
+    std::fs::write(&not_executable, "#!/bin/sh\nexit 0\n").unwrap();
+    let refused = prism(&[
+        "register",
+        "--service",
+        "ghost",
+        "--port",
+        "8600",
+        "--url",
+        "nats://127.0.0.1:1",
+        "--",
+        not_executable.to_str().unwrap(),
+    ]);
+    assert_clean_error(&refused, 126, "script.sh");
 }

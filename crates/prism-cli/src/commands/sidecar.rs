@@ -84,7 +84,14 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| CliError::Other(format!("cannot start {program:?}: {e}")))?;
+        .map_err(|e| CliError::CommandNotRun {
+            code: if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            },
+            message: format!("cannot start {program:?}: {e}"),
+        })?;
     let joining = tokio::spawn(join(
         mesh_builder,
         instance,

@@ -136,7 +136,9 @@ impl NatsStore {
                 Ok(Ok(client)) => break client,
                 Ok(Err(e)) => {
                     let kind = match e.kind() {
-                        async_nats::ConnectErrorKind::AuthorizationViolation => {
+                        // Refused credentials, or ones that cannot sign (a bad NKey).
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Authentication => {
                             ErrorKind::PermissionDenied
                         }
                         async_nats::ConnectErrorKind::TimedOut => ErrorKind::Timeout,
