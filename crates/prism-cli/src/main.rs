@@ -264,7 +264,10 @@ fn log_filter(verbose: u8) -> tracing_subscriber::EnvFilter {
         };
         tracing_subscriber::EnvFilter::default().add_directive(level.into())
     });
-    if filter.max_level_hint().is_some_and(|hint| hint > LevelFilter::INFO) {
+    if filter
+        .max_level_hint()
+        .is_some_and(|hint| hint > LevelFilter::INFO)
+    {
         match prism_mesh::SECRET_SAFE_LOG_DIRECTIVE.parse() {
             Ok(cap) => filter.add_directive(cap),
             Err(_) => filter,

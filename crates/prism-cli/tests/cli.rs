@@ -519,25 +519,47 @@ async fn the_sidecar_registers_a_process_reports_health_and_passes_on_exit_codes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_runs_checks_on_demand_and_exits_5_when_one_fails() {
+async fn health_runs_the_checks_instances_declare_and_exits_5_when_one_fails() {
     let server = NatsServer::start();
     let url = server.url();
     let http = TestHttpServer::start().await;
-    let (mesh, _up) = owner_with(&server, "probed", &[http.port()]).await;
-    let ok = prism(&["health", "probed", "--url", &url]);
-    assert!(ok.status.success(), "{}", text(&ok.stderr));
-    assert!(text(&ok.stdout).contains("passing") && text(&ok.stdout).contains("HTTP 200"));
-
-    let closed = free_port();
-    let down = mesh
+    let mesh = fast_mesh(&url).connect().await.unwrap();
+    let checked = |port: u16| {
+        ServiceInstance::builder("probed", "127.0.0.1", port)
+            .metadata(prism_mesh::health::HEALTH_ENDPOINT_KEY, "/health")
+            .build()
+            .unwrap()
+    };
+    let _up = mesh.register(checked(http.port())).await.unwrap();
+    // Declares no check: reported as the registry has it, never probed at a guessed URL.
+    let unchecked = mesh
         .register(
-            ServiceInstance::builder("probed", "127.0.0.1", closed)
+            ServiceInstance::builder("probed", "127.0.0.1", free_port())
                 .build()
                 .unwrap(),
         )
         .await
         .unwrap();
     wait_view(&mesh, "probed", WAIT, "two", |v| v.len() == 2).await;
+    let ok = prism(&["health", "probed", "--url", &url]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    let out = text(&ok.stdout);
+    assert!(out.contains("passing") && out.contains("HTTP 200"), "{out}");
+    assert!(
+        out.contains(&format!("{} no check configured", unchecked.id())),
+        "{out}"
+    );
+    let only = prism(&[
+        "health",
+        "probed",
+        &unchecked.id().to_string(),
+        "--url",
+        &url,
+    ]);
+    assert_eq!(only.status.code(), Some(0), "{}", text(&only.stdout));
+
+    let down = mesh.register(checked(free_port())).await.unwrap();
+    wait_view(&mesh, "probed", WAIT, "three", |v| v.len() == 3).await;
     let bad = prism(&[
         "health",
         "probed",
@@ -552,7 +574,7 @@ async fn health_runs_checks_on_demand_and_exits_5_when_one_fails() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     assert!(lines
         .iter()
         .any(|l| l["passing"] == false && l["id"] == down.id().to_string()));
@@ -752,7 +774,12 @@ async fn every_way_of_giving_credentials_works_for_a_least_privilege_user() {
         "wrong",
     ]);
     assert_clean_error(&out, 6, "uthorization");
-    assert_eq!(text(&out.stderr).lines().count(), 1, "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
 
     // Options that cannot apply, or contradict each other, are usage errors naming them.
     let out = prism(&["ls", "--url", &url, "--tls-ca", seed]);
@@ -938,7 +965,10 @@ async fn commands_are_quiet_on_stderr_unless_asked_and_verbose_shows_library_lin
     let loud = prism(&["ls", "--url", &url, "-vv"]);
     let stderr = text(&loud.stderr);
     assert!(stderr.contains("INFO"), "-vv shows info lines: {stderr}");
-    assert!(!stderr.contains('\u{1b}'), "colour codes on a pipe: {stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes on a pipe: {stderr}"
+    );
     mesh.shutdown().await;
 }
 

@@ -41,6 +41,28 @@ pub async fn run(
     }
     let mut failing = 0;
     for target in targets {
+        // An instance that declares no check is reported as the registry has it, not
+        // probed at a guessed URL.
+        if prism_mesh::HealthCheck::declared(&target).is_none() {
+            if connect.json {
+                println!(
+                    "{}",
+                    json!({
+                        "service": service,
+                        "id": target.id.to_string(),
+                        "check": null,
+                        "status": target.status.as_str(),
+                        "output": "no check configured",
+                    })
+                );
+            } else {
+                println!(
+                    "{} no check configured (the registry says {})",
+                    target.id, target.status
+                );
+            }
+            continue;
+        }
         let result = mesh
             .health_check_service(service, target.id, timeout)
             .await?;

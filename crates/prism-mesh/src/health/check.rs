@@ -72,7 +72,16 @@ impl HealthCheck {
         HealthCheck::Custom(Arc::new(move || Box::pin(check())))
     }
 
-    /// The check a peer can run for `instance` from its metadata alone.
+    /// The check `instance` declares in its metadata (`health_check` or
+    /// `health_endpoint`), if any: what a tool should run, rather than guess.
+    pub fn declared(instance: &ServiceInstance) -> Option<Self> {
+        let declares = |key| instance.metadata.contains_key(key);
+        (declares(HEALTH_CHECK_KEY) || declares(HEALTH_ENDPOINT_KEY))
+            .then(|| HealthCheck::for_instance(instance))
+    }
+
+    /// The check a peer can run for `instance` from its metadata alone (an HTTP GET of
+    /// its health URL unless it declares `health_check: tcp`).
     pub fn for_instance(instance: &ServiceInstance) -> Self {
         match instance
             .metadata
