@@ -3,6 +3,7 @@
 mod commands;
 mod output;
 mod server;
+mod time;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -70,7 +71,9 @@ enum Command {
     },
     /// The registry as it was at a past moment, rebuilt from the event stream.
     At {
-        /// RFC 3339, or an age such as `"1h ago"`.
+        /// RFC 3339 (with Z or an offset), a date, epoch seconds, `now`, or an age such as
+        /// `10m`, `-10m` or `"1h ago"`.
+        #[arg(allow_hyphen_values = true)]
         time: String,
         #[command(flatten)]
         connect: ConnectArgs,
@@ -80,9 +83,11 @@ enum Command {
     Checkpoint(ConnectArgs),
     /// What changed in the registry between two moments.
     Diff {
-        /// From (RFC 3339 or an age).
+        /// From (the forms of `prism at`).
+        #[arg(allow_hyphen_values = true)]
         from: String,
-        /// To (RFC 3339 or an age).
+        /// To (the forms of `prism at`).
+        #[arg(allow_hyphen_values = true)]
         to: String,
         #[command(flatten)]
         connect: ConnectArgs,

@@ -160,6 +160,27 @@ async fn ls_and_get_show_the_view_as_tables_and_json_with_meaningful_exit_codes(
         2,
         "cannot read time",
     );
+    // Every time form reaches the command, a leading minus included; the future is refused.
+    for since in [
+        "-1h",
+        "1h ago",
+        "now",
+        "2026-01-02",
+        "2026-01-02T04:04:05+01:00",
+        "1767323045",
+    ] {
+        let out = prism(&["replay", "--since", since, "--url", &url]);
+        assert!(
+            out.status.success(),
+            "--since {since}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_clean_error(
+        &prism(&["at", "2999-01-01T00:00:00Z", "--url", &url]),
+        2,
+        "is in the future",
+    );
     let help = prism(&["--help"]);
     assert!(help.status.success() && text(&help.stdout).contains("Examples:"));
     mesh.shutdown().await;

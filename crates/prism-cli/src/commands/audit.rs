@@ -19,11 +19,12 @@ pub struct ReplayArgs {
     /// Only this instance id (the server filters).
     #[arg(long)]
     pub instance: Option<Uuid>,
-    /// Start: RFC 3339, or an age such as `10m` or `"1h ago"` (default: the oldest kept).
-    #[arg(long)]
+    /// Start: RFC 3339 (with Z or an offset), a date, epoch seconds, `now`, or an age such
+    /// as `10m`, `-10m` or `"1h ago"` (default: the oldest kept).
+    #[arg(long, allow_hyphen_values = true)]
     pub since: Option<String>,
-    /// End (default: the end of the stream when the read starts).
-    #[arg(long)]
+    /// End, in the same forms (default: the end of the stream when the read starts).
+    #[arg(long, allow_hyphen_values = true)]
     pub until: Option<String>,
     /// After the stored events, go on with live ones until Ctrl-C (like `tail -f`).
     #[arg(long, short = 'f')]

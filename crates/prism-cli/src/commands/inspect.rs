@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime};
 
 use prism_mesh::HistoryQuery;
 use serde_json::json;
@@ -118,17 +117,4 @@ async fn show_then_follow(
     Ok(())
 }
 
-/// RFC 3339, or a humantime duration meaning that long ago ("10m", "1h 30m", "2h ago").
-pub fn parse_time(text: &str) -> Result<SystemTime, CliError> {
-    if let Ok(time) = humantime::parse_rfc3339_weak(text) {
-        return Ok(time);
-    }
-    let age = text.trim().trim_end_matches("ago").trim();
-    humantime::parse_duration(age)
-        .map(|age: Duration| SystemTime::now() - age)
-        .map_err(|_| {
-            CliError::Usage(format!(
-                "cannot read time {text:?}: use RFC 3339 (2026-11-25T10:00:00Z) or an age such as 10m or \"1h ago\""
-            ))
-        })
-}
+pub use crate::time::parse_time;
