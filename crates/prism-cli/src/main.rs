@@ -109,6 +109,13 @@ enum Command {
     },
     /// Register a placeholder instance and heartbeat until killed (SIGTERM deregisters).
     Announce(commands::announce::AnnounceArgs),
+    /// Print a shell completion script: `prism completion bash > /etc/bash_completion.d/prism`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `prism man | man -l -`.
+    Man,
     /// Record every expiry this user may record (run it as the `witness` user of
     /// nats/auth.conf), printing each, until SIGTERM or Ctrl-C.
     Witness(ConnectArgs),
@@ -313,6 +320,20 @@ async fn main() -> ExitCode {
         } => commands::health::run(&service, instance.as_deref(), timeout, &connect).await,
         Command::Announce(args) => commands::announce::run(args).await,
         Command::Witness(connect) => commands::witness::run(&connect).await,
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "prism", &mut script);
+            print_generated(&script)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .map_err(|e| CliError::Other(format!("cannot render the manual page: {e}")))
+                .and_then(|()| print_generated(&page))
+        }
     };
     match result {
         Ok(code) => code,
@@ -322,6 +343,13 @@ async fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Writes a generated script or page to stdout (a closed pipe ends quietly).
+fn print_generated(bytes: &[u8]) -> Result<ExitCode, CliError> {
+    let mut out = output::Out::new(false);
+    out.raw(bytes)?;
+    out.flush().map(|()| ExitCode::SUCCESS)
 }
 
 /// A CLI failure: what to tell the user, and the exit code.

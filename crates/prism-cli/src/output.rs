@@ -47,6 +47,11 @@ impl Out {
             .map_err(output_error)
     }
 
+    /// Writes `bytes` as they are (a generated script or page).
+    pub fn raw(&mut self, bytes: &[u8]) -> Result<(), crate::CliError> {
+        self.writer.write_all(bytes).map_err(output_error)
+    }
+
     /// Writes what is buffered.
     pub fn flush(&mut self) -> Result<(), crate::CliError> {
         self.writer.flush().map_err(output_error)

@@ -1023,3 +1023,21 @@ fn the_sidecar_exits_127_for_a_missing_command_and_126_for_one_it_cannot_run() {
     ]);
     assert_clean_error(&refused, 126, "script.sh");
 }
+
+#[test]
+fn completions_and_a_manual_page_are_generated_for_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = prism(&["completion", shell]);
+        assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
+        let script = text(&out.stdout);
+        for command in ["replay", "checkpoint", "witness"] {
+            assert!(script.contains(command), "{shell} completion lacks {command}");
+        }
+    }
+    let man = prism(&["man"]);
+    assert!(man.status.success());
+    let page = text(&man.stdout);
+    assert!(page.starts_with(".ie") || page.contains(".TH prism"), "{page}");
+    assert!(page.contains("replay") && page.contains("Exit codes"), "{page}");
+    assert_clean_error(&prism(&["completion", "tcsh"]), 2, "tcsh");
+}
