@@ -35,7 +35,7 @@ const EXAMPLES: &str = "Examples:
   prism health orders
 
 Exit codes: 0 ok, 1 error, 2 usage, configuration or invalid input, 3 cannot reach the
-server, 4 not found, 5 a health check failed, 6 authentication or permission refused;
+server, 4 not found (a service, or no mesh on the server), 5 a health check failed, 6 authentication or permission refused;
 `register` exits with its command's code (128 + signal), 126 when the command cannot be
 run, 127 when it does not exist.";
 
@@ -249,10 +249,15 @@ impl ConnectArgs {
             .map_err(CliError::from)
     }
 
-    /// A short-lived peer: it records no expiries and writes no checkpoints.
+    /// A short-lived peer: it records no expiries, writes no checkpoints and creates
+    /// nothing (on a server without the mesh it says so, exit 4).
     pub fn builder(&self) -> Result<prism_mesh::MeshBuilder, CliError> {
         Ok(Mesh::builder()
-            .nats(self.options()?.connect_timeout(Duration::from_secs(3)))
+            .nats(
+                self.options()?
+                    .connect_timeout(Duration::from_secs(3))
+                    .create(false),
+            )
             .publish_expired_events(false)
             .checkpoints(prism_mesh::CheckpointPolicy::disabled()))
     }
@@ -395,7 +400,14 @@ impl CliError {
             {
                 3
             }
-            CliError::Mesh(e) if e.kind() == prism_mesh::ErrorKind::NotRegistered => 4,
+            CliError::Mesh(e)
+                if matches!(
+                    e.kind(),
+                    prism_mesh::ErrorKind::NotRegistered | prism_mesh::ErrorKind::NotFound
+                ) =>
+            {
+                4
+            }
             _ => 1,
         }
     }

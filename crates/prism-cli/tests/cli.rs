@@ -1031,13 +1031,46 @@ fn completions_and_a_manual_page_are_generated_for_every_command() {
         assert!(out.status.success(), "{shell}: {}", text(&out.stderr));
         let script = text(&out.stdout);
         for command in ["replay", "checkpoint", "witness"] {
-            assert!(script.contains(command), "{shell} completion lacks {command}");
+            assert!(
+                script.contains(command),
+                "{shell} completion lacks {command}"
+            );
         }
     }
     let man = prism(&["man"]);
     assert!(man.status.success());
     let page = text(&man.stdout);
-    assert!(page.starts_with(".ie") || page.contains(".TH prism"), "{page}");
-    assert!(page.contains("replay") && page.contains("Exit codes"), "{page}");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH prism"),
+        "{page}"
+    );
+    assert!(
+        page.contains("replay") && page.contains("Exit codes"),
+        "{page}"
+    );
     assert_clean_error(&prism(&["completion", "tcsh"]), 2, "tcsh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_on_a_server_without_the_mesh_say_so_and_create_nothing() {
+    use futures::StreamExt;
+    let server = NatsServer::start();
+    let url = server.url();
+    for args in [
+        vec!["ls"],
+        vec!["get", "orders"],
+        vec!["replay"],
+        vec!["at", "now"],
+    ] {
+        let mut full = args.clone();
+        full.extend(["--url", &url]);
+        assert_clean_error(&prism(&full), 4, "no prism-mesh here");
+    }
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let streams: Vec<String> = js.stream_names().map(|name| name.unwrap()).collect().await;
+    assert!(
+        streams.is_empty(),
+        "a read-only command created {streams:?}"
+    );
 }

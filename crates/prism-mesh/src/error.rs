@@ -34,6 +34,9 @@ pub enum ErrorKind {
     Unavailable,
     /// Any other server or transport failure.
     Transport,
+    /// The bucket or the event stream does not exist, and this mesh was told not to create
+    /// them ([`NatsOptions::create`](crate::NatsOptions::create)): there is no mesh here.
+    NotFound,
 }
 
 impl fmt::Display for ErrorKind {
@@ -51,6 +54,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Closed => "mesh closed",
             ErrorKind::Unavailable => "no instance available",
             ErrorKind::Transport => "transport error",
+            ErrorKind::NotFound => "not found",
         };
         f.write_str(name)
     }

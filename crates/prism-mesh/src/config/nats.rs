@@ -68,6 +68,8 @@ pub struct NatsOptions {
     /// user, and permissions that let each user subscribe only to its own, no user can read
     /// another's replies (see `nats/auth.conf`).
     pub(crate) inbox_prefix: Option<String>,
+    /// Whether connecting creates the bucket and the event stream when they are missing.
+    pub(crate) create: bool,
 }
 
 impl NatsOptions {
@@ -94,6 +96,7 @@ impl NatsOptions {
             tls_required: false,
             client_name: None,
             inbox_prefix: None,
+            create: true,
         }
     }
 
@@ -205,6 +208,14 @@ impl NatsOptions {
     /// Removes the authentication method (credentials in the urls still apply).
     pub fn no_auth(mut self) -> Self {
         self.auth = None;
+        self
+    }
+
+    /// Whether connecting creates the bucket and the event stream when they are missing
+    /// (default true). A tool that only reads sets false, so that pointing it at the wrong
+    /// server leaves nothing behind: it gets [`ErrorKind::NotFound`] instead.
+    pub fn create(mut self, create: bool) -> Self {
+        self.create = create;
         self
     }
 

@@ -226,6 +226,9 @@ pub(super) async fn ensure_bucket(
     let read_error = |e: &dyn std::error::Error| setup_kind(transient(e));
     let stream = match js.get_stream(&stream_name).await {
         Ok(stream) => stream,
+        Err(e) if is_stream_not_found(&e) && !options.create => {
+            return Err(absent("KV bucket", &options.bucket));
+        }
         Err(e) if is_stream_not_found(&e) => {
             let config = kv::Config {
                 bucket: options.bucket.clone(),
@@ -287,6 +290,17 @@ pub(super) async fn ensure_bucket(
         ));
     }
     Ok(stream_name)
+}
+
+/// The error of a connect told not to create what it found missing.
+fn absent(what: &str, name: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "no prism-mesh here: {what} {name:?} does not exist (the first peer that registers \
+             creates it; check the url, the bucket and the stream names)"
+        ),
+    )
 }
 
 /// The error of a connect that found the bucket or stream missing and may not create it.
@@ -362,6 +376,17 @@ pub(super) async fn ensure_event_stream(
         num_replicas: options.replicas,
         ..Default::default()
     };
+    if !options.create {
+        return match js.get_stream(&options.event_stream).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_stream_not_found(&e) => Err(absent("event stream", &options.event_stream)),
+            Err(e) => Err(Error::with_source(
+                setup_kind(transient(&e)),
+                format!("cannot look up event stream {:?}", options.event_stream),
+                e,
+            )),
+        };
+    }
     let create = format!("$JS.API.STREAM.CREATE.{}", options.event_stream);
     // `get_or_create_stream` looks the stream up before it asks to create it.
     match unless_denied(violations, &create, js.get_or_create_stream(config)).await {
@@ -410,7 +435,10 @@ impl Retry {
         self.attempts += 1;
         let lasting = matches!(
             error.kind(),
-            ErrorKind::PermissionDenied | ErrorKind::InvalidConfig | ErrorKind::Setup
+            ErrorKind::PermissionDenied
+                | ErrorKind::InvalidConfig
+                | ErrorKind::Setup
+                | ErrorKind::NotFound
         );
         let now = Instant::now();
         if lasting {
