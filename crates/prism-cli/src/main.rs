@@ -48,8 +48,8 @@ enum Command {
     Ls(ConnectArgs),
     /// Show the instances of one service.
     Get {
-        /// Service name.
-        service: String,
+        #[command(flatten)]
+        args: commands::inspect::GetArgs,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -308,7 +308,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => commands::demo::run(args).await,
         Command::Ls(connect) => commands::inspect::ls(&connect).await,
-        Command::Get { service, connect } => commands::inspect::get(&service, &connect).await,
+        Command::Get { args, connect } => commands::inspect::get(&args, &connect).await,
         Command::Watch { service, connect } => {
             commands::inspect::watch(service.as_deref(), &connect).await
         }

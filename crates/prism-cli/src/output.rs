@@ -224,6 +224,15 @@ pub fn instance_table<'a>(
     with_service: bool,
     rows: impl IntoIterator<Item = (&'a ServiceInstance, Option<SystemTime>)>,
 ) -> String {
+    instance_table_with(with_service, false, rows)
+}
+
+/// [`instance_table`], with a METADATA column when `wide`.
+pub fn instance_table_with<'a>(
+    with_service: bool,
+    wide: bool,
+    rows: impl IntoIterator<Item = (&'a ServiceInstance, Option<SystemTime>)>,
+) -> String {
     let ago = |time: SystemTime| {
         SystemTime::now()
             .duration_since(time)
@@ -245,6 +254,9 @@ pub fn instance_table<'a>(
     if with_service {
         header.insert(0, "SERVICE");
     }
+    if wide {
+        header.push("METADATA");
+    }
     let mut table = plain_table(header);
     for (instance, last_heartbeat) in rows {
         let mut row = vec![
@@ -265,6 +277,13 @@ pub fn instance_table<'a>(
         ];
         if with_service {
             row.insert(0, instance.service.clone());
+        }
+        if wide {
+            row.push(if instance.metadata.is_empty() {
+                "-".to_string()
+            } else {
+                serde_json::to_string(&instance.metadata).unwrap_or_default()
+            });
         }
         table.add_row(row);
     }

@@ -127,6 +127,41 @@ async fn ls_and_get_show_the_view_as_tables_and_json_with_meaningful_exit_codes(
     let get = prism(&["get", "catalog", "--url", &url, "--json"]);
     let value: Value = serde_json::from_slice(&get.stdout).unwrap();
     assert_eq!(value.as_array().unwrap().len(), 2);
+    // One time format in JSON: RFC 3339.
+    for field in ["registered_at", "updated_at", "last_heartbeat"] {
+        let time = value[0][field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field}: {value}"));
+        humantime::parse_rfc3339(time).unwrap_or_else(|e| panic!("{field} {time}: {e}"));
+    }
+    // Filters, a summary, and the other outputs.
+    let healthy = text(&prism(&["get", "catalog", "--status", "healthy", "--url", &url]).stdout);
+    assert!(healthy.contains("http://127.0.0.1:8101"), "{healthy}");
+    assert!(!healthy.contains("http://127.0.0.1:8102"), "{healthy}");
+    assert!(
+        healthy.contains("1 of 2 instances (healthy=1)"),
+        "{healthy}"
+    );
+    let tagged = text(
+        &prism(&[
+            "get", "catalog", "--tag", "cli", "-o", "wide", "--url", &url,
+        ])
+        .stdout,
+    );
+    assert!(
+        tagged.contains("METADATA") && tagged.contains("2 of 2 instances"),
+        "{tagged}"
+    );
+    let none = text(&prism(&["get", "catalog", "--zone", "mars", "--url", &url]).stdout);
+    assert!(none.contains("0 of 2 instances"), "{none}");
+    let yaml = text(&prism(&["get", "catalog", "-o", "yaml", "--url", &url]).stdout);
+    let parsed: Vec<Value> = serde_yaml_ng::from_str(&yaml).unwrap();
+    assert_eq!(parsed.len(), 2);
+    assert_clean_error(
+        &prism(&["get", "catalog", "--status", "sleepy", "--url", &url]),
+        2,
+        "unknown status",
+    );
     // The server's time of the last write: within a heartbeat (500 ms) of now.
     let last: SystemTime =
         humantime::parse_rfc3339(value[0]["last_heartbeat"].as_str().unwrap()).unwrap();

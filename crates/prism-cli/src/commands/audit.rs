@@ -123,7 +123,11 @@ pub async fn at(time: &str, connect: &ConnectArgs) -> Result<ExitCode, CliError>
     rows.sort_by(|a, b| (&a.service, a.id).cmp(&(&b.service, b.id)));
     let mut out = Out::new(false);
     if connect.json {
-        let text = serde_json::to_string(&rows).map_err(|e| CliError::Other(e.to_string()))?;
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|instance| crate::commands::inspect::instance_json(instance, None))
+            .collect::<Result<_, _>>()?;
+        let text = serde_json::Value::Array(rows).to_string();
         out.line(&text)?;
         return out.flush().map(|()| ExitCode::SUCCESS);
     }

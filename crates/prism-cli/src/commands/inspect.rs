@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use prism_mesh::HistoryQuery;
+use prism_mesh::{HistoryQuery, InstanceStatus, ServiceInstance};
 use serde_json::json;
 
-use crate::output::{current_line, instance_table, plain_table, stored_event_line, Out};
+use crate::output::{current_line, instance_table_with, plain_table, stored_event_line, Out};
 use crate::{CliError, ConnectArgs};
 
 pub async fn ls(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
@@ -38,33 +38,108 @@ pub async fn ls(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn get(service: &str, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
+/// What `prism get` shows.
+#[derive(clap::Args)]
+pub struct GetArgs {
+    /// Service name.
+    pub service: String,
+    /// Only instances in these statuses (repeat, or separate with commas).
+    #[arg(long, value_delimiter = ',', value_parser = parse_status)]
+    pub status: Vec<InstanceStatus>,
+    /// Only instances with every one of these tags (repeat, or separate with commas).
+    #[arg(long = "tag", value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Only instances in this zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// table (default), wide (with metadata), json or yaml; `--json` is `-o json`.
+    #[arg(long, short = 'o', value_enum)]
+    pub output: Option<Format>,
+}
+
+/// How `prism get` prints.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table sized to its content.
+    Table,
+    /// The table with each instance's metadata.
+    Wide,
+    /// A JSON array (times in RFC 3339).
+    Json,
+    /// YAML (times in RFC 3339).
+    Yaml,
+}
+
+fn parse_status(text: &str) -> Result<InstanceStatus, String> {
+    text.parse().map_err(|e: prism_mesh::Error| e.to_string())
+}
+
+pub async fn get(args: &GetArgs, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
+    let service = args.service.as_str();
     prism_mesh::validate_service_name(service)?;
     let mesh = connect.connect().await?;
-    let instances = mesh.discover(service);
+    let all = mesh.discover(service);
     mesh.shutdown().await;
-    if instances.is_empty() {
+    if all.is_empty() {
         eprintln!("prism: no live instance of service {service:?}");
         return Ok(ExitCode::from(4));
     }
-    if connect.json {
-        let mut rows = Vec::with_capacity(instances.len());
-        for instance in &instances {
-            let mut row = serde_json::to_value(instance.as_ref())
-                .map_err(|e| CliError::Other(e.to_string()))?;
-            row["last_heartbeat"] = json!(mesh
-                .last_heartbeat(instance.id)
-                .map(|t| humantime::format_rfc3339_millis(t).to_string()));
-            rows.push(row);
+    let shown: Vec<_> = all
+        .iter()
+        .filter(|i| args.status.is_empty() || args.status.contains(&i.status))
+        .filter(|i| args.tags.iter().all(|tag| i.tags.contains(tag)))
+        .filter(|i| args.zone.is_none() || i.zone == args.zone)
+        .collect();
+    let format = match (args.output, connect.json) {
+        (Some(format), _) => format,
+        (None, true) => Format::Json,
+        (None, false) => Format::Table,
+    };
+    let mut out = Out::new(false);
+    match format {
+        Format::Json | Format::Yaml => {
+            let rows: Vec<serde_json::Value> = shown
+                .iter()
+                .map(|i| instance_json(i, mesh.last_heartbeat(i.id)))
+                .collect::<Result<_, _>>()?;
+            let text = if format == Format::Json {
+                serde_json::Value::Array(rows).to_string()
+            } else {
+                serde_yaml_ng::to_string(&rows).map_err(|e| CliError::Other(e.to_string()))?
+            };
+            out.line(text.trim_end())?;
         }
-        println!("{}", serde_json::Value::Array(rows));
-    } else {
-        let rows = instances
-            .iter()
-            .map(|instance| (instance.as_ref(), mesh.last_heartbeat(instance.id)));
-        println!("{}", instance_table(false, rows));
+        Format::Table | Format::Wide => {
+            let rows = shown
+                .iter()
+                .map(|instance| (instance.as_ref(), mesh.last_heartbeat(instance.id)));
+            out.line(&instance_table_with(false, format == Format::Wide, rows))?;
+            let counts: Vec<String> = prism_mesh::count_by_status(shown.iter().copied())
+                .into_iter()
+                .map(|(status, n)| format!("{status}={n}"))
+                .collect();
+            out.line(&format!(
+                "{} of {} instances ({})",
+                shown.len(),
+                all.len(),
+                counts.join(", ")
+            ))?;
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    out.flush().map(|()| ExitCode::SUCCESS)
+}
+
+/// An instance as JSON with every time in RFC 3339.
+pub fn instance_json(
+    instance: &ServiceInstance,
+    last_heartbeat: Option<std::time::SystemTime>,
+) -> Result<serde_json::Value, CliError> {
+    let mut row = serde_json::to_value(instance).map_err(|e| CliError::Other(e.to_string()))?;
+    let rfc3339 = |t| humantime::format_rfc3339_millis(t).to_string();
+    row["registered_at"] = json!(rfc3339(instance.registered_at));
+    row["updated_at"] = json!(rfc3339(instance.updated_at));
+    row["last_heartbeat"] = json!(last_heartbeat.map(rfc3339));
+    Ok(row)
 }
 
 pub async fn watch(service: Option<&str>, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
