@@ -1,6 +1,7 @@
 //! `prism`: a thin command line over the prism-mesh library.
 
 mod commands;
+mod connect;
 mod output;
 mod server;
 mod time;
@@ -8,8 +9,8 @@ mod time;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-use prism_mesh::{Mesh, NatsAuth, NatsOptions};
+use clap::{Parser, Subcommand};
+pub use connect::ConnectArgs;
 
 /// See and use a prism-mesh: services registering, finding each other and expiring.
 #[derive(Parser)]
@@ -121,152 +122,6 @@ enum Command {
     Witness(ConnectArgs),
 }
 
-/// How to reach the mesh: flags, environment, or a `service_discovery` YAML file
-/// (flags and environment win over the file).
-#[derive(Args, Clone)]
-pub struct ConnectArgs {
-    /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
-    #[arg(long, env = "NATS_URL")]
-    pub url: Option<String>,
-    /// A service_discovery YAML file to take the connection from.
-    #[arg(long, env = "PRISM_CONFIG")]
-    pub config: Option<std::path::PathBuf>,
-    /// Authentication token.
-    #[arg(long, env = "NATS_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// User name (with --password).
-    #[arg(long, env = "NATS_USER")]
-    pub user: Option<String>,
-    /// Password (with --user).
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
-    pub password: Option<String>,
-    /// File holding an NKey seed.
-    #[arg(long, env = "NATS_NKEY")]
-    pub nkey: Option<std::path::PathBuf>,
-    /// Prefix of reply subjects, when permissions give each user its own
-    /// (for example `_INBOX_observer`).
-    #[arg(long, env = "NATS_INBOX_PREFIX")]
-    pub inbox_prefix: Option<String>,
-    /// Credentials file.
-    #[arg(long, env = "NATS_CREDS")]
-    pub creds: Option<std::path::PathBuf>,
-    /// CA certificate for TLS.
-    #[arg(long, env = "NATS_CA")]
-    pub tls_ca: Option<std::path::PathBuf>,
-    /// How long to keep trying while the servers are unreachable, still starting or
-    /// electing a leader, before giving up with exit code 3.
-    #[arg(long, env = "PRISM_CONNECT_DEADLINE", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub connect_deadline: Duration,
-    /// Print JSON (one object per line for streams).
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl ConnectArgs {
-    pub fn options(&self) -> Result<NatsOptions, CliError> {
-        let mut options = match &self.config {
-            Some(path) => {
-                let settings = prism_mesh::DiscoverySettings::from_file(path)?;
-                if settings.backend != prism_mesh::settings::BackendKind::Nats {
-                    return Err(CliError::Usage(format!(
-                        "{}: the prism command needs backend: nats (it joins a mesh from outside)",
-                        path.display()
-                    )));
-                }
-                settings.nats
-            }
-            None => NatsOptions::new(self.url.as_deref().unwrap_or(DEFAULT_URL)),
-        };
-        if let (Some(_), Some(url)) = (&self.config, &self.url) {
-            options = options.servers(url);
-        }
-        options = options
-            .client_name("prism-cli")
-            .connect_deadline(self.connect_deadline);
-        let mut chosen: Vec<(&str, NatsAuth)> = Vec::new();
-        if let Some(token) = &self.token {
-            chosen.push(("--token", NatsAuth::Token(token.clone())));
-        }
-        match (&self.user, &self.password) {
-            (Some(user), Some(password)) => chosen.push((
-                "--user/--password",
-                NatsAuth::UserPassword {
-                    user: user.clone(),
-                    password: password.clone(),
-                },
-            )),
-            (Some(_), None) => {
-                return Err(CliError::Usage(
-                    "--user needs --password (or NATS_PASSWORD)".to_string(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err(CliError::Usage(
-                    "--password needs --user (or NATS_USER)".to_string(),
-                ))
-            }
-            (None, None) => {}
-        }
-        if let Some(seed_file) = &self.nkey {
-            chosen.push(("--nkey", NatsAuth::NkeySeedFile(seed_file.clone())));
-        }
-        if let Some(creds) = &self.creds {
-            chosen.push(("--creds", NatsAuth::CredentialsFile(creds.clone())));
-        }
-        match chosen.pop() {
-            None => {}
-            // A flag's method replaces whichever a --config file named.
-            Some((_, auth)) if chosen.is_empty() => options = options.auth(auth),
-            Some((last, _)) => {
-                let mut flags: Vec<&str> = chosen.iter().map(|(flag, _)| *flag).collect();
-                flags.push(last);
-                return Err(CliError::Usage(format!(
-                    "{} each choose an authentication method; give one",
-                    flags.join(", ")
-                )));
-            }
-        }
-        if let Some(prefix) = &self.inbox_prefix {
-            options = options.inbox_prefix(prefix);
-        }
-        if let Some(ca) = &self.tls_ca {
-            options = options.tls_ca(ca);
-        }
-        Ok(options)
-    }
-
-    pub async fn connect(&self) -> Result<Mesh, CliError> {
-        self.builder()?.connect().await.map_err(CliError::from)
-    }
-
-    /// A mesh for reading the audit trail: the same connection, without loading the live
-    /// view of the bucket (the trail is read from the event stream).
-    pub async fn connect_reader(&self) -> Result<Mesh, CliError> {
-        self.builder()?
-            .registry(false)
-            .connect()
-            .await
-            .map_err(CliError::from)
-    }
-
-    /// A short-lived peer: it records no expiries, writes no checkpoints and creates
-    /// nothing (on a server without the mesh it says so, exit 4).
-    pub fn builder(&self) -> Result<prism_mesh::MeshBuilder, CliError> {
-        Ok(Mesh::builder()
-            .nats(
-                self.options()?
-                    .connect_timeout(Duration::from_secs(3))
-                    .create(false),
-            )
-            .publish_expired_events(false)
-            .checkpoints(prism_mesh::CheckpointPolicy::disabled()))
-    }
-}
-
-/// Where `prism` looks for NATS when nothing says otherwise.
-const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
-
-/// Caps async-nats' connection logging below the level where it prints credentials.
 /// The log filter: `PRISM_LOG` if set, else one from `-v`s (none: nothing). async-nats is
 /// capped at info whenever the filter would let it log below that, because at debug it
 /// prints server urls with any password in them.

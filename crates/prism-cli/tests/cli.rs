@@ -756,9 +756,30 @@ async fn every_way_of_giving_credentials_works_for_a_least_privilege_user() {
     .unwrap();
     let in_url = format!("nats://observer:observer-pw@127.0.0.1:{port}");
     let seed = seed_file.to_str().unwrap();
+    // A nats CLI context, as `nats context save` writes it (unset fields empty).
+    let contexts = dir.path().join("nats/context");
+    std::fs::create_dir_all(&contexts).unwrap();
+    std::fs::write(
+        contexts.join("obs.json"),
+        format!(
+            r#"{{"description":"","url":"{url}","token":"","user":"observer","password":"observer-pw","creds":"","nkey":"","cert":"","key":"","ca":"","nsc":"","jetstream_domain":"","inbox_prefix":"_INBOX_observer"}}"#
+        ),
+    )
+    .unwrap();
+    let config_home = dir.path().to_str().unwrap();
     // (how, arguments, environment)
     type Way<'a> = (&'a str, Vec<&'a str>, Vec<(&'a str, &'a str)>);
-    let ways: [Way; 6] = [
+    let ways: [Way; 8] = [
+        (
+            "--context",
+            vec!["--context", "obs"],
+            vec![("XDG_CONFIG_HOME", config_home)],
+        ),
+        (
+            "-s with NATS_CONTEXT",
+            vec!["-s", &url],
+            vec![("XDG_CONFIG_HOME", config_home), ("NATS_CONTEXT", "obs")],
+        ),
         (
             "--user/--password",
             vec![
