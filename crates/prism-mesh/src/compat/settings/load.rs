@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::env::{non_empty, parse_bool, parse_duration, parse_strategy, unknown_status, Loader};
-use super::raw::RawSection;
+use super::raw::{RawNats, RawSection};
 use super::{bare, BackendKind, DiscoverySettings};
 use crate::error::Result;
 use crate::instance::{validate_service_name, InstanceStatus};
@@ -93,10 +93,33 @@ impl Loader<'_> {
             }
         }
 
-        let nats = raw
-            .backend_config
-            .and_then(|config| config.nats)
-            .unwrap_or_default();
+        let nats = match raw.backend_config {
+            None => RawNats::default(),
+            Some(config) => {
+                let flat = config.url.is_some()
+                    || config.username.is_some()
+                    || config.password.is_some()
+                    || config.token.is_some();
+                match (config.nats, flat) {
+                    (Some(_), true) => {
+                        return Err(self.at(
+                            "backend_config",
+                            "give the connection either flat (url, username, password, token, \
+                             as MarketPrism's module reads them) or under `nats:`, not both",
+                        ))
+                    }
+                    (Some(nats), false) => nats,
+                    // The seed's flat form is the `nats:` section's, `username` its `user`.
+                    (None, _) => RawNats {
+                        url: config.url,
+                        user: config.username,
+                        password: config.password,
+                        token: config.token,
+                        ..RawNats::default()
+                    },
+                }
+            }
+        };
         self.load_nats(nats, &mut settings.nats)?;
 
         let balancing = raw.load_balancing.unwrap_or_default();

@@ -31,6 +31,11 @@ pub(super) struct RawSection {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBackendConfig {
     pub(super) nats: Option<RawNats>,
+    /// The seed's flat form, beside `nats:`: `url`, `username`, `password`, `token`.
+    pub(super) url: Option<Scalar>,
+    pub(super) username: Option<Scalar>,
+    pub(super) password: Option<Scalar>,
+    pub(super) token: Option<Scalar>,
     #[allow(dead_code)] // no options: only checked for unknown keys
     pub(super) memory: Option<RawMemory>,
 }

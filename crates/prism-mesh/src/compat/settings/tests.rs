@@ -481,3 +481,34 @@ fn the_event_streams_retention_is_read_from_the_nats_section() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_seeds_flat_backend_config_is_read_as_the_nats_section() {
+    let settings = load(
+        "service_discovery:\n  backend: nats\n  backend_config:\n    url: nats://10.0.0.5:4222\n    username: svc\n    password: pw\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(settings.nats.urls, ["nats://10.0.0.5:4222"]);
+    assert_eq!(
+        settings.nats.auth,
+        Some(NatsAuth::UserPassword {
+            user: "svc".into(),
+            password: "pw".into()
+        })
+    );
+    let token = load(
+        "service_discovery:\n  backend_config:\n    url: nats://h:4222\n    token: t0k\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(token.nats.auth, Some(NatsAuth::Token("t0k".into())));
+    let shown = error(
+        "service_discovery:\n  backend_config:\n    url: nats://h:4222\n    nats:\n      url: nats://other:4222\n",
+        &[],
+    );
+    assert!(
+        shown.contains("either flat") && shown.contains("not both"),
+        "{shown}"
+    );
+}
