@@ -94,7 +94,9 @@ enum Command {
         connect: ConnectArgs,
     },
     /// Run a command as an instance of a service: register, heartbeat, report its health,
-    /// pass SIGTERM/SIGINT on, deregister when it exits, exit with its code.
+    /// pass SIGTERM/SIGINT on, deregister when it exits, exit with its code. Without a
+    /// command (`announce`), hold a placeholder instance until SIGTERM or Ctrl-C.
+    #[command(visible_alias = "announce")]
     Register(commands::sidecar::RegisterArgs),
     /// Run the health checks of a service's instances now, from here.
     Health {
@@ -108,8 +110,6 @@ enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Register a placeholder instance and heartbeat until killed (SIGTERM deregisters).
-    Announce(commands::announce::AnnounceArgs),
     /// Print a shell completion script: `prism completion bash > /etc/bash_completion.d/prism`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -178,7 +178,6 @@ async fn main() -> ExitCode {
             timeout,
             connect,
         } => commands::health::run(&service, instance.as_deref(), timeout, &connect).await,
-        Command::Announce(args) => commands::announce::run(args).await,
         Command::Witness(connect) => commands::witness::run(&connect).await,
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

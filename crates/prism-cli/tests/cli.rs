@@ -1130,3 +1130,52 @@ async fn read_only_commands_on_a_server_without_the_mesh_say_so_and_create_nothi
         "a read-only command created {streams:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placeholder_without_a_command_says_what_it_registered_serves_metrics_and_leaves_on_sigterm(
+) {
+    let server = NatsServer::start();
+    let url = server.url();
+    let watcher = fast_mesh(&url).connect().await.unwrap();
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let mut placeholder = PeerProcess::spawn(
+        PRISM,
+        &[
+            "announce",
+            "--service",
+            "placeholder",
+            "--port",
+            "8700",
+            "--zone",
+            "eu-1",
+            "--json",
+            "--metrics",
+            &metrics,
+            "--url",
+            &url,
+        ],
+    );
+    let shown = placeholder.expect_line(WAIT, "the registered instance", |v| {
+        v["service"] == "placeholder"
+    });
+    assert_eq!(shown["zone"], "eu-1");
+    humantime::parse_rfc3339(shown["registered_at"].as_str().unwrap()).unwrap();
+    wait_view(&watcher, "placeholder", WAIT, "registered", |v| {
+        v.len() == 1 && v[0].status == InstanceStatus::Healthy
+    })
+    .await;
+    let (status, _, body) = prism_tests::http_get(metrics.parse().unwrap(), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("service_discovery_registrations_total 1"),
+        "{body}"
+    );
+    send_signal(placeholder.pid(), "TERM");
+    assert_eq!(placeholder.wait(WAIT), Some(0));
+    wait_view(&watcher, "placeholder", WAIT, "deregistered", |v| {
+        v.is_empty()
+    })
+    .await;
+    watcher.shutdown().await;
+}

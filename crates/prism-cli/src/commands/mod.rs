@@ -1,6 +1,5 @@
 //! One module per group of subcommands.
 
-pub mod announce;
 pub mod audit;
 pub mod demo;
 pub mod health;

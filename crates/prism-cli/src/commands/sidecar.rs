@@ -1,6 +1,8 @@
-//! `prism register -- <command>`: a sidecar that puts any process in the mesh. It
+//! `prism register [-- <command>]`: a sidecar that puts any process in the mesh. It
 //! registers the instance, runs the command, reports its health, passes SIGTERM and
-//! SIGINT on to it, and deregisters when it exits, exiting with the child's code.
+//! SIGINT on to it, and deregisters when it exits, exiting with the child's code. Without a
+//! command it holds a placeholder instance (healthy) until SIGTERM or Ctrl-C deregisters
+//! it; SIGKILL lets it expire.
 
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
@@ -34,6 +36,12 @@ pub struct RegisterArgs {
     /// Tags (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
+    /// Zone.
+    #[arg(long)]
+    pub zone: Option<String>,
+    /// Serve this process's mesh metrics for Prometheus at ADDR (`/metrics`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Load-balancing weight.
     #[arg(long, default_value_t = prism_mesh::DEFAULT_WEIGHT)]
     pub weight: u32,
@@ -45,8 +53,9 @@ pub struct RegisterArgs {
     pub heartbeat: Duration,
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// The command to run, after `--`.
-    #[arg(last = true, required = true)]
+    /// The command to run, after `--`; without one, a placeholder instance is held until
+    /// SIGTERM or Ctrl-C.
+    #[arg(last = true)]
     pub command: Vec<String>,
 }
 
@@ -55,6 +64,9 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         ServiceInstance::builder(&args.service, &args.host, args.port).weight(args.weight);
     for tag in &args.tags {
         builder = builder.tag(tag);
+    }
+    if let Some(zone) = &args.zone {
+        builder = builder.zone(zone);
     }
     if let Some(path) = &args.check_http {
         builder = builder.metadata(prism_mesh::health::HEALTH_ENDPOINT_KEY, path.as_str());
@@ -68,10 +80,9 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         .heartbeat_interval(args.heartbeat);
     mesh_builder.validate()?;
 
-    let (program, rest) = args
-        .command
-        .split_first()
-        .ok_or_else(|| CliError::Usage("no command given after --".into()))?;
+    let Some((program, rest)) = args.command.split_first() else {
+        return placeholder(mesh_builder, instance, &args).await;
+    };
     // From before the child starts: a SIGTERM while registering is passed on once we wait
     // for the child, instead of killing us and orphaning it.
     let mut signals = TerminationSignals::listen()?;
@@ -99,6 +110,7 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         args.check_interval,
         program.clone(),
         args.service.clone(),
+        args.metrics,
     ));
 
     let status = wait_passing_signals(&mut child, &mut signals).await?;
@@ -115,7 +127,7 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         eprintln!("prism: {program} exited before it could join the mesh ({reason})");
         None
     };
-    if let Some(Joined { mesh, me, _monitor }) = joined {
+    if let Some(Joined { mesh, me, .. }) = joined {
         if let Err(e) = me.set_status(InstanceStatus::Stopping, Some(&reason)).await {
             warn!(error = %e, "could not announce stopping");
         }
@@ -130,11 +142,43 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
+/// A placeholder instance: registered healthy, its id (or, with --json, the instance) on
+/// stdout, deregistered on SIGTERM or Ctrl-C.
+async fn placeholder(
+    builder: prism_mesh::MeshBuilder,
+    instance: ServiceInstance,
+    args: &RegisterArgs,
+) -> Result<ExitCode, CliError> {
+    let mesh = builder.connect().await?;
+    let _metrics = match args.metrics {
+        Some(addr) => Some(mesh.serve_metrics(addr).await?),
+        None => None,
+    };
+    // Before the id is printed: a SIGTERM right after it must deregister, not kill.
+    let mut signals = TerminationSignals::listen()?;
+    let me = mesh.register(instance).await?;
+    me.set_status(InstanceStatus::Healthy, Some("started"))
+        .await?;
+    if args.connect.json {
+        let shown = crate::commands::inspect::instance_json(&me.instance(), None)?;
+        println!("{shown}");
+    } else {
+        println!("{}", me.id());
+    }
+    let signal = signals.recv().await;
+    me.set_status(InstanceStatus::Stopping, Some(signal))
+        .await?;
+    me.deregister(Some("stopped by signal")).await?;
+    mesh.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The sidecar's place in the mesh once it joined.
 struct Joined {
     mesh: Mesh,
     me: prism_mesh::Registration,
     _monitor: Option<prism_mesh::HealthMonitor>,
+    _metrics: Option<prism_mesh::MetricsEndpoint>,
 }
 
 /// Connects and registers, trying again (each try waits out the connect deadline) until it
@@ -146,6 +190,7 @@ async fn join(
     check_interval: Duration,
     program: String,
     service: String,
+    metrics: Option<std::net::SocketAddr>,
 ) -> Joined {
     let mut delay = Duration::from_secs(1);
     loop {
@@ -154,6 +199,7 @@ async fn join(
             instance.clone(),
             check_http,
             check_interval,
+            metrics,
         )
         .await
         {
@@ -178,8 +224,19 @@ async fn register(
     instance: ServiceInstance,
     check_http: bool,
     check_interval: Duration,
+    metrics: Option<std::net::SocketAddr>,
 ) -> Result<Joined, prism_mesh::Error> {
     let mesh = builder.connect().await?;
+    let metrics = match metrics {
+        Some(addr) => match mesh.serve_metrics(addr).await {
+            Ok(endpoint) => Some(endpoint),
+            Err(e) => {
+                mesh.shutdown().await;
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let me = match mesh.register(instance).await {
         Ok(me) => me,
         Err(e) => {
@@ -207,6 +264,7 @@ async fn register(
         mesh,
         me,
         _monitor: monitor,
+        _metrics: metrics,
     })
 }
 

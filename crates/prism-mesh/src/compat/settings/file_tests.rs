@@ -69,7 +69,10 @@ fn shipped_dev_file_loads_with_memory_backend_and_no_environment() {
     assert_eq!(settings.health_check_interval, Duration::from_secs(10));
     assert_eq!(settings.drain_period, Duration::ZERO);
     assert!(settings.auto_register && settings.auto_deregister);
-    assert_eq!(settings.load_balancing.strategy, Strategy::WeightedRoundRobin);
+    assert_eq!(
+        settings.load_balancing.strategy,
+        Strategy::WeightedRoundRobin
+    );
     assert_eq!(
         settings.load_balancing.statuses,
         [
