@@ -189,8 +189,6 @@ impl ConnectArgs {
 /// Where `prism` looks for NATS when nothing says otherwise.
 const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
-/// Caps async-nats' connection logging below the level where it prints credentials.
-
 /// The fields of a nats CLI context file this command uses (the file has more).
 #[derive(Debug, Default, Deserialize)]
 struct NatsContext {
