@@ -1179,3 +1179,48 @@ async fn a_placeholder_without_a_command_says_what_it_registered_serves_metrics_
     .await;
     watcher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_with_a_config_file_takes_its_timing_and_metrics_address() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let watcher = fast_mesh(&url).connect().await.unwrap();
+    let metrics_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      url: {url}\n  instance_ttl: 4s\n  heartbeat_interval: 1s\n  metrics:\n    listen: 127.0.0.1:{metrics_port}\n"
+        ),
+    )
+    .unwrap();
+    let mut placeholder = PeerProcess::spawn(
+        PRISM,
+        &[
+            "register",
+            "--service",
+            "configured",
+            "--port",
+            "8800",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    wait_view(&watcher, "configured", WAIT, "registered", |v| v.len() == 1).await;
+    let key = watcher.discover("configured")[0].key();
+    let client = async_nats::connect(&url).await.unwrap();
+    let bucket = async_nats::jetstream::new(client)
+        .get_key_value("prism-instances")
+        .await
+        .unwrap();
+    let value = bucket.get(&key).await.unwrap().expect("the key");
+    let record = prism_mesh::protocol::InstanceRecord::decode(&value).unwrap();
+    assert_eq!(record.ttl_ms, 4000, "the file's instance_ttl");
+    let address = format!("127.0.0.1:{metrics_port}").parse().unwrap();
+    let (status, _, _) = prism_tests::http_get(address, "/metrics").await;
+    assert_eq!(status, 200, "the file's metrics.listen");
+    send_signal(placeholder.pid(), "TERM");
+    assert_eq!(placeholder.wait(WAIT), Some(0));
+    watcher.shutdown().await;
+}

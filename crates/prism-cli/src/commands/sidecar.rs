@@ -30,27 +30,29 @@ pub struct RegisterArgs {
     /// Without it the instance is Healthy as soon as the process runs.
     #[arg(long)]
     pub check_http: Option<String>,
-    /// Time between health checks.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub check_interval: Duration,
+    /// Time between health checks [default: the --config file's health_check_interval,
+    /// else 5s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub check_interval: Option<Duration>,
     /// Tags (repeatable).
     #[arg(long = "tag")]
     pub tags: Vec<String>,
     /// Zone.
     #[arg(long)]
     pub zone: Option<String>,
-    /// Serve this process's mesh metrics for Prometheus at ADDR (`/metrics`).
+    /// Serve this process's mesh metrics for Prometheus at ADDR (`/metrics`) [default:
+    /// the --config file's metrics.listen, else none].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
     /// Load-balancing weight.
     #[arg(long, default_value_t = prism_mesh::DEFAULT_WEIGHT)]
     pub weight: u32,
-    /// Instance TTL.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub ttl: Duration,
-    /// Heartbeat interval.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    pub heartbeat: Duration,
+    /// Instance TTL [default: the --config file's instance_ttl, else 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Heartbeat interval [default: the --config file's heartbeat_interval, else 3s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub heartbeat: Option<Duration>,
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// The command to run, after `--`; without one, a placeholder instance is held until
@@ -59,7 +61,42 @@ pub struct RegisterArgs {
     pub command: Vec<String>,
 }
 
+/// Where the flags are silent, the `--config` file speaks; where both are, the library's
+/// defaults.
+struct Settled {
+    ttl: Duration,
+    heartbeat: Duration,
+    tombstone_ttl: Duration,
+    check_interval: Duration,
+    metrics: Option<std::net::SocketAddr>,
+}
+
+fn settle(args: &RegisterArgs) -> Result<Settled, CliError> {
+    let file = args
+        .connect
+        .config
+        .as_ref()
+        .map(prism_mesh::DiscoverySettings::from_file)
+        .transpose()?;
+    let timing = file
+        .as_ref()
+        .map_or_else(prism_mesh::Timing::default, |f| f.timing());
+    Ok(Settled {
+        ttl: args.ttl.unwrap_or(timing.instance_ttl),
+        heartbeat: args.heartbeat.unwrap_or(timing.heartbeat_interval),
+        tombstone_ttl: timing.tombstone_ttl,
+        check_interval: args
+            .check_interval
+            .or(file.as_ref().map(|f| f.health_check_interval))
+            .unwrap_or(Duration::from_secs(5)),
+        metrics: args
+            .metrics
+            .or(file.as_ref().and_then(|f| f.metrics.listen)),
+    })
+}
+
 pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
+    let settled = settle(&args)?;
     let mut builder =
         ServiceInstance::builder(&args.service, &args.host, args.port).weight(args.weight);
     for tag in &args.tags {
@@ -76,12 +113,13 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
     let options = args.connect.options()?;
     let mesh_builder = Mesh::builder()
         .nats(options)
-        .instance_ttl(args.ttl)
-        .heartbeat_interval(args.heartbeat);
+        .instance_ttl(settled.ttl)
+        .heartbeat_interval(settled.heartbeat)
+        .tombstone_ttl(settled.tombstone_ttl);
     mesh_builder.validate()?;
 
     let Some((program, rest)) = args.command.split_first() else {
-        return placeholder(mesh_builder, instance, &args).await;
+        return placeholder(mesh_builder, instance, &args, settled.metrics).await;
     };
     // From before the child starts: a SIGTERM while registering is passed on once we wait
     // for the child, instead of killing us and orphaning it.
@@ -107,10 +145,10 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
         mesh_builder,
         instance,
         args.check_http.is_some(),
-        args.check_interval,
+        settled.check_interval,
         program.clone(),
         args.service.clone(),
-        args.metrics,
+        settled.metrics,
     ));
 
     let status = wait_passing_signals(&mut child, &mut signals).await?;
@@ -148,9 +186,10 @@ async fn placeholder(
     builder: prism_mesh::MeshBuilder,
     instance: ServiceInstance,
     args: &RegisterArgs,
+    metrics: Option<std::net::SocketAddr>,
 ) -> Result<ExitCode, CliError> {
     let mesh = builder.connect().await?;
-    let _metrics = match args.metrics {
+    let _metrics = match metrics {
         Some(addr) => Some(mesh.serve_metrics(addr).await?),
         None => None,
     };
