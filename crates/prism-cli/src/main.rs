@@ -110,6 +110,35 @@ enum Command {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Ask an instance's owner to deregister it (an instance whose owner is gone is
+    /// deregistered directly); the event says who asked and why.
+    Deregister {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        instance: String,
+        /// Why, for the event.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Put an instance in maintenance (`on`: picks and health checks leave it alone) or take
+    /// it out (`off`: back to its status before), through its owner.
+    Maint {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        instance: String,
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Why, for the event.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Print a shell completion script: `prism completion bash > /etc/bash_completion.d/prism`.
     Completion {
         /// bash, zsh, fish, elvish or powershell.
@@ -179,6 +208,28 @@ async fn main() -> ExitCode {
             connect,
         } => commands::health::run(&service, instance.as_deref(), timeout, &connect).await,
         Command::Witness(connect) => commands::witness::run(&connect).await,
+        Command::Deregister {
+            service,
+            instance,
+            reason,
+            connect,
+        } => commands::admin::deregister(&service, &instance, reason.as_deref(), &connect).await,
+        Command::Maint {
+            service,
+            instance,
+            state,
+            reason,
+            connect,
+        } => {
+            commands::admin::maintenance(
+                &service,
+                &instance,
+                state == "on",
+                reason.as_deref(),
+                &connect,
+            )
+            .await
+        }
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

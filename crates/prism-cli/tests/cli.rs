@@ -1224,3 +1224,141 @@ async fn register_with_a_config_file_takes_its_timing_and_metrics_address() {
     assert_eq!(placeholder.wait(WAIT), Some(0));
     watcher.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maint_and_deregister_go_through_the_owner_and_say_who_asked_and_why() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let watcher = fast_mesh(&url).connect().await.unwrap();
+    let mut events = watcher.subscribe();
+    let (owner, registrations) = owner_with(&server, "operated", &[8901]).await;
+    let me = &registrations[0];
+    me.set_status(InstanceStatus::Healthy, None).await.unwrap();
+    let id = me.id().to_string();
+
+    let on = prism(&[
+        "maint",
+        "operated",
+        &id,
+        "on",
+        "--reason",
+        "disk swap",
+        "--url",
+        &url,
+    ]);
+    assert!(on.status.success(), "{}", text(&on.stderr));
+    let changed = wait_event(&mut events, WAIT, "maintenance", |e| {
+        matches!(
+            e,
+            MeshEvent::StatusChanged {
+                current: InstanceStatus::Maintenance,
+                ..
+            }
+        )
+    })
+    .await;
+    let MeshEvent::StatusChanged { reason, .. } = changed else {
+        unreachable!()
+    };
+    let reason = reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("maintenance on by ") && reason.ends_with("(prism): disk swap"),
+        "{reason}"
+    );
+    let off = prism(&["maint", "operated", &id, "off", "--url", &url]);
+    assert!(off.status.success(), "{}", text(&off.stderr));
+    wait_event(&mut events, WAIT, "back to healthy", |e| {
+        matches!(
+            e,
+            MeshEvent::StatusChanged {
+                previous: InstanceStatus::Maintenance,
+                current: InstanceStatus::Healthy,
+                ..
+            }
+        )
+    })
+    .await;
+
+    let gone = prism(&[
+        "deregister",
+        "operated",
+        &id,
+        "--reason",
+        "retired",
+        "--url",
+        &url,
+    ]);
+    assert!(gone.status.success(), "{}", text(&gone.stderr));
+    let removed = wait_event(&mut events, WAIT, "deregistered", |e| {
+        e.kind() == EventKind::Deregistered
+    })
+    .await;
+    let MeshEvent::Deregistered { reason, .. } = removed else {
+        unreachable!()
+    };
+    assert!(reason.unwrap_or_default().ends_with(": retired"));
+    assert!(!me.is_live(), "the owner itself deregistered it");
+
+    // An instance whose owner is gone (its key still live) is deregistered directly, and
+    // the trail says so.
+    let orphaned = Mesh::builder()
+        .nats(prism_tests::test_options(&url))
+        .instance_ttl(Duration::from_secs(60))
+        .heartbeat_interval(Duration::from_secs(20))
+        .connect()
+        .await
+        .unwrap();
+    let orphan = orphaned
+        .register(
+            ServiceInstance::builder("operated", "127.0.0.1", 8902)
+                .build()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let orphan_id = orphan.id();
+    orphaned.close_without_deregistering().await;
+    wait_view(&watcher, "operated", WAIT, "the orphan", |v| v.len() == 1).await;
+    let out = prism(&[
+        "deregister",
+        "operated",
+        &orphan_id.to_string(),
+        "--url",
+        &url,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_view(&watcher, "operated", WAIT, "no instance", |v| v.is_empty()).await;
+    let mut trail = watcher
+        .history(prism_mesh::HistoryQuery::new().instance(orphan_id))
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(event) = trail.next().await {
+        last = Some(event.unwrap());
+    }
+    let last = last.unwrap();
+    assert_eq!(
+        last.record.event,
+        prism_mesh::protocol::EventName::Deregistered
+    );
+    assert!(last
+        .record
+        .reason
+        .unwrap_or_default()
+        .starts_with("deregistered by "));
+
+    assert_clean_error(
+        &prism(&[
+            "maint",
+            "operated",
+            &orphan_id.to_string(),
+            "on",
+            "--url",
+            &url,
+        ]),
+        4,
+        "no owner answered",
+    );
+    owner.shutdown().await;
+    watcher.shutdown().await;
+}

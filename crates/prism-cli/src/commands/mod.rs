@@ -1,5 +1,6 @@
 //! One module per group of subcommands.
 
+pub mod admin;
 pub mod audit;
 pub mod demo;
 pub mod health;

@@ -2,8 +2,8 @@
 //! react to changes.
 //!
 //! `builder` configures and connects one (the only way to make a `Mesh`); `shutdown`
-//! holds the ways it ends; `audit` reads the trail; this file holds what a running mesh
-//! does.
+//! holds the ways it ends; `audit` reads the trail; `control` carries operators' requests
+//! to owners; this file holds what a running mesh does.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,6 +27,7 @@ use crate::view::{EventBus, EventFilter, EventStream, MeshEvent, RegistryView, S
 
 mod audit;
 mod builder;
+mod control;
 mod shutdown;
 
 use builder::Balancing;
@@ -131,6 +132,7 @@ impl Mesh {
             .await?;
         self.lock_owned()
             .insert(registration.id(), registration.clone());
+        self.listen_for_control(&registration);
         Ok(registration)
     }
 

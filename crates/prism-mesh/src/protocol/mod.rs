@@ -3,6 +3,7 @@
 
 pub(crate) mod bucket;
 mod checkpoint;
+mod control;
 #[cfg(test)]
 mod proptests;
 mod record;
@@ -12,6 +13,7 @@ pub use checkpoint::{
     checkpoint_subject, split_into_parts, CheckpointPart, CHECKPOINT_PART_BYTES, CHECKPOINT_TOKEN,
     MAX_CHECKPOINT_PART_BYTES,
 };
+pub use control::{control_filter, control_subject, ControlAction, ControlReply, ControlRequest};
 pub use record::{EventName, EventRecord, InstanceRecord, MAX_PAYLOAD_DEPTH, PROTOCOL_VERSION};
 
 use std::sync::Arc;

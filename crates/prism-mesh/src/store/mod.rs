@@ -183,6 +183,14 @@ impl Store {
         }
     }
 
+    /// The NATS backend, for what only it can do (control requests between processes).
+    pub(crate) fn nats(&self) -> Option<&NatsStore> {
+        match self {
+            Store::Nats(store) => Some(store),
+            Store::Memory(_) => None,
+        }
+    }
+
     /// Stops background work tied to this handle.
     pub(crate) async fn close(&self) {
         if let Store::Nats(store) = self {

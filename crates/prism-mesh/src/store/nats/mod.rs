@@ -20,6 +20,7 @@ use tracing::debug;
 use crate::config::NatsOptions;
 
 mod connect;
+mod control;
 mod history;
 mod watcher;
 mod write;
