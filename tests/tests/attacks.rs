@@ -268,6 +268,36 @@ async fn a_service_cannot_forge_the_expiry_of_another_services_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_cannot_ask_another_services_owner_to_deregister_but_the_admin_can() {
+    let server = server_with_auth_conf();
+    let (admin, billing, victim) = billing_with_a_victim(&server).await;
+    let orders = mesh_as(&server, "orders").await;
+    let err = orders
+        .request_deregister("billing", victim.id(), Some("hostile"), Some("orders"))
+        .await
+        .expect_err("orders asked billing's owner to deregister");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(victim.is_live());
+    admin
+        .request_maintenance(
+            "billing",
+            victim.id(),
+            true,
+            Some("patching"),
+            Some("admin"),
+        )
+        .await
+        .expect("the admin's request reaches billing's owner");
+    assert_eq!(
+        victim.instance().status,
+        prism_mesh::InstanceStatus::Maintenance
+    );
+    for mesh in [orders, billing, admin] {
+        mesh.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_witness_may_write_a_checkpoint_so_no_service_can_restate_the_registry() {
     let server = server_with_auth_conf();
     let (admin, billing, victim) = billing_with_a_victim(&server).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use super::NatsStore;
+use super::{unless_denied, NatsStore};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{control_subject, ControlReply, ControlRequest};
 
@@ -50,7 +50,19 @@ impl NatsStore {
             .inner
             .client
             .request(subject.clone(), Bytes::from(body));
+        // A request the server refuses (permissions) gets no answer: say so at once.
+        let sent = unless_denied(&self.inner.violations, &subject, sent);
         let answer = match tokio::time::timeout(timeout, sent).await {
+            Ok(Err(text)) => {
+                return Err(Error::new(
+                    ErrorKind::PermissionDenied,
+                    format!("the server refused the control request to {subject}: {text}"),
+                ))
+            }
+            Ok(Ok(sent)) => Ok(sent),
+            Err(elapsed) => Err(elapsed),
+        };
+        let answer = match answer {
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Timeout,
