@@ -136,11 +136,11 @@ impl NatsStore {
                 Ok(Ok(client)) => break client,
                 Ok(Err(e)) => {
                     let kind = match e.kind() {
-                        // Refused credentials, or ones that cannot sign (a bad NKey).
-                        async_nats::ConnectErrorKind::AuthorizationViolation
-                        | async_nats::ConnectErrorKind::Authentication => {
+                        async_nats::ConnectErrorKind::AuthorizationViolation => {
                             ErrorKind::PermissionDenied
                         }
+                        // Credentials that cannot sign (a malformed NKey seed).
+                        async_nats::ConnectErrorKind::Authentication => ErrorKind::InvalidConfig,
                         async_nats::ConnectErrorKind::TimedOut => ErrorKind::Timeout,
                         _ => ErrorKind::Connect,
                     };
