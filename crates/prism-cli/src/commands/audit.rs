@@ -68,15 +68,7 @@ async fn print_history(
 ) -> Result<(), CliError> {
     let mut events = mesh.history(query).await?;
     let mut out = Out::new(follow);
-    loop {
-        tokio::select! {
-            event = events.next() => match event {
-                Some(event) => out.line(&stored_event_line(&event?, json))?,
-                None => break,
-            },
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
+    print_events(&mut events, &mut out, json).await?;
     out.flush()?;
     if events.skipped() > 0 {
         eprintln!(
@@ -85,6 +77,23 @@ async fn print_history(
         );
     }
     Ok(())
+}
+
+/// Prints `events` as they come, until they end or Ctrl-C.
+pub async fn print_events(
+    events: &mut prism_mesh::History,
+    out: &mut Out,
+    json: bool,
+) -> Result<(), CliError> {
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(event) => out.line(&stored_event_line(&event?, json))?,
+                None => return Ok(()),
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
 }
 
 /// Writes a checkpoint of the registry now (as the `witness` user under nats/auth.conf).

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use prism_mesh::{HistoryQuery, InstanceStatus, ServiceInstance};
 use serde_json::json;
 
-use crate::output::{current_line, instance_table_with, plain_table, stored_event_line, Out};
+use crate::output::{current_line, instance_table_with, plain_table, Out};
 use crate::{CliError, ConnectArgs};
 
 pub async fn ls(connect: &ConnectArgs) -> Result<ExitCode, CliError> {
@@ -180,16 +180,7 @@ async fn show_then_follow(
         query = query.service(service);
     }
     let mut events = mesh.history(query).await?;
-    loop {
-        tokio::select! {
-            event = events.next() => match event {
-                Some(event) => out.line(&stored_event_line(&event?, json))?,
-                None => break,
-            },
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
-    Ok(())
+    crate::commands::audit::print_events(&mut events, &mut out, json).await
 }
 
 pub use crate::time::parse_time;

@@ -110,16 +110,12 @@ impl Mesh {
         id: Uuid,
         request: &ControlRequest,
     ) -> Result<()> {
-        let instance = self
-            .discover(service)
-            .into_iter()
-            .find(|i| i.id == id)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotRegistered,
-                    format!("no live instance {service}/{id}"),
-                )
-            })?;
+        let instance = self.find_instance(service, id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotRegistered,
+                format!("no live instance {service}/{id}"),
+            )
+        })?;
         let reason = request.event_reason();
         let store = &self.inner.store;
         let revision = store

@@ -318,21 +318,22 @@ impl Mesh {
         id: Uuid,
         timeout: Duration,
     ) -> Result<CheckResult> {
-        let instance = self
-            .discover(service)
-            .into_iter()
-            .find(|i| i.id == id)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Unavailable,
-                    format!("no instance {id} of {service} in the view"),
-                )
-            })?;
+        let instance = self.find_instance(service, id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unavailable,
+                format!("no instance {id} of {service} in the view"),
+            )
+        })?;
         let result =
             crate::health::run_check(&HealthCheck::for_instance(&instance), &instance, timeout)
                 .await;
         self.inner.stats.record_health_check(result.passing);
         Ok(result)
+    }
+
+    /// One instance of the view, by service and id.
+    pub(crate) fn find_instance(&self, service: &str, id: Uuid) -> Option<Arc<ServiceInstance>> {
+        self.discover(service).into_iter().find(|i| i.id == id)
     }
 
     /// Names of services with at least one instance, sorted.
