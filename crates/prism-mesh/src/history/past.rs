@@ -61,16 +61,22 @@ async fn checkpoint_before(store: &Store, at: Option<SystemTime>) -> Result<Opti
     };
     let first = match later {
         Some((_, _, part)) => part.base,
-        None => match store.checkpoint_part(Locate::Last).await? {
-            None => return Ok(None),
-            Some((sequence, _, part)) if part.is_last() => part.first_sequence(sequence),
-            Some((_, _, part)) => part.base,
-        },
+        None => complete_as_of(store.checkpoint_part(Locate::Last).await?.as_ref()),
     };
     if first == 0 {
         return Ok(None);
     }
     load(store, first).await
+}
+
+/// The first sequence of the last complete checkpoint, given the last part stored (0:
+/// none): a last part is its own checkpoint's, any other names the base it was built on.
+fn complete_as_of(last: Option<&(u64, SystemTime, CheckpointPart)>) -> u64 {
+    match last {
+        None => 0,
+        Some((sequence, _, part)) if part.is_last() => part.first_sequence(*sequence),
+        Some((_, _, part)) => part.base,
+    }
 }
 
 /// Reads the checkpoint whose part 1 is at stream sequence `first`; `None` (logged) when
@@ -109,11 +115,15 @@ async fn load(store: &Store, first: u64) -> Result<Option<PastRegistry>> {
 /// Writes a checkpoint of the registry as the stream has made it now; the stream sequence
 /// of its first part, or `None` when another peer's checkpoint came first.
 pub(crate) async fn write_checkpoint(store: &Store) -> Result<Option<u64>> {
-    let mut expected = store
-        .checkpoint_part(Locate::Last)
-        .await?
-        .map_or(0, |(sequence, _, _)| sequence);
-    let base = checkpoint_before(store, None).await?.unwrap_or_default();
+    // The last part stored: what this checkpoint's first part must follow, and what names
+    // the complete checkpoint to build on.
+    let last_part = store.checkpoint_part(Locate::Last).await?;
+    let mut expected = last_part.as_ref().map_or(0, |(sequence, _, _)| *sequence);
+    let base = match complete_as_of(last_part.as_ref()) {
+        0 => None,
+        first => load(store, first).await?,
+    }
+    .unwrap_or_default();
     let base_first = base.checkpoint().unwrap_or(0);
     let (_, last) = store.event_bounds().await?;
     let mut registry = base;

@@ -50,7 +50,19 @@ impl NatsStore {
                 start_sequence: sequence + 1,
             },
         };
-        let stream = self.event_stream().await?;
+        // A consumer needs no stream info: no lookup round trip before it.
+        let stream = self
+            .inner
+            .js
+            .get_stream_no_info(&options.event_stream)
+            .await
+            .map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Setup,
+                    format!("cannot open event stream {}", options.event_stream),
+                    e,
+                )
+            })?;
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 deliver_policy,
@@ -143,15 +155,10 @@ impl NatsStore {
 
     /// The first and last sequence of the event stream (0, 0 when it is empty).
     pub(crate) async fn event_bounds(&self) -> Result<(u64, u64)> {
-        let mut stream = self.event_stream().await?;
-        let info = stream.info().await.map_err(|e| {
-            Error::with_source(
-                ErrorKind::Transport,
-                "cannot read the event stream's state",
-                e,
-            )
-        })?;
-        Ok((info.state.first_sequence, info.state.last_sequence))
+        // The lookup brings the stream's state: no second request for it.
+        let stream = self.event_stream().await?;
+        let state = &stream.cached_info().state;
+        Ok((state.first_sequence, state.last_sequence))
     }
 
     /// A checkpoint part, located as `locate` says.
