@@ -252,3 +252,60 @@ async fn a_client_from_a_yaml_file_checks_itself_and_serves_metrics() {
     );
     client.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_register_registers_the_files_service_at_start_and_a_crash_leaves_within_cleanup_interval(
+) {
+    let server = NatsServer::start();
+    let peer = fast_mesh(&server.url()).connect().await.unwrap();
+    let mut expired = peer.subscribe_filtered(prism_mesh::EventKind::Expired.into());
+    let dir = tempfile::tempdir().unwrap();
+    let file = |auto_register: bool| {
+        let path = dir.path().join(format!("auto-{auto_register}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      url: {}\n  instance_ttl: 2s\n  heartbeat_interval: 500ms\n  cleanup_interval: 5s\n  auto_register: {auto_register}\n  service:\n    name: auto-registered\n    host: 127.0.0.1\n    port: 9300\n    tags: [v2]\n    zone: z1\n    metadata: {{ weight: 7 }}\n",
+                server.url()
+            ),
+        )
+        .unwrap();
+        prism_mesh::DiscoverySettings::from_file(&path).unwrap()
+    };
+
+    let off = DiscoveryClient::from_settings(&file(false)).await.unwrap();
+    assert!(off.my_registration().is_none(), "auto_register: false");
+
+    let client = DiscoveryClient::from_settings(&file(true)).await.unwrap();
+    let me = client
+        .my_registration()
+        .expect("registered at start")
+        .instance();
+    wait_view(&peer, "auto-registered", WAIT, "the file's instance", |v| {
+        v.iter().any(|i| i.id == me.id)
+    })
+    .await;
+    let seen = peer.discover("auto-registered");
+    assert_eq!(seen.len(), 1, "auto_register: false registered nothing");
+    let seen = &seen[0];
+    assert_eq!((seen.port, seen.weight), (9300, 7));
+    assert_eq!(
+        (seen.tags.clone(), seen.zone.as_deref()),
+        (vec!["v2".to_string()], Some("z1"))
+    );
+
+    // A crash: the handle goes without deregistering. The Python module's cleanup loop
+    // removed such an instance within instance_ttl + cleanup_interval; so does the mesh.
+    drop(client);
+    let crashed = std::time::Instant::now();
+    let event = prism_tests::next_event(&mut expired, WAIT, "the crashed instance's expiry").await;
+    assert_eq!(event.instance().id, me.id);
+    assert!(
+        crashed.elapsed() <= Duration::from_secs(7),
+        "listed {:?} after the crash, beyond instance_ttl + cleanup_interval",
+        crashed.elapsed()
+    );
+    assert!(peer.discover("auto-registered").is_empty());
+    off.shutdown().await;
+    peer.shutdown().await;
+}

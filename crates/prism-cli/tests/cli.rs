@@ -1181,7 +1181,7 @@ async fn a_placeholder_without_a_command_says_what_it_registered_serves_metrics_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn register_with_a_config_file_takes_its_timing_and_metrics_address() {
+async fn register_with_a_config_file_takes_its_service_timing_and_metrics_address() {
     let server = NatsServer::start();
     let url = server.url();
     let watcher = fast_mesh(&url).connect().await.unwrap();
@@ -1191,23 +1191,27 @@ async fn register_with_a_config_file_takes_its_timing_and_metrics_address() {
     std::fs::write(
         &config,
         format!(
-            "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      url: {url}\n  instance_ttl: 4s\n  heartbeat_interval: 1s\n  metrics:\n    listen: 127.0.0.1:{metrics_port}\n"
+            "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      url: {url}\n  instance_ttl: 4s\n  heartbeat_interval: 1s\n  metrics:\n    listen: 127.0.0.1:{metrics_port}\n  service:\n    name: configured\n    host: 127.0.0.2\n    port: 8800\n    tags: [from-file]\n"
         ),
     )
     .unwrap();
+    // The service comes from the file's `service:` section, the port from the flag.
     let mut placeholder = PeerProcess::spawn(
         PRISM,
         &[
             "register",
-            "--service",
-            "configured",
             "--port",
-            "8800",
+            "8801",
             "--config",
             config.to_str().unwrap(),
         ],
     );
     wait_view(&watcher, "configured", WAIT, "registered", |v| v.len() == 1).await;
+    let seen = watcher.discover("configured");
+    assert_eq!(
+        (seen[0].host.as_str(), seen[0].port, seen[0].tags.clone()),
+        ("127.0.0.2", 8801, vec!["from-file".to_string()])
+    );
     let key = watcher.discover("configured")[0].key();
     let client = async_nats::connect(&url).await.unwrap();
     let bucket = async_nats::jetstream::new(client)
@@ -1222,6 +1226,20 @@ async fn register_with_a_config_file_takes_its_timing_and_metrics_address() {
     assert_eq!(status, 200, "the file's metrics.listen");
     send_signal(placeholder.pid(), "TERM");
     assert_eq!(placeholder.wait(WAIT), Some(0));
+
+    let bare = dir.path().join("bare.yaml");
+    std::fs::write(&bare, "service_discovery:\n  backend: nats\n").unwrap();
+    assert_clean_error(
+        &prism(&[
+            "register",
+            "--port",
+            "1",
+            "--config",
+            bare.to_str().unwrap(),
+        ]),
+        2,
+        "--service is required (or service.name in the --config file)",
+    );
     watcher.shutdown().await;
 }
 

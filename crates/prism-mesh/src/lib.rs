@@ -68,7 +68,7 @@ pub use instance::{
 pub use mesh::{BackendConfig, Mesh, MeshBuilder};
 pub use metrics::{MetricsEndpoint, StatsSnapshot};
 pub use owner::Registration;
-pub use settings::DiscoverySettings;
+pub use settings::{DiscoverySettings, ServiceSettings};
 pub use signal::TerminationSignals;
 pub use store::MemoryStore;
 pub use view::{

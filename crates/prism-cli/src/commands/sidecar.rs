@@ -17,15 +17,15 @@ use crate::{CliError, ConnectArgs};
 
 #[derive(Args)]
 pub struct RegisterArgs {
-    /// Service name.
+    /// Service name [default: the --config file's service.name].
     #[arg(long)]
-    pub service: String,
-    /// Port the process listens on.
+    pub service: Option<String>,
+    /// Port the process listens on [default: the --config file's service.port].
     #[arg(long)]
-    pub port: u16,
-    /// Host peers should use.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
+    pub port: Option<u16>,
+    /// Host peers should use [default: the --config file's service.host, else 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<String>,
     /// HTTP path to check (e.g. /health): the instance is Healthy while it answers 2xx.
     /// Without it the instance is Healthy as soon as the process runs.
     #[arg(long)]
@@ -34,19 +34,20 @@ pub struct RegisterArgs {
     /// else 5s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub check_interval: Option<Duration>,
-    /// Tags (repeatable).
+    /// Tags (repeatable) [default: the --config file's service.tags].
     #[arg(long = "tag")]
     pub tags: Vec<String>,
-    /// Zone.
+    /// Zone [default: the --config file's service.zone].
     #[arg(long)]
     pub zone: Option<String>,
     /// Serve this process's mesh metrics for Prometheus at ADDR (`/metrics`) [default:
     /// the --config file's metrics.listen, else none].
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Load-balancing weight.
-    #[arg(long, default_value_t = prism_mesh::DEFAULT_WEIGHT)]
-    pub weight: u32,
+    /// Load-balancing weight [default: the --config file's service.weight or metadata
+    /// weight, else 100].
+    #[arg(long)]
+    pub weight: Option<u32>,
     /// Instance TTL [default: the --config file's instance_ttl, else 10s].
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
@@ -64,6 +65,7 @@ pub struct RegisterArgs {
 /// Where the flags are silent, the `--config` file speaks; where both are, the library's
 /// defaults.
 struct Settled {
+    instance: ServiceInstance,
     ttl: Duration,
     heartbeat: Duration,
     tombstone_ttl: Duration,
@@ -82,6 +84,7 @@ fn settle(args: &RegisterArgs) -> Result<Settled, CliError> {
         .as_ref()
         .map_or_else(prism_mesh::Timing::default, |f| f.timing());
     Ok(Settled {
+        instance: instance(args, file.as_ref().and_then(|f| f.service.as_ref()))?,
         ttl: args.ttl.unwrap_or(timing.instance_ttl),
         heartbeat: args.heartbeat.unwrap_or(timing.heartbeat_interval),
         tombstone_ttl: timing.tombstone_ttl,
@@ -95,10 +98,48 @@ fn settle(args: &RegisterArgs) -> Result<Settled, CliError> {
     })
 }
 
-pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
-    let settled = settle(&args)?;
-    let mut builder =
-        ServiceInstance::builder(&args.service, &args.host, args.port).weight(args.weight);
+/// The instance from the flags, over the file's `service:` section, over the defaults.
+fn instance(
+    args: &RegisterArgs,
+    file: Option<&prism_mesh::ServiceSettings>,
+) -> Result<ServiceInstance, CliError> {
+    let missing = |flag: &str, key: &str| {
+        CliError::Usage(format!(
+            "{flag} is required (or service.{key} in the --config file)"
+        ))
+    };
+    let service = args
+        .service
+        .clone()
+        .or_else(|| file.map(|f| f.name.clone()))
+        .ok_or_else(|| missing("--service", "name"))?;
+    let port = args
+        .port
+        .or(file.map(|f| f.port))
+        .ok_or_else(|| missing("--port", "port"))?;
+    let host = args
+        .host
+        .clone()
+        .or_else(|| file.map(|f| f.host.clone()))
+        .unwrap_or_else(|| "127.0.0.1".to_string());
+    let mut builder = ServiceInstance::builder(service, host, port);
+    if let Some(file) = file {
+        builder = builder.metadata_map(file.metadata.clone());
+        if let Some(weight) = file.weight {
+            builder = builder.weight(weight);
+        }
+        if args.tags.is_empty() {
+            for tag in &file.tags {
+                builder = builder.tag(tag);
+            }
+        }
+        if let (None, Some(zone)) = (&args.zone, &file.zone) {
+            builder = builder.zone(zone);
+        }
+    }
+    if let Some(weight) = args.weight {
+        builder = builder.weight(weight);
+    }
     for tag in &args.tags {
         builder = builder.tag(tag);
     }
@@ -108,7 +149,12 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
     if let Some(path) = &args.check_http {
         builder = builder.metadata(prism_mesh::health::HEALTH_ENDPOINT_KEY, path.as_str());
     }
-    let instance = builder.build()?;
+    Ok(builder.build()?)
+}
+
+pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
+    let settled = settle(&args)?;
+    let instance = settled.instance;
     // Everything that can be wrong with the arguments is found before the child starts.
     let options = args.connect.options()?;
     let mesh_builder = Mesh::builder()
@@ -141,13 +187,14 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
             },
             message: format!("cannot start {program:?}: {e}"),
         })?;
+    let service = instance.service.clone();
     let joining = tokio::spawn(join(
         mesh_builder,
         instance,
         args.check_http.is_some(),
         settled.check_interval,
         program.clone(),
-        args.service.clone(),
+        service,
         settled.metrics,
     ));
 

@@ -99,7 +99,9 @@ impl DiscoveryClient {
     /// Connects as `settings` say (a `service_discovery` YAML file, see
     /// [`DiscoverySettings`]): backend, timing, load balancing, `auto_deregister`,
     /// `drain_period`, `health_check_interval` for "myself", and the metrics endpoint
-    /// when `metrics.listen` is set.
+    /// when `metrics.listen` is set. With `auto_register` (the default) and a `service:`
+    /// section, registers that instance as "myself" before returning
+    /// ([`my_registration`](Self::my_registration)).
     pub async fn from_settings(settings: &DiscoverySettings) -> Result<DiscoveryClient> {
         let options = ClientOptions {
             auto_deregister: settings.auto_deregister,
@@ -109,6 +111,9 @@ impl DiscoveryClient {
         let mut client = Self::connect_with(settings.mesh_builder()?, options).await?;
         if let Some(listen) = settings.metrics.listen {
             client.metrics = Some(client.mesh.serve_metrics(listen).await?);
+        }
+        if let (true, Some(service)) = (settings.auto_register, &settings.service) {
+            client.register_myself_as(service.instance()?).await?;
         }
         Ok(client)
     }

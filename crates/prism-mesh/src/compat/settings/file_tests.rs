@@ -573,3 +573,70 @@ fn the_compose_client_settings_point_at_the_replicated_cluster() {
     assert_eq!(settings.nats.urls.len(), 3);
     assert_eq!(settings.nats.replicas, 3);
 }
+
+#[test]
+fn the_service_section_describes_the_instance_to_register_with_expansion() {
+    let settings = parse(
+        r#"
+service_discovery:
+  service:
+    name: market-data
+    host: ${POD_IP}
+    port: "8080"
+    tags: [v2, primary]
+    zone: eu-west-1a
+    metadata: { version: "2.1", weight: 50, canary: false }
+"#,
+        &[("POD_IP", "10.0.0.5")],
+    )
+    .unwrap();
+    let service = settings.service.expect("service section");
+    assert_eq!(
+        (service.name.as_str(), service.host.as_str(), service.port),
+        ("market-data", "10.0.0.5", 8080)
+    );
+    let instance = service.instance().unwrap();
+    assert_eq!(instance.tags, ["v2", "primary"]);
+    assert_eq!(instance.zone.as_deref(), Some("eu-west-1a"));
+    assert_eq!(instance.weight, 50, "metadata weight, as the seed reads it");
+    assert_eq!(instance.metadata["version"], "2.1");
+    assert_eq!(instance.metadata["canary"], false);
+    assert_ne!(
+        instance.id,
+        service.instance().unwrap().id,
+        "each start is a new instance"
+    );
+
+    assert!(parse("service_discovery:\n  auto_register: true\n", &[])
+        .unwrap()
+        .service
+        .is_none());
+}
+
+#[test]
+fn a_service_section_with_a_missing_or_bad_value_is_refused_naming_the_key() {
+    for (yaml, parts) in [
+        (
+            "service_discovery:\n  service:\n    host: a\n    port: 1\n",
+            &["service_discovery.service.name", "missing"][..],
+        ),
+        (
+            "service_discovery:\n  service:\n    name: a\n    host: a\n    port: 70000\n",
+            &["service_discovery.service.port", "1 to 65535", "70000"],
+        ),
+        (
+            "service_discovery:\n  service:\n    name: a\n    host: a\n    port: 80\n    weight: heavy\n",
+            &["service_discovery.service.weight", "heavy"],
+        ),
+        (
+            "service_discovery:\n  service:\n    name: 'bad name'\n    host: a\n    port: 80\n",
+            &["service_discovery.service", "bad name"],
+        ),
+        (
+            "service_discovery:\n  service:\n    name: a\n    host: a\n    port: 80\n    tgas: [x]\n",
+            &["service_discovery.service.tgas", "unknown key"],
+        ),
+    ] {
+        assert_mentions(&rejected(yaml, &[]), parts);
+    }
+}

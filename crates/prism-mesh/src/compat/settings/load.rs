@@ -170,6 +170,11 @@ impl Loader<'_> {
             }
         }
 
+        settings.service = raw
+            .service
+            .map(|service| self.load_service(service))
+            .transpose()?;
+
         let show = |d: Duration| humantime::format_duration(d).to_string();
         for (key, value, most) in [
             (

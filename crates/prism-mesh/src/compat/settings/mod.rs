@@ -47,7 +47,8 @@
 //!
 //! `raw` holds the file's shapes as read, `expand` the `${VAR}` expansion, `env` the
 //! layering of `PRISM_*` variables over the file and the value parsers, `nats` the
-//! `backend_config.nats` section (urls, authentication, TLS); this file holds the settings
+//! `backend_config.nats` section (urls, authentication, TLS), `service` the instance to
+//! register at start; this file holds the settings
 //! themselves and what they build.
 
 use std::collections::BTreeMap;
@@ -72,12 +73,14 @@ mod file_tests;
 mod load;
 mod nats;
 mod raw;
+mod service;
 #[cfg(test)]
 mod tests;
 
 use env::Loader;
 use expand::expand_tree;
 use raw::{structure_error, RawSection};
+pub use service::ServiceSettings;
 
 /// The top-level key of the section this module reads.
 pub const SECTION: &str = "service_discovery";
@@ -198,14 +201,20 @@ pub struct DiscoverySettings {
     pub heartbeat_interval: Duration,
     /// How often the embedding service checks its own health (default 30 s).
     pub health_check_interval: Duration,
-    /// How often the embedding service cleans up stale state (default 60 s).
+    /// The bound the Python module's cleanup loop put on how long an instance stays
+    /// listed after its TTL ran out (default 60 s). The mesh always meets it: the server
+    /// removes an expired key within about a second of its TTL, and every peer sees the
+    /// removal then, so nothing here polls on this interval; the key is accepted so that
+    /// MarketPrism configuration files load unchanged.
     pub cleanup_interval: Duration,
     /// How long a deregistration tombstone is kept (default 60 s, 1 s to 24 h).
     pub tombstone_ttl: Duration,
     /// How long a stopping service keeps serving after it leaves rotation (default 5 s;
     /// zero: no drain).
     pub drain_period: Duration,
-    /// Whether the embedding service registers itself on start (default true).
+    /// Whether [`DiscoveryClient::from_settings`](crate::DiscoveryClient::from_settings)
+    /// registers the [`service`](Self::service) section as "myself" (default true;
+    /// without that section there is nothing to register).
     pub auto_register: bool,
     /// Whether the embedding service deregisters itself on shutdown (default true).
     pub auto_deregister: bool,
@@ -213,6 +222,8 @@ pub struct DiscoverySettings {
     pub load_balancing: LoadBalancingSettings,
     /// The metrics endpoint.
     pub metrics: MetricsSettings,
+    /// The instance this service registers as itself: `service:`.
+    pub service: Option<ServiceSettings>,
 }
 
 impl Default for DiscoverySettings {
@@ -232,6 +243,7 @@ impl Default for DiscoverySettings {
             auto_deregister: true,
             load_balancing: LoadBalancingSettings::default(),
             metrics: MetricsSettings::default(),
+            service: None,
         }
     }
 }

@@ -25,6 +25,19 @@ pub(super) struct RawSection {
     pub(super) auto_deregister: Option<Scalar>,
     pub(super) load_balancing: Option<RawLoadBalancing>,
     pub(super) metrics: Option<RawMetrics>,
+    pub(super) service: Option<RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub(super) name: Option<Scalar>,
+    pub(super) host: Option<Scalar>,
+    pub(super) port: Option<Scalar>,
+    pub(super) tags: Option<Vec<Scalar>>,
+    pub(super) zone: Option<Scalar>,
+    pub(super) weight: Option<Scalar>,
+    pub(super) metadata: Option<BTreeMap<String, Scalar>>,
 }
 
 #[derive(Deserialize, Default)]
