@@ -640,3 +640,51 @@ fn a_service_section_with_a_missing_or_bad_value_is_refused_naming_the_key() {
         assert_mentions(&rejected(yaml, &[]), parts);
     }
 }
+
+/// The configuration samples of MarketPrism's discovery module README, in YAML; the dict
+/// samples are written as the same keys under `service_discovery:`.
+#[test]
+fn the_python_modules_readme_configuration_samples_load() {
+    // "Development environment", as the README writes it.
+    let dev = parse(
+        "service_discovery:\n  backend: \"memory\"\n  health_check_interval: 10\n  instance_ttl: 60\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(dev.backend, BackendKind::Memory);
+    assert_eq!(dev.instance_ttl, Duration::from_secs(60));
+    // "NATS backend".
+    let nats = parse(
+        "service_discovery:\n  backend: 'nats'\n  backend_config:\n    url: 'nats://localhost:4222'\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(nats.nats.urls, ["nats://localhost:4222"]);
+    // "Complete configuration", with the NATS backend for its Consul one.
+    let complete = parse(
+        r#"
+service_discovery:
+  backend: nats
+  backend_config:
+    url: 'nats://nats:4222'
+  health_check_interval: 30
+  instance_ttl: 300
+  cleanup_interval: 60
+  auto_register: True
+  auto_deregister: True
+"#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(complete.instance_ttl, Duration::from_secs(300));
+    assert_eq!(complete.cleanup_interval, Duration::from_secs(60));
+    assert!(complete.auto_register && complete.service.is_none());
+    // Its backends this mesh does not replace are refused by name.
+    assert_mentions(
+        &rejected(
+            "service_discovery:\n  backend: consul\n  backend_config:\n    url: http://consul:8500\n",
+            &[],
+        ),
+        &["service_discovery.backend", "consul"],
+    );
+}

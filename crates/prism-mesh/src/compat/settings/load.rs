@@ -25,6 +25,7 @@ impl Loader<'_> {
             settings.backend = backend;
         }
 
+        let raw_cleanup_set = raw.cleanup_interval.is_some();
         for (key, raw, var, field, zero_ok) in [
             (
                 "instance_ttl",
@@ -75,6 +76,15 @@ impl Loader<'_> {
                 }
                 *field = duration;
             }
+        }
+        if raw_cleanup_set {
+            // Said once, so that a key the mesh needs no work for is never silently inert.
+            tracing::info!(
+                source = %self.origin,
+                cleanup_interval = %humantime::format_duration(settings.cleanup_interval),
+                "cleanup_interval is met by the server: an expired instance leaves every \
+                 peer's view within about a second of its TTL"
+            );
         }
         for (key, raw, field) in [
             (
