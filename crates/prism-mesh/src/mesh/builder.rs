@@ -1,7 +1,7 @@
 //! Configuring and connecting a [`Mesh`]: the backend, timing, balancing and
 //! self-preservation, validated once, then the view, the owners and the first snapshot.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::history::{CheckpointPolicy, CheckpointTask};
 use crate::metrics::MeshStats;
 use crate::owner::Owners;
-use crate::store::{MemoryStore, NatsStore, Store};
+use crate::store::{Interest, MemoryStore, NatsStore, Store};
 use crate::sync::{KeyAlerts, Watermark};
 use crate::view::{EventBus, RegistryView, SelfPreservation, ViewTask};
 
@@ -61,6 +61,8 @@ pub struct MeshBuilder {
     self_preservation: SelfPreservation,
     checkpoints: CheckpointPolicy,
     registry: bool,
+    /// The services followed (`None`: all).
+    follow: Option<std::collections::BTreeSet<String>>,
 }
 
 /// How [`Mesh::pick`] balances each service.
@@ -82,6 +84,7 @@ impl Default for MeshBuilder {
             self_preservation: SelfPreservation::default(),
             checkpoints: CheckpointPolicy::default(),
             registry: true,
+            follow: None,
         }
     }
 }
@@ -189,6 +192,9 @@ impl MeshBuilder {
     /// ```
     pub fn validate(&self) -> Result<()> {
         self.timing.validate()?;
+        for service in self.follow.iter().flatten() {
+            crate::instance::validate_service_name(service)?;
+        }
         match self.chosen_backend()? {
             BackendConfig::Nats(options) => {
                 options.validate()?;
@@ -204,6 +210,42 @@ impl MeshBuilder {
     /// wait for a snapshot of the bucket.
     pub fn registry(mut self, follow: bool) -> Self {
         self.registry = follow;
+        self
+    }
+
+    /// Follows `service`: the view holds only the services named this way (and those
+    /// this mesh registers instances of, or reads later: see [`Mesh::follow`]), and the
+    /// server sends this peer nothing about the others. Without any call the view holds
+    /// every service.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> prism_mesh::Result<()> {
+    /// use prism_mesh::{MemoryStore, Mesh, ServiceInstance};
+    ///
+    /// let store = MemoryStore::new();
+    /// let owner = Mesh::builder().memory_store(store.clone()).connect().await?;
+    /// owner.register(ServiceInstance::builder("billing", "10.0.0.7", 80).build()?).await?;
+    /// let peer = Mesh::builder().memory_store(store).follow("orders").connect().await?;
+    /// assert!(peer.services().is_empty(), "billing is not followed");
+    /// peer.follow("billing").await?;
+    /// assert_eq!(peer.discover("billing").len(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn follow(mut self, service: impl Into<String>) -> Self {
+        self.follow
+            .get_or_insert_with(Default::default)
+            .insert(service.into());
+        self
+    }
+
+    /// Follows each of `services` (see [`follow`](MeshBuilder::follow)); an empty list
+    /// follows nothing until the mesh registers or reads a service.
+    pub fn follow_services<S: Into<String>>(
+        mut self,
+        services: impl IntoIterator<Item = S>,
+    ) -> Self {
+        let followed = self.follow.get_or_insert_with(Default::default);
+        followed.extend(services.into_iter().map(Into::into));
         self
     }
 
@@ -266,6 +308,12 @@ impl Mesh {
         let bus = Arc::new(EventBus::default());
         let stats = Arc::new(MeshStats::default());
         let (ready_tx, mut ready) = watch::channel(false);
+        let interest = watch::channel(match &builder.follow {
+            None => Interest::default(),
+            Some(services) => Interest::only(services.iter().cloned()),
+        })
+        .0;
+        let (loaded_tx, loaded) = watch::channel(0);
         let applied = Arc::new(Watermark::default());
         let closing = watch::channel(false).0;
         let alerts = Arc::new(KeyAlerts::default());
@@ -275,6 +323,7 @@ impl Mesh {
             bus: bus.clone(),
             stats: stats.clone(),
             ready: ready_tx,
+            loaded: loaded_tx,
             peer_id: peer_id.clone(),
             publish_expired: builder.publish_expired_events,
             self_preservation: builder.self_preservation,
@@ -284,7 +333,7 @@ impl Mesh {
         };
         let span = tracing::info_span!("view", peer = %peer_id);
         if builder.registry {
-            tokio::spawn(task.run(store.watch()).instrument(span));
+            tokio::spawn(task.run(store.watch(interest.subscribe())).instrument(span));
         } else {
             drop(task);
             ready = watch::channel(true).1;
@@ -340,6 +389,9 @@ impl Mesh {
                 closing,
                 balancing: builder.balancing,
                 balancers: ArcSwap::default(),
+                interest,
+                loaded,
+                unfollowed_reads: Mutex::new(HashSet::new()),
             }),
         })
     }

@@ -28,6 +28,7 @@ use crate::view::{EventBus, EventFilter, EventStream, MeshEvent, RegistryView, S
 mod audit;
 mod builder;
 mod control;
+mod interest;
 mod shutdown;
 
 use builder::Balancing;
@@ -84,6 +85,12 @@ struct Inner {
     balancing: Balancing,
     /// The balancers behind by-name picks, one per service, created on first pick.
     balancers: ArcSwap<HashMap<String, Balancer>>,
+    /// The services the view follows; the view task watches it.
+    interest: watch::Sender<crate::store::Interest>,
+    /// The interest generation the view has loaded.
+    loaded: watch::Receiver<u64>,
+    /// Services read before they were followed (warned of once each).
+    unfollowed_reads: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Drop for Inner {
@@ -121,6 +128,8 @@ impl Mesh {
                 "the mesh is shut down (or was built with registry(false), to read the trail)",
             ));
         }
+        // An owner must see its own writes: its service is followed.
+        self.follow(&instance.service).await?;
         // In the caller's task: a task per registration costs measurable latency. A call
         // cancelled before it returns stops its heartbeats again, and being acknowledged
         // and being listed happen with no await in between, so no instance is ever
@@ -144,6 +153,7 @@ impl Mesh {
     /// Every instance of `service` in the view, whatever its status, ordered by id.
     pub fn discover(&self, service: &str) -> Vec<Arc<ServiceInstance>> {
         MeshStats::incr(&self.inner.stats.discoveries);
+        self.read_of(service);
         self.inner
             .registry
             .slot(service)
@@ -161,6 +171,7 @@ impl Mesh {
     /// the view while the mesh is open (a handle of the `Mesh` is kept or it was not shut
     /// down); after that it keeps the last snapshot. So do balancers.
     pub fn service(&self, service: &str) -> Arc<ServiceSlot> {
+        self.read_of(service);
         self.inner.registry.slot_or_insert(service)
     }
 
@@ -354,6 +365,7 @@ impl Mesh {
     ) -> Result<Vec<Arc<ServiceInstance>>> {
         // Subscribe before looking so an arrival between the two is not missed.
         let mut events = self.subscribe_filtered(EventFilter::service(service));
+        self.follow(service).await?;
         let wait = async {
             loop {
                 let instances = self.discover(service);

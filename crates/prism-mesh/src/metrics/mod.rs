@@ -66,6 +66,9 @@ mesh_stats! {
     discoveries => Counter "service_discovery_discoveries" "Service lookups by name (discover, by-name picks, waits)";
     /// Bucket changes applied to the view (puts, removals, snapshot entries).
     changes_applied => Counter "service_discovery_changes_applied" "Bucket changes applied to the view";
+    /// Bucket writes that rewrote a held record unchanged (others' heartbeats), known by
+    /// the record's digest and not decoded (part of `changes_applied`).
+    heartbeats_seen => Counter "service_discovery_heartbeats_seen" "Unchanged rewrites of held records (heartbeats) seen by the view";
     /// Typed events delivered to subscribers.
     events_emitted => Counter "service_discovery_events_emitted" "Typed events delivered to subscribers";
     /// Messages on the bucket that could not be decoded or did not match their key;

@@ -103,6 +103,10 @@ pub(crate) enum WatchItem {
     /// without markers: peers keep what they hold, and owners must write their keys again.
     /// Its change follows.
     RolledUp { revision: u64 },
+    /// A snapshot of the services of interest `generation` follows. `added` names the
+    /// services that interest added since the last snapshot: their instances are loaded,
+    /// not news, so they raise no events.
+    Loading { generation: u64, added: Vec<String> },
     /// The log was replaced (the bucket made again, as after a server restart with memory
     /// storage): its revisions start again from 1 and compare with none the view holds.
     /// A snapshot follows.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{History, HistoryQuery, Start, StoredEvent};
-use super::{KvChange, RemovalCause, WatchItem, WriteCondition};
+use super::{Interest, KvChange, RemovalCause, WatchItem, WriteCondition};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{EventRecord, InstanceRecord};
 
@@ -56,11 +56,18 @@ struct State {
     keys: HashMap<String, Slot>,
     revision: u64,
     deadlines: BinaryHeap<Reverse<(Instant, u64, String)>>,
-    watchers: Vec<mpsc::UnboundedSender<WatchItem>>,
+    watchers: Vec<Watcher>,
     events: VecDeque<LoggedEvent>,
     event_ids: HashSet<String>,
     /// The sequence of the last event appended (the first is 1).
     event_sequence: u64,
+}
+
+/// A watch: where its items go and the interest it was last given a snapshot of.
+#[derive(Debug)]
+struct Watcher {
+    tx: mpsc::UnboundedSender<WatchItem>,
+    interest: Interest,
 }
 
 /// An event as the memory log keeps it: like a stream message, with a sequence and time.
@@ -339,27 +346,37 @@ impl MemoryStore {
         )
     }
 
-    pub(crate) fn watch(&self) -> mpsc::UnboundedReceiver<WatchItem> {
+    pub(crate) fn watch(
+        &self,
+        mut interest: watch::Receiver<Interest>,
+    ) -> mpsc::UnboundedReceiver<WatchItem> {
         self.ensure_sweeper();
         let (tx, rx) = mpsc::unbounded_channel();
+        let wanted = interest.borrow_and_update().clone();
         let mut state = self.lock();
-        let snapshot = state
-            .keys
-            .iter()
-            .map(|(key, slot)| slot.as_change(key))
-            .collect();
         // Snapshot and subscription under one lock: no change falls between them.
-        if tx.send(WatchItem::SnapshotBegin).is_ok()
-            && tx.send(WatchItem::SnapshotPart(snapshot)).is_ok()
-            && tx.send(WatchItem::SnapshotEnd).is_ok()
-        {
+        if state.snapshot(&tx, &wanted, &Interest::default()) {
             // Also a sweeper on the watcher's own runtime for as long as it watches: the
             // store's first runtime (say, an earlier test's) may end while this one waits
             // for an expiry with no write to restart the shared sweeper.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(sweep(Arc::downgrade(&self.inner), Some(tx.clone())));
+                // A grown interest: a snapshot of it, as a NATS watch takes one.
+                let weak = Arc::downgrade(&self.inner);
+                let watcher = tx.clone();
+                runtime.spawn(async move {
+                    while interest.changed().await.is_ok() && !watcher.is_closed() {
+                        let wanted = interest.borrow_and_update().clone();
+                        let Some(inner) = weak.upgrade() else { return };
+                        let mut state = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+                        state.regrow(&watcher, wanted);
+                    }
+                });
             }
-            state.watchers.push(tx);
+            state.watchers.push(Watcher {
+                tx,
+                interest: wanted,
+            });
         }
         rx
     }
@@ -400,8 +417,51 @@ async fn sweep(weak: Weak<Inner>, watcher: Option<mpsc::UnboundedSender<WatchIte
 
 impl State {
     fn broadcast(&mut self, change: KvChange) {
-        self.watchers
-            .retain(|w| w.send(WatchItem::Change(change.clone())).is_ok());
+        self.watchers.retain(|w| {
+            !w.interest.covers_key(change.key())
+                || w.tx.send(WatchItem::Change(change.clone())).is_ok()
+        });
+    }
+
+    /// Sends a snapshot of the keys of `wanted` (announced by `Loading`, `before` being
+    /// the interest of the watcher's last one); false when the watcher is gone.
+    fn snapshot(
+        &self,
+        tx: &mpsc::UnboundedSender<WatchItem>,
+        wanted: &Interest,
+        before: &Interest,
+    ) -> bool {
+        let part = self
+            .keys
+            .iter()
+            .filter(|(key, _)| wanted.covers_key(key))
+            .map(|(key, slot)| slot.as_change(key))
+            .collect();
+        let loading = WatchItem::Loading {
+            generation: wanted.generation,
+            added: wanted.added_since(before),
+        };
+        [
+            loading,
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotPart(part),
+            WatchItem::SnapshotEnd,
+        ]
+        .into_iter()
+        .all(|item| tx.send(item).is_ok())
+    }
+
+    /// The watcher on `tx` follows `wanted` from now on, starting with a snapshot of it.
+    fn regrow(&mut self, tx: &mpsc::UnboundedSender<WatchItem>, wanted: Interest) {
+        let Some(index) = self.watchers.iter().position(|w| w.tx.same_channel(tx)) else {
+            return;
+        };
+        let before = self.watchers[index].interest.clone();
+        if self.snapshot(tx, &wanted, &before) {
+            self.watchers[index].interest = wanted;
+        } else {
+            self.watchers.remove(index);
+        }
     }
 
     fn expire(&mut self, now: Instant) {

@@ -5,6 +5,7 @@
 //! shared, so the in-process [`MemoryStore`] and NATS JetStream behave the same.
 
 mod history;
+mod interest;
 mod memory;
 mod nats;
 
@@ -15,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 pub(crate) use crate::protocol::bucket::{KvChange, RemovalCause, WatchItem, WriteCondition};
 pub(crate) use history::Start;
 pub use history::{History, HistoryQuery, StoredEvent};
+pub(crate) use interest::Interest;
 pub use memory::MemoryStore;
 pub(crate) use nats::NatsStore;
 
@@ -106,11 +108,15 @@ impl Store {
         }
     }
 
-    /// Starts watching every key: a snapshot, then changes.
-    pub(crate) fn watch(&self) -> mpsc::UnboundedReceiver<WatchItem> {
+    /// Starts watching the keys of the services of `interest`: a snapshot, then changes;
+    /// when the interest grows, a snapshot of the new one (after a `Loading` item).
+    pub(crate) fn watch(
+        &self,
+        interest: watch::Receiver<Interest>,
+    ) -> mpsc::UnboundedReceiver<WatchItem> {
         match self {
-            Store::Memory(store) => store.watch(),
-            Store::Nats(store) => store.watch(),
+            Store::Memory(store) => store.watch(interest),
+            Store::Nats(store) => store.watch(interest),
         }
     }
 

@@ -23,6 +23,8 @@ pub(super) struct Entry {
     /// what self-preservation judges its expiry by.
     pub(super) written_at: SystemTime,
     pub(super) ttl: Duration,
+    /// The digest of the record's bytes (see `ViewState::digest`).
+    pub(super) digest: u64,
     /// The last snapshot (see `Index::snapshot`) that named this key.
     pub(super) seen_in: u64,
 }
@@ -39,13 +41,32 @@ pub(super) struct Index {
 }
 
 impl Index {
+    /// A live write of `key` whose record has `digest`: when it is the record held (a
+    /// heartbeat), takes its revision and time and returns the instance's id; `None` when
+    /// the write must be decoded and applied (a change, an unknown key, an old revision).
+    pub(super) fn heartbeat(
+        &mut self,
+        key: &str,
+        digest: u64,
+        revision: u64,
+        written_at: SystemTime,
+    ) -> Option<uuid::Uuid> {
+        let entry = self.entries.get_mut(key)?;
+        if entry.digest != digest || entry.revision >= revision {
+            return None;
+        }
+        entry.revision = revision;
+        entry.written_at = written_at;
+        Some(entry.instance.id)
+    }
+
     pub(super) fn upsert(
         &mut self,
         key: String,
         instance: Arc<ServiceInstance>,
         revision: u64,
         reason: Option<String>,
-        (written_at, ttl): (SystemTime, Duration),
+        (written_at, ttl, digest): (SystemTime, Duration, u64),
         events: &mut Vec<MeshEvent>,
     ) {
         let snapshot = self.snapshot;
@@ -59,6 +80,7 @@ impl Index {
                 entry.revision = revision;
                 entry.written_at = written_at;
                 entry.ttl = ttl;
+                entry.digest = digest;
                 if entry.instance.same_content(&instance) {
                     return; // a heartbeat
                 }
@@ -90,6 +112,7 @@ impl Index {
                     revision,
                     written_at,
                     ttl,
+                    digest,
                     seen_in: snapshot,
                 });
                 events.push(MeshEvent::Registered { instance });

@@ -72,6 +72,14 @@ pub(super) struct ViewState {
     stats: Arc<MeshStats>,
     alerts: Arc<KeyAlerts>,
     grace: Duration,
+    /// The interest generation of the snapshot streaming in, and the services it adds.
+    loading: Option<(u64, FastSet<String>)>,
+    /// The interest generation of the last complete snapshot.
+    loaded: u64,
+    /// Digests of records: a heartbeat rewrites its key's record unchanged, and is known
+    /// by its digest without decoding it. Seeded per view, so no writer can aim a
+    /// collision at it.
+    digests: foldhash::fast::RandomState,
 }
 
 impl ViewState {
@@ -98,7 +106,20 @@ impl ViewState {
             stats,
             alerts,
             grace: rule.grace,
+            loading: None,
+            loaded: 0,
+            digests: foldhash::fast::RandomState::default(),
         }
+    }
+
+    /// The interest generation of the last complete snapshot.
+    pub(super) fn loaded(&self) -> u64 {
+        self.loaded
+    }
+
+    fn digest(&self, value: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.digests.hash_one(value)
     }
 
     /// True while a snapshot streams in: nothing may be published before it ends.
@@ -128,8 +149,16 @@ impl ViewState {
     /// starts again too.
     pub(super) fn apply(&mut self, item: WatchItem) -> bool {
         match item {
+            WatchItem::Loading { generation, added } => {
+                self.loading = Some((generation, added.into_iter().collect()));
+            }
             WatchItem::SnapshotBegin => {
-                if self.synced {
+                // A snapshot taken because the interest grew follows no interruption.
+                let grown = self
+                    .loading
+                    .as_ref()
+                    .is_some_and(|(_, added)| !added.is_empty());
+                if self.synced && !grown {
                     self.preservation.interrupted(SystemTime::now());
                 }
                 self.resync = Some(self.begin_snapshot());
@@ -147,6 +176,14 @@ impl ViewState {
                 };
                 self.apply_snapshot_part(&mut resync, changes);
                 self.resync = Some(resync);
+                // A service just followed is loaded, not announced: its instances were
+                // registered before this peer looked.
+                if let Some((_, added)) = self.loading.as_ref().filter(|(_, a)| !a.is_empty()) {
+                    self.events.retain(|event| {
+                        !(event.kind() == crate::view::EventKind::Registered
+                            && added.contains(event.service()))
+                    });
+                }
                 if !self.synced {
                     // Nobody can subscribe before the first view is ready.
                     self.events.clear();
@@ -160,6 +197,9 @@ impl ViewState {
                 };
                 self.finish_snapshot(resync);
                 self.synced = true;
+                if let Some((generation, _)) = self.loading.take() {
+                    self.loaded = self.loaded.max(generation);
+                }
             }
             WatchItem::LogReplaced => {
                 // No revision held may hide a write to the new log.
@@ -243,6 +283,14 @@ impl ViewState {
                 revision,
                 written_at,
             } => {
+                let digest = self.digest(&value);
+                if let Some(entry) = self.index.heartbeat(&key, digest, revision, written_at) {
+                    // Written again unchanged: an expiry waiting on it is void.
+                    self.preservation.forget(&key);
+                    self.registry.record_write(entry, written_at);
+                    MeshStats::incr(&self.stats.heartbeats_seen);
+                    return;
+                }
                 if let Some((instance, reason, ttl)) = self.decode(&key, &value, revision) {
                     // Written again: an expiry waiting on it is void.
                     self.preservation.forget(&key);
@@ -252,7 +300,7 @@ impl ViewState {
                         instance,
                         revision,
                         reason,
-                        (written_at, ttl),
+                        (written_at, ttl, digest),
                         &mut self.events,
                     );
                 }
@@ -303,12 +351,13 @@ impl ViewState {
                         // Written again: an earlier removal and a waiting expiry are void.
                         removals.remove(&key);
                         self.preservation.forget(&key);
+                        let digest = self.digest(&value);
                         self.index.upsert(
                             key,
                             instance,
                             revision,
                             reason,
-                            (written_at, ttl),
+                            (written_at, ttl, digest),
                             &mut self.events,
                         );
                     }

@@ -49,6 +49,8 @@ pub(crate) struct ViewTask {
     pub(crate) bus: Arc<EventBus>,
     pub(crate) stats: Arc<MeshStats>,
     pub(crate) ready: watch::Sender<bool>,
+    /// The interest generation readers can see loaded (see `Mesh::follow`).
+    pub(crate) loaded: watch::Sender<u64>,
     pub(crate) peer_id: String,
     pub(crate) publish_expired: bool,
     pub(crate) self_preservation: SelfPreservation,
@@ -157,6 +159,9 @@ impl ViewTask {
                 self.ready
                     .send_if_modified(|ready| !std::mem::replace(ready, true));
             }
+            let loaded = state.loaded();
+            self.loaded
+                .send_if_modified(|seen| std::mem::replace(seen, loaded) != loaded);
             for removal in flushed.removals {
                 self.record_removal(removal, &refused_expiries);
             }
@@ -250,6 +255,7 @@ impl ViewTask {
             bus,
             stats: Arc::new(MeshStats::default()),
             ready: watch::channel(false).0,
+            loaded: watch::channel(0).0,
             peer_id: "test".into(),
             publish_expired: false,
             self_preservation: SelfPreservation::disabled(),

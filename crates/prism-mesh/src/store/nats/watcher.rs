@@ -16,14 +16,17 @@ use super::{is_stream_not_found, name, Inner, NatsStore, Position};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::bucket::bucket_change;
 use crate::protocol::headers as h;
-use crate::store::{KvChange, WatchItem};
+use crate::store::{Interest, KvChange, WatchItem};
 
 impl NatsStore {
-    pub(crate) fn watch(&self) -> mpsc::UnboundedReceiver<WatchItem> {
+    pub(crate) fn watch(
+        &self,
+        interest: watch::Receiver<Interest>,
+    ) -> mpsc::UnboundedReceiver<WatchItem> {
         let (tx, rx) = mpsc::unbounded_channel();
         let inner = self.inner.clone();
         let span = tracing::info_span!("nats.watch", stream = %inner.kv_stream);
-        tokio::spawn(watch_loop(inner, tx).instrument(span));
+        tokio::spawn(watch_loop(inner, tx, interest).instrument(span));
         rx
     }
 }
@@ -32,7 +35,14 @@ impl NatsStore {
 /// a consumer lost in a leader election) the watch resumes from the last revision it
 /// delivered while the log still holds every removal since (see
 /// `WatchedLog::resume_point`), and takes a fresh snapshot otherwise.
-async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
+///
+/// The consumer asks only for the keys of the services of interest. A grown interest
+/// needs a snapshot of the new set: the watch starts again with one.
+async fn watch_loop(
+    inner: Arc<Inner>,
+    tx: mpsc::UnboundedSender<WatchItem>,
+    mut interest: watch::Receiver<Interest>,
+) {
     let mut reconnects = inner.reconnects.clone();
     let mut awaited = inner.awaited.subscribe();
     let mut closed = inner.closed.subscribe();
@@ -40,9 +50,11 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
     let mut log = WatchedLog::default();
     loop {
         reconnects.borrow_and_update();
+        let wanted = interest.borrow_and_update().clone();
         let outcome = tokio::select! {
-            outcome = watch_once(&inner, &tx, &mut log) => outcome,
+            outcome = watch_once(&inner, &tx, &mut log, &wanted) => outcome,
             _ = reconnects.changed() => Ok(WatchEnd::Reconnected),
+            () = grown(&mut interest) => Ok(WatchEnd::InterestGrown),
             revision = stalled(&inner, &mut awaited) => Ok(WatchEnd::Stalled(revision)),
             _ = crate::sync::until_true(&mut closed) => return,
             // The view is gone (its mesh dropped without `shutdown`): stop now, not at the
@@ -54,6 +66,9 @@ async fn watch_loop(inner: Arc<Inner>, tx: mpsc::UnboundedSender<WatchItem>) {
             Ok(WatchEnd::Reconnected) => {
                 info!("reconnected: resuming the bucket watch");
                 backoff = Duration::from_millis(100);
+            }
+            Ok(WatchEnd::InterestGrown) => {
+                debug!("the interest grew: watching again with a snapshot of it");
             }
             Ok(WatchEnd::Stalled(revision)) => {
                 info!(
@@ -91,6 +106,8 @@ struct WatchedLog {
     delivered_at: i128,
     /// "Gone" was already logged as a warning in this outage.
     warned_gone: bool,
+    /// The interest of the last complete snapshot: a watch of another one cannot resume.
+    loaded: Interest,
 }
 
 impl WatchedLog {
@@ -127,6 +144,8 @@ const RESUME_MARGIN: Duration = Duration::from_secs(5);
 enum WatchEnd {
     ReceiverGone,
     Reconnected,
+    /// The peer follows more services than the running consumer asks for.
+    InterestGrown,
     /// The watch showed nothing, not even a write of this mesh's, for `STALL_QUIET`.
     Stalled(u64),
 }
@@ -153,10 +172,26 @@ async fn stalled(inner: &Inner, awaited: &mut watch::Receiver<u64>) -> u64 {
     }
 }
 
+/// Resolves when the interest changes (never once its sender is gone).
+async fn grown(interest: &mut watch::Receiver<Interest>) {
+    if interest.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The consumer's filter: the whole bucket, or each followed service's keys.
+fn filter_subjects(prefix: &str, interest: &Interest) -> Vec<String> {
+    match &interest.services {
+        None => vec![format!("{prefix}>")],
+        Some(services) => services.iter().map(|s| format!("{prefix}{s}.*")).collect(),
+    }
+}
+
 async fn watch_once(
     inner: &Inner,
     tx: &mpsc::UnboundedSender<WatchItem>,
     log: &mut WatchedLog,
+    wanted: &Interest,
 ) -> Result<WatchEnd> {
     let cannot_open = |e: jetstream::context::GetStreamError| {
         let kind = setup_kind(transient(&e));
@@ -202,7 +237,9 @@ async fn watch_once(
             return Ok(WatchEnd::ReceiverGone);
         }
     }
-    let resume = log.resume_point(info);
+    let resume = log
+        .resume_point(info)
+        .filter(|_| log.loaded.services == wanted.services);
     // With history 1 (the buckets prism-mesh creates) every stored message is its key's
     // last, so delivering all of them is the same snapshot; the server then reads the log in
     // order instead of looking up each key's last message first, which costs it a third
@@ -212,11 +249,35 @@ async fn watch_once(
         None if info.config.max_messages_per_subject == 1 => consumer::DeliverPolicy::All,
         None => consumer::DeliverPolicy::LastPerSubject,
     };
+    let mut filters = filter_subjects(&inner.kv_prefix, wanted);
+    if filters.is_empty() {
+        // Nothing followed: an empty view, until the interest grows (a consumer without
+        // a filter would deliver everything).
+        let loaded = [
+            WatchItem::Loading {
+                generation: wanted.generation,
+                added: Vec::new(),
+            },
+            WatchItem::SnapshotBegin,
+            WatchItem::SnapshotEnd,
+        ];
+        if loaded.into_iter().any(|item| tx.send(item).is_err()) {
+            return Ok(WatchEnd::ReceiverGone);
+        }
+        log.loaded = wanted.clone();
+        return std::future::pending().await;
+    }
+    let (filter_subject, filter_subjects) = if filters.len() == 1 {
+        (filters.remove(0), Vec::new())
+    } else {
+        (String::new(), filters)
+    };
     let consumer = stream
         .create_consumer(consumer::push::OrderedConfig {
             deliver_subject: inner.client.new_inbox(),
             description: Some("prism-mesh peer view".to_string()),
-            filter_subject: format!("{}>", inner.kv_prefix),
+            filter_subject,
+            filter_subjects,
             deliver_policy,
             replay_policy: consumer::ReplayPolicy::Instant,
             ..Default::default()
@@ -238,7 +299,11 @@ async fn watch_once(
         }
         return follow(inner, tx, log, &mut messages, &mut near_timer).await;
     }
-    if tx.send(WatchItem::SnapshotBegin).is_err() {
+    let loading = WatchItem::Loading {
+        generation: wanted.generation,
+        added: wanted.added_since(&log.loaded),
+    };
+    if tx.send(loading).is_err() || tx.send(WatchItem::SnapshotBegin).is_err() {
         return Ok(WatchEnd::ReceiverGone);
     }
     // Stream the snapshot in parts: the view decodes one part while the next arrives.
@@ -270,6 +335,7 @@ async fn watch_once(
     if tx.send(WatchItem::SnapshotPart(part)).is_err() || tx.send(WatchItem::SnapshotEnd).is_err() {
         return Ok(WatchEnd::ReceiverGone);
     }
+    log.loaded = wanted.clone();
     follow(inner, tx, log, &mut messages, &mut near_timer).await
 }
 
