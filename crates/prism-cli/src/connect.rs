@@ -162,6 +162,16 @@ impl ConnectArgs {
         self.builder()?.connect().await.map_err(CliError::from)
     }
 
+    /// A peer whose view holds `service` alone: the server sends it nothing of the rest
+    /// of the mesh, whatever its size.
+    pub async fn connect_following(&self, service: &str) -> Result<Mesh, CliError> {
+        self.builder()?
+            .follow(service)
+            .connect()
+            .await
+            .map_err(CliError::from)
+    }
+
     /// A mesh for reading the audit trail: the same connection, without loading the live
     /// view of the bucket (the trail is read from the event stream).
     pub async fn connect_reader(&self) -> Result<Mesh, CliError> {

@@ -31,7 +31,7 @@ pub async fn deregister(
 ) -> Result<ExitCode, CliError> {
     let id = instance_id(id)?;
     prism_mesh::validate_service_name(service)?;
-    let mesh = connect.connect().await?;
+    let mesh = connect.connect_following(service).await?;
     let done = mesh
         .request_deregister(service, id, reason, Some(&requester(connect)))
         .await;
@@ -50,7 +50,7 @@ pub async fn maintenance(
 ) -> Result<ExitCode, CliError> {
     let id = instance_id(id)?;
     prism_mesh::validate_service_name(service)?;
-    let mesh = connect.connect().await?;
+    let mesh = connect.connect_following(service).await?;
     let done = mesh
         .request_maintenance(service, id, on, reason, Some(&requester(connect)))
         .await;

@@ -23,7 +23,7 @@ pub async fn run(
                 .map_err(|_| CliError::Usage(format!("{id:?} is not an instance id (a UUID)")))
         })
         .transpose()?;
-    let mesh = connect.connect().await?;
+    let mesh = connect.connect_following(service).await?;
     let targets: Vec<_> = mesh
         .discover(service)
         .into_iter()

@@ -77,7 +77,7 @@ fn parse_status(text: &str) -> Result<InstanceStatus, String> {
 pub async fn get(args: &GetArgs, connect: &ConnectArgs) -> Result<ExitCode, CliError> {
     let service = args.service.as_str();
     prism_mesh::validate_service_name(service)?;
-    let mesh = connect.connect().await?;
+    let mesh = connect.connect_following(service).await?;
     let all = mesh.discover(service);
     mesh.shutdown().await;
     if all.is_empty() {
@@ -148,11 +148,11 @@ pub async fn watch(service: Option<&str>, connect: &ConnectArgs) -> Result<ExitC
     }
     // This peer records the expiries it sees (where permissions let it), so that a service
     // with no other peer left still shows its end.
-    let mesh = connect
-        .builder()?
-        .publish_expired_events(true)
-        .connect()
-        .await?;
+    let mut builder = connect.builder()?.publish_expired_events(true);
+    if let Some(service) = service {
+        builder = builder.follow(service);
+    }
+    let mesh = builder.connect().await?;
     let shown = show_then_follow(&mesh, service, connect.json).await;
     mesh.shutdown().await;
     shown.map(|()| ExitCode::SUCCESS)
