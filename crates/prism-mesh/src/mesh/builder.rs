@@ -375,6 +375,14 @@ impl Mesh {
             applied,
             alerts,
         );
+        let control_desk = store.nats().cloned().map(|nats| {
+            let (desk, owned) = tokio::sync::mpsc::unbounded_channel();
+            let span = tracing::info_span!("control", peer = %peer_id);
+            tokio::spawn(
+                super::control::control_desk(nats, owned, closing.subscribe()).instrument(span),
+            );
+            desk
+        });
         Ok(Mesh {
             inner: Arc::new(Inner {
                 store,
@@ -392,6 +400,7 @@ impl Mesh {
                 interest,
                 loaded,
                 unfollowed_reads: Mutex::new(HashSet::new()),
+                control_desk,
             }),
         })
     }

@@ -1,12 +1,14 @@
 //! Operators' requests to owners: each owned instance listens on its control subject (NATS
-//! only), and the owner makes the change itself; `request_*` sends them. An instance whose
+//! only; one task per mesh answers for all of them), and the owner makes the change itself; `request_*` sends them. An instance whose
 //! owner is gone can still be deregistered: the requester writes the tombstone and records
 //! the event, as the owner would have.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::{StreamExt, StreamMap};
 use tracing::debug;
 use uuid::Uuid;
 
@@ -26,12 +28,10 @@ impl Mesh {
     /// Starts answering control requests for `registration` (NATS only), until it is
     /// deregistered or the mesh closes.
     pub(super) fn listen_for_control(&self, registration: &Registration) {
-        let Some(store) = self.inner.store.nats().cloned() else {
-            return;
-        };
-        let registration = registration.clone();
-        let closing = self.inner.closing.subscribe();
-        tokio::spawn(answer_control(store, registration, closing));
+        if let Some(desk) = &self.inner.control_desk {
+            // Gone only once the mesh closes, when nothing answers any more.
+            let _ = desk.send(registration.clone());
+        }
     }
 
     /// Asks the owner of `service`/`id` to deregister it, with `reason` and `by` (who
@@ -154,77 +154,113 @@ fn answered(answer: ControlReply) -> Result<()> {
     }
 }
 
-/// The owner's side: one subscription per owned instance.
-async fn answer_control(
-    store: NatsStore,
+/// What the desk holds for an owned instance.
+#[derive(Clone)]
+struct Answering {
     registration: Registration,
+    /// The status to go back to when maintenance ends.
+    before_maintenance: Arc<Mutex<Option<InstanceStatus>>>,
+}
+
+/// The owner's side: one task per mesh answers for every owned instance, each on its own
+/// subscription (so a request for an instance no longer here gets "no responders"). A
+/// task and a timer per registration would cost every registration; this costs it one
+/// subscription.
+pub(super) async fn control_desk(
+    store: NatsStore,
+    mut owned: mpsc::UnboundedReceiver<Registration>,
     mut closing: watch::Receiver<bool>,
 ) {
-    let id = registration.id();
-    let service = registration.instance().service.clone();
-    let mut requests = match store.control_requests(&service, &id).await {
-        Ok(requests) => requests,
-        Err(e) => {
-            debug!(error = %e, %id, "not listening for control requests");
-            return;
+    let mut requests: StreamMap<Uuid, async_nats::Subscriber> = StreamMap::new();
+    let mut answering: HashMap<Uuid, Answering> = HashMap::new();
+    // Deregistered instances stop answering within a sweep.
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            registration = owned.recv() => {
+                let Some(registration) = registration else { return };
+                let id = registration.id();
+                let service = registration.instance().service.clone();
+                match store.control_requests(&service, &id).await {
+                    Ok(subscription) => {
+                        requests.insert(id, subscription);
+                        answering.insert(id, Answering {
+                            registration,
+                            before_maintenance: Arc::default(),
+                        });
+                    }
+                    Err(e) => debug!(error = %e, %id, "not listening for control requests"),
+                }
+            }
+            Some((id, message)) = requests.next(), if !requests.is_empty() => {
+                if let Some(answering) = answering.get(&id).cloned() {
+                    // A change waits for its write: never hold up the other instances.
+                    tokio::spawn(answer(store.clone(), answering, message));
+                }
+            }
+            _ = sweep.tick() => {
+                answering.retain(|id, answering| {
+                    let live = answering.registration.is_live();
+                    if !live {
+                        requests.remove(id);
+                    }
+                    live
+                });
+            }
+            _ = crate::sync::until_true(&mut closing) => return,
+        }
+    }
+}
+
+/// Makes the change a request asks for and answers it.
+async fn answer(store: NatsStore, answering: Answering, message: async_nats::Message) {
+    let Some(reply) = message.reply.clone() else {
+        return;
+    };
+    let registration = &answering.registration;
+    let outcome = match serde_json::from_slice::<ControlRequest>(&message.payload) {
+        Err(e) => Err(format!("not a control request: {e}")),
+        Ok(request) => {
+            let reason = request.event_reason();
+            match request.action {
+                ControlAction::Deregister => registration.deregister(Some(&reason)).await,
+                ControlAction::MaintenanceOn => {
+                    let now = registration.instance().status;
+                    if now != InstanceStatus::Maintenance {
+                        *lock(&answering.before_maintenance) = Some(now);
+                    }
+                    registration
+                        .set_status(InstanceStatus::Maintenance, Some(&reason))
+                        .await
+                        .map(|_| ())
+                }
+                ControlAction::MaintenanceOff => {
+                    let back = lock(&answering.before_maintenance)
+                        .take()
+                        .unwrap_or(InstanceStatus::Healthy);
+                    registration
+                        .set_status(back, Some(&reason))
+                        .await
+                        .map(|_| ())
+                }
+            }
+            .map_err(|e| e.to_string())
         }
     };
-    let mut before_maintenance: Option<InstanceStatus> = None;
-    let mut liveness = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let message = tokio::select! {
-            message = requests.next() => match message {
-                Some(message) => message,
-                None => return,
-            },
-            _ = liveness.tick() => {
-                if !registration.is_live() {
-                    return;
-                }
-                continue;
-            }
-            _ = closing.wait_for(|closed| *closed) => return,
-        };
-        let Some(reply) = message.reply.clone() else {
-            continue;
-        };
-        let outcome = match serde_json::from_slice::<ControlRequest>(&message.payload) {
-            Err(e) => Err(format!("not a control request: {e}")),
-            Ok(request) => {
-                let reason = request.event_reason();
-                match request.action {
-                    ControlAction::Deregister => registration.deregister(Some(&reason)).await,
-                    ControlAction::MaintenanceOn => {
-                        let now = registration.instance().status;
-                        if now != InstanceStatus::Maintenance {
-                            before_maintenance = Some(now);
-                        }
-                        registration
-                            .set_status(InstanceStatus::Maintenance, Some(&reason))
-                            .await
-                            .map(|_| ())
-                    }
-                    ControlAction::MaintenanceOff => {
-                        let back = before_maintenance.take().unwrap_or(InstanceStatus::Healthy);
-                        registration
-                            .set_status(back, Some(&reason))
-                            .await
-                            .map(|_| ())
-                    }
-                }
-                .map_err(|e| e.to_string())
-            }
-        };
-        let answer = match outcome {
-            Ok(()) => ControlReply {
-                ok: true,
-                error: None,
-            },
-            Err(error) => ControlReply {
-                ok: false,
-                error: Some(error),
-            },
-        };
-        store.reply_control(reply, &answer).await;
-    }
+    let answer = match outcome {
+        Ok(()) => ControlReply {
+            ok: true,
+            error: None,
+        },
+        Err(error) => ControlReply {
+            ok: false,
+            error: Some(error),
+        },
+    };
+    store.reply_control(reply, &answer).await;
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -89,6 +89,8 @@ struct Inner {
     interest: watch::Sender<crate::store::Interest>,
     /// The interest generation the view has loaded.
     loaded: watch::Receiver<u64>,
+    /// Hands new registrations to the task answering control requests (NATS only).
+    control_desk: Option<tokio::sync::mpsc::UnboundedSender<Registration>>,
     /// Services read before they were followed (warned of once each).
     unfollowed_reads: std::sync::Mutex<std::collections::HashSet<String>>,
 }
