@@ -856,3 +856,64 @@ async fn a_bucket_made_without_per_key_ttls_is_refused_by_name() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_answers_control_requests_until_its_instance_is_deregistered() {
+    let server = NatsServer::start();
+    let owner = fast_mesh(&server.url()).connect().await.unwrap();
+    let admin = fast_mesh(&server.url()).connect().await.unwrap();
+    let mut registrations = Vec::new();
+    for port in [9201, 9202] {
+        let me = owner
+            .register(
+                ServiceInstance::builder("ctl", "127.0.0.1", port)
+                    .build()
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        me.set_status(InstanceStatus::Healthy, None).await.unwrap();
+        registrations.push(me);
+    }
+    let (kept, leaving) = (&registrations[0], &registrations[1]);
+    for registration in &registrations {
+        admin
+            .request_maintenance("ctl", registration.id(), true, Some("disk"), Some("ops"))
+            .await
+            .unwrap();
+        assert_eq!(registration.instance().status, InstanceStatus::Maintenance);
+    }
+    admin
+        .request_maintenance("ctl", kept.id(), false, None, Some("ops"))
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.instance().status,
+        InstanceStatus::Healthy,
+        "back to before"
+    );
+
+    leaving.deregister(Some("scale down")).await.unwrap();
+    // Its owner stops answering for it: a request finds no owner.
+    let started = std::time::Instant::now();
+    loop {
+        match admin
+            .request_maintenance("ctl", leaving.id(), true, None, Some("ops"))
+            .await
+        {
+            Err(e) if e.kind() == ErrorKind::NotRegistered => break,
+            other => assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "still answered for a deregistered instance: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The other one still answers.
+    admin
+        .request_maintenance("ctl", kept.id(), true, None, Some("ops"))
+        .await
+        .unwrap();
+    owner.shutdown().await;
+    admin.shutdown().await;
+}
