@@ -1375,7 +1375,7 @@ async fn maint_and_deregister_go_through_the_owner_and_say_who_asked_and_why() {
             &url,
         ]),
         4,
-        "no owner answered",
+        "no live instance",
     );
     owner.shutdown().await;
     watcher.shutdown().await;

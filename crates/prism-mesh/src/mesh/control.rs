@@ -49,9 +49,16 @@ impl Mesh {
             reason: reason.map(str::to_string),
             by: by.map(str::to_string),
         };
-        match self.send_control(service, id, &request).await? {
-            Some(answer) => answered(answer),
-            None => self.deregister_ownerless(service, id, &request).await,
+        match self.send_control(service, id, &request).await {
+            Ok(Some(answer)) => answered(answer),
+            // No process listens for the service, or the one that does is not the owner:
+            // the owner is gone.
+            Ok(None) => self.deregister_ownerless(service, id, &request).await,
+            Err(e) if e.kind() == ErrorKind::Timeout => {
+                debug!(error = %e, "no owner answered; deregistering for it");
+                self.deregister_ownerless(service, id, &request).await
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -91,7 +98,14 @@ impl Mesh {
         id: Uuid,
         request: &ControlRequest,
     ) -> Result<Option<ControlReply>> {
-        crate::instance::validate_service_name(service)?;
+        // The requester's view must hold the service: the gone owner's part is done from it.
+        self.follow(service).await?;
+        if self.find_instance(service, id).is_none() {
+            return Err(Error::new(
+                ErrorKind::NotRegistered,
+                format!("no live instance {service}/{id}"),
+            ));
+        }
         let store = self.inner.store.nats().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidInput,
@@ -162,16 +176,17 @@ struct Answering {
     before_maintenance: Arc<Mutex<Option<InstanceStatus>>>,
 }
 
-/// The owner's side: one task per mesh answers for every owned instance, each on its own
-/// subscription (so a request for an instance no longer here gets "no responders"). A
-/// task and a timer per registration would cost every registration; this costs it one
-/// subscription.
+/// The owner's side: one task per mesh answers for every owned instance, on one
+/// subscription per service it has instances of. A task, a timer or a subscription per
+/// registration would cost every registration.
 pub(super) async fn control_desk(
     store: NatsStore,
     mut owned: mpsc::UnboundedReceiver<Registration>,
     mut closing: watch::Receiver<bool>,
 ) {
-    let mut requests: StreamMap<Uuid, async_nats::Subscriber> = StreamMap::new();
+    // One subscription per service with an instance here, not one per instance: a
+    // subscription costs a registration more than its two writes.
+    let mut requests: StreamMap<String, async_nats::Subscriber> = StreamMap::new();
     let mut answering: HashMap<Uuid, Answering> = HashMap::new();
     // Deregistered instances stop answering within a sweep.
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
@@ -182,31 +197,41 @@ pub(super) async fn control_desk(
                 let Some(registration) = registration else { return };
                 let id = registration.id();
                 let service = registration.instance().service.clone();
-                match store.control_requests(&service, &id).await {
-                    Ok(subscription) => {
-                        requests.insert(id, subscription);
-                        answering.insert(id, Answering {
-                            registration,
-                            before_maintenance: Arc::default(),
-                        });
+                if !requests.contains_key(&service) {
+                    match store.control_requests(&service).await {
+                        Ok(subscription) => {
+                            requests.insert(service, subscription);
+                        }
+                        Err(e) => {
+                            debug!(error = %e, %id, "not listening for control requests");
+                            continue;
+                        }
                     }
-                    Err(e) => debug!(error = %e, %id, "not listening for control requests"),
                 }
+                answering.insert(id, Answering {
+                    registration,
+                    before_maintenance: Arc::default(),
+                });
             }
-            Some((id, message)) = requests.next(), if !requests.is_empty() => {
-                if let Some(answering) = answering.get(&id).cloned() {
+            Some((_, message)) = requests.next(), if !requests.is_empty() => {
+                // The last token of the subject is the instance's id. A request for an
+                // instance of this service owned elsewhere is its owner's to answer.
+                let id = message.subject.rsplit('.').next().and_then(|id| id.parse::<Uuid>().ok());
+                if let Some(answering) = id.and_then(|id| answering.get(&id)).cloned() {
                     // A change waits for its write: never hold up the other instances.
                     tokio::spawn(answer(store.clone(), answering, message));
                 }
             }
             _ = sweep.tick() => {
-                answering.retain(|id, answering| {
-                    let live = answering.registration.is_live();
-                    if !live {
-                        requests.remove(id);
+                answering.retain(|_, answering| answering.registration.is_live());
+                // A service with no instance left here stops listening: a request for it
+                // then finds no responders, and the requester acts for the gone owner.
+                let listened: Vec<String> = requests.keys().cloned().collect();
+                for service in listened {
+                    if !answering.values().any(|a| a.registration.instance().service == service) {
+                        requests.remove(&service);
                     }
-                    live
-                });
+                }
             }
             _ = crate::sync::until_true(&mut closing) => return,
         }

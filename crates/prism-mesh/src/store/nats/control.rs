@@ -7,16 +7,12 @@ use uuid::Uuid;
 
 use super::{unless_denied, NatsStore};
 use crate::error::{Error, ErrorKind, Result};
-use crate::protocol::{control_subject, ControlReply, ControlRequest};
+use crate::protocol::{control_filter, control_subject, ControlReply, ControlRequest};
 
 impl NatsStore {
-    /// The requests for one owned instance, until the subscription is dropped.
-    pub(crate) async fn control_requests(
-        &self,
-        service: &str,
-        id: &Uuid,
-    ) -> Result<async_nats::Subscriber> {
-        let subject = control_subject(&self.inner.subject_prefix, service, id);
+    /// The requests for every instance of `service`, until the subscription is dropped.
+    pub(crate) async fn control_requests(&self, service: &str) -> Result<async_nats::Subscriber> {
+        let subject = control_filter(&self.inner.subject_prefix, service);
         self.inner.client.subscribe(subject).await.map_err(|e| {
             Error::with_source(
                 ErrorKind::Transport,
@@ -71,6 +67,13 @@ impl NatsStore {
             }
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                 return Ok(None)
+            }
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                return Err(Error::with_source(
+                    ErrorKind::Timeout,
+                    format!("the owner of {service}/{id} did not answer"),
+                    e,
+                ))
             }
             Ok(Err(e)) => {
                 return Err(Error::with_source(
