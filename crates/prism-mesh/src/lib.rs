@@ -52,7 +52,7 @@ pub use compat::global::{
 };
 pub use config::{
     NatsAuth, NatsOptions, StorageKind, Timing, DEFAULT_CONNECT_DEADLINE, MAX_ELECTION_TIMEOUT,
-    MAX_TOMBSTONE_TTL, SECRET_SAFE_LOG_DIRECTIVE,
+    MAX_SHARDS, MAX_TOMBSTONE_TTL, SECRET_SAFE_LOG_DIRECTIVE,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};

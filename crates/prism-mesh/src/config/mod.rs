@@ -7,7 +7,7 @@ mod nats;
 mod timing;
 
 pub(crate) use nats::{redact_url, UrlCredentials};
-pub use nats::{NatsAuth, NatsOptions};
+pub use nats::{NatsAuth, NatsOptions, MAX_SHARDS};
 pub use timing::{Timing, MAX_ELECTION_TIMEOUT, MAX_TOMBSTONE_TTL};
 
 /// A `tracing` filter directive to add to every subscriber of a process that uses NATS

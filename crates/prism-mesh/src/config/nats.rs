@@ -10,6 +10,9 @@ use super::{StorageKind, DEFAULT_CONNECT_DEADLINE};
 use crate::error::{Error, ErrorKind, Result};
 use crate::protocol::{DEFAULT_BUCKET, DEFAULT_EVENT_STREAM, DEFAULT_SUBJECT_PREFIX};
 
+/// The most buckets a mesh's instances can be spread over.
+pub const MAX_SHARDS: u16 = 64;
+
 /// Connection and JetStream layout for the NATS backend.
 ///
 /// ```
@@ -70,6 +73,9 @@ pub struct NatsOptions {
     pub(crate) inbox_prefix: Option<String>,
     /// Whether connecting creates the bucket and the event stream when they are missing.
     pub(crate) create: bool,
+    /// How many buckets the instances are spread over; `None`: as many as the mesh has
+    /// (read from its first bucket, or 1 for a new mesh).
+    pub(crate) shards: Option<u16>,
 }
 
 impl NatsOptions {
@@ -97,6 +103,7 @@ impl NatsOptions {
             client_name: None,
             inbox_prefix: None,
             create: true,
+            shards: None,
         }
     }
 
@@ -116,6 +123,23 @@ impl NatsOptions {
     pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.subject_prefix = prefix.into();
         self
+    }
+
+    /// Spreads the instances over `shards` buckets (by service: a service's instances all
+    /// live in one), so that a cluster's servers share the writes: shard 0 is the bucket
+    /// named by [`bucket`](NatsOptions::bucket), shard `i` is `<bucket>-<i>`. Every peer of
+    /// a mesh must use the same count; a peer configured for another count than the mesh's
+    /// is refused at connect. Unset (the default), a peer uses the mesh's count, and a new
+    /// mesh gets 1. Changing the count of a running mesh means a new bucket name (see
+    /// `docs/scaling.md`). 1 to 64.
+    pub fn shards(mut self, shards: u16) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// The shard count set with [`shards`](NatsOptions::shards), if any.
+    pub fn shard_count(&self) -> Option<u16> {
+        self.shards
     }
 
     /// Sets the replica count of the bucket and the stream.
@@ -326,6 +350,12 @@ impl NatsOptions {
                 format!("replicas must be 1 to 5, got {}", self.replicas),
             ));
         }
+        if let Some(shards) = self.shards.filter(|s| !(1..=MAX_SHARDS).contains(s)) {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("shards must be 1 to {MAX_SHARDS}, got {shards}"),
+            ));
+        }
         if self.marker_ttl < Duration::from_secs(1) {
             return Err(Error::new(
                 ErrorKind::InvalidConfig,
@@ -509,6 +539,7 @@ impl fmt::Debug for NatsOptions {
         f.debug_struct("NatsOptions")
             .field("urls", &self.redacted_urls())
             .field("bucket", &self.bucket)
+            .field("shards", &self.shards)
             .field("event_stream", &self.event_stream)
             .field("subject_prefix", &self.subject_prefix)
             .field("replicas", &self.replicas)

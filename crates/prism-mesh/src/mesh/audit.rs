@@ -34,14 +34,14 @@ impl Mesh {
     /// ```
     pub async fn history(&self, query: HistoryQuery) -> Result<History> {
         query.validate()?;
-        self.inner.store.history(&query).await
+        self.events_store().history(&query).await
     }
 
     /// The stream sequence of the last event stored (0 when none is): a reader that shows
     /// the live view first, then events, follows from here with
     /// [`HistoryQuery::after_sequence`].
     pub async fn history_end(&self) -> Result<u64> {
-        Ok(self.inner.store.event_bounds().await?.1)
+        Ok(self.events_store().event_bounds().await?.1)
     }
 
     /// Every lifecycle event stored since `since` (or the oldest kept), loaded into memory;
@@ -62,7 +62,7 @@ impl Mesh {
     /// The registry as the event stream had made it at `at` (`None`: now), read from the
     /// last checkpoint stored before it and the events after that checkpoint.
     pub async fn past_registry(&self, at: Option<SystemTime>) -> Result<PastRegistry> {
-        past_registry(&self.inner.store, at).await
+        past_registry(self.events_store(), at).await
     }
 
     /// The registry at `at` by instance id (see [`past_registry`](Mesh::past_registry)).
@@ -77,7 +77,7 @@ impl Mesh {
         from: SystemTime,
         to: SystemTime,
     ) -> Result<(RegistryDiff, PastRegistry, PastRegistry)> {
-        let (before, after) = registry_diff(&self.inner.store, from, to).await?;
+        let (before, after) = registry_diff(self.events_store(), from, to).await?;
         Ok((before.diff(&after), before, after))
     }
 
@@ -85,6 +85,6 @@ impl Mesh {
     /// [`CheckpointPolicy`](crate::CheckpointPolicy) says; the stream sequence of its first
     /// part, or `None` when another peer's came first.
     pub async fn write_checkpoint(&self) -> Result<Option<u64>> {
-        write_checkpoint(&self.inner.store).await
+        write_checkpoint(self.events_store()).await
     }
 }

@@ -20,6 +20,7 @@ use crate::store::{Interest, MemoryStore, NatsStore, Store};
 use crate::sync::{KeyAlerts, Watermark};
 use crate::view::{EventBus, RegistryView, SelfPreservation, ViewTask};
 
+use super::shard::Shard;
 use super::{Inner, Mesh};
 
 /// Which backend a mesh runs on.
@@ -270,8 +271,8 @@ impl MeshBuilder {
     /// every instance that was live at the time.
     pub async fn connect(self) -> Result<Mesh> {
         self.validate()?;
-        let store = match self.chosen_backend()? {
-            BackendConfig::Memory(store) => Store::Memory(store.clone()),
+        let stores = match self.chosen_backend()? {
+            BackendConfig::Memory(store) => vec![Store::Memory(store.clone())],
             BackendConfig::Nats(options) => {
                 let least = self.timing.cluster_min_ttl();
                 if options.replicas > 1 && self.timing.instance_ttl < least {
@@ -284,10 +285,18 @@ impl MeshBuilder {
                          expiries while owners re-assert (see Timing::cluster_min_ttl)"
                     );
                 }
-                Store::Nats(NatsStore::connect(options).await?)
+                let first = NatsStore::connect(options).await?;
+                let shards = match first.open_shards().await {
+                    Ok(shards) => shards,
+                    Err(e) => {
+                        first.close().await;
+                        return Err(e);
+                    }
+                };
+                shards.into_iter().map(Store::Nats).collect()
             }
         };
-        Mesh::start(store, self).await
+        Mesh::start(stores, self).await
     }
 }
 
@@ -302,44 +311,78 @@ impl Mesh {
         Mesh::builder().nats(NatsOptions::new(url)).connect().await
     }
 
-    async fn start(store: Store, builder: MeshBuilder) -> Result<Mesh> {
+    async fn start(stores: Vec<Store>, builder: MeshBuilder) -> Result<Mesh> {
         let peer_id = Uuid::new_v4().to_string();
         let registry = Arc::new(RegistryView::default());
         let bus = Arc::new(EventBus::default());
         let stats = Arc::new(MeshStats::default());
-        let (ready_tx, mut ready) = watch::channel(false);
-        let interest = watch::channel(match &builder.follow {
-            None => Interest::default(),
-            Some(services) => Interest::only(services.iter().cloned()),
-        })
-        .0;
-        let (loaded_tx, loaded) = watch::channel(0);
-        let applied = Arc::new(Watermark::default());
         let closing = watch::channel(false).0;
-        let alerts = Arc::new(KeyAlerts::default());
-        let task = ViewTask {
-            store: store.clone(),
-            registry: registry.clone(),
-            bus: bus.clone(),
-            stats: stats.clone(),
-            ready: ready_tx,
-            loaded: loaded_tx,
-            peer_id: peer_id.clone(),
-            publish_expired: builder.publish_expired_events,
-            self_preservation: builder.self_preservation,
-            applied: applied.clone(),
-            alerts: alerts.clone(),
-            closing: closing.subscribe(),
-        };
-        let span = tracing::info_span!("view", peer = %peer_id);
-        if builder.registry {
-            tokio::spawn(task.run(store.watch(interest.subscribe())).instrument(span));
-        } else {
-            drop(task);
-            ready = watch::channel(true).1;
+        let count = u16::try_from(stores.len()).unwrap_or(u16::MAX);
+        let events_store = stores[0].clone();
+        let mut shards = Vec::with_capacity(stores.len());
+        let mut readiness = Vec::with_capacity(stores.len());
+        for (index, store) in stores.into_iter().enumerate() {
+            let index = u16::try_from(index).unwrap_or(u16::MAX);
+            let (ready_tx, ready) = watch::channel(false);
+            let interest = watch::channel(match &builder.follow {
+                None => Interest::default(),
+                Some(services) => Interest::only(
+                    services
+                        .iter()
+                        .filter(|s| crate::protocol::shard_of(s, count) == index)
+                        .cloned(),
+                ),
+            })
+            .0;
+            let (loaded_tx, loaded) = watch::channel(0);
+            let applied = Arc::new(Watermark::default());
+            let alerts = Arc::new(KeyAlerts::default());
+            let task = ViewTask {
+                store: store.clone(),
+                registry: registry.clone(),
+                bus: bus.clone(),
+                stats: stats.clone(),
+                ready: ready_tx,
+                loaded: loaded_tx,
+                peer_id: peer_id.clone(),
+                publish_expired: builder.publish_expired_events,
+                self_preservation: builder.self_preservation,
+                applied: applied.clone(),
+                alerts: alerts.clone(),
+                closing: closing.subscribe(),
+            };
+            if builder.registry {
+                let span = tracing::info_span!("view", peer = %peer_id, shard = index);
+                tokio::spawn(task.run(store.watch(interest.subscribe())).instrument(span));
+                readiness.push(ready);
+            } else {
+                drop(task);
+            }
+            let owners = Owners::start(
+                store.clone(),
+                builder.timing,
+                stats.clone(),
+                peer_id.clone(),
+                closing.subscribe(),
+                applied,
+                alerts,
+            );
+            shards.push(Shard {
+                store,
+                owners,
+                interest,
+                loaded,
+            });
         }
-        match tokio::time::timeout(builder.ready_timeout, crate::sync::until_true(&mut ready)).await
-        {
+        let all_ready = async {
+            for ready in &mut readiness {
+                if !crate::sync::until_true(ready).await {
+                    return false;
+                }
+            }
+            true
+        };
+        match tokio::time::timeout(builder.ready_timeout, all_ready).await {
             Ok(true) => {}
             Ok(false) => {
                 return Err(Error::new(
@@ -348,7 +391,10 @@ impl Mesh {
                 ))
             }
             Err(_) => {
-                store.close().await;
+                closing.send_replace(true);
+                for shard in &shards {
+                    shard.store.close().await;
+                }
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
@@ -358,24 +404,15 @@ impl Mesh {
                 ));
             }
         }
-        info!(peer = %peer_id, instances = registry.instance_count(), "mesh view ready");
+        info!(peer = %peer_id, instances = registry.instance_count(), shards = count, "mesh view ready");
         if let (Some(BackendConfig::Nats(options)), true) =
             (&builder.backend, builder.checkpoints.is_enabled())
         {
             let policy = builder.checkpoints.with_retention(options.event_max_age);
             let span = tracing::info_span!("checkpoints", peer = %peer_id);
-            CheckpointTask::spawn(store.clone(), policy, closing.subscribe(), span);
+            CheckpointTask::spawn(events_store.clone(), policy, closing.subscribe(), span);
         }
-        let owners = Owners::start(
-            store.clone(),
-            builder.timing,
-            stats.clone(),
-            peer_id.clone(),
-            closing.subscribe(),
-            applied,
-            alerts,
-        );
-        let control_desk = store.nats().cloned().map(|nats| {
+        let control_desk = events_store.nats().cloned().map(|nats| {
             let (desk, owned) = tokio::sync::mpsc::unbounded_channel();
             let span = tracing::info_span!("control", peer = %peer_id);
             tokio::spawn(
@@ -385,20 +422,17 @@ impl Mesh {
         });
         Ok(Mesh {
             inner: Arc::new(Inner {
-                store,
+                shards,
                 timing: builder.timing,
                 peer_id,
                 registry,
                 bus,
                 stats,
                 owned: Arc::new(Mutex::new(HashMap::new())),
-                owners,
                 accepting: tokio::sync::RwLock::new(builder.registry),
                 closing,
                 balancing: builder.balancing,
                 balancers: ArcSwap::default(),
-                interest,
-                loaded,
                 unfollowed_reads: Mutex::new(HashSet::new()),
                 control_desk,
             }),

@@ -106,7 +106,7 @@ impl Mesh {
                 format!("no live instance {service}/{id}"),
             ));
         }
-        let store = self.inner.store.nats().ok_or_else(|| {
+        let store = self.events_store().nats().ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidInput,
                 "control requests go between processes: they need the NATS backend",
@@ -131,7 +131,7 @@ impl Mesh {
             )
         })?;
         let reason = request.event_reason();
-        let store = &self.inner.store;
+        let store = &self.shard(service).store;
         let revision = store
             .delete(
                 &instance.key(),

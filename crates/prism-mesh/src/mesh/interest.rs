@@ -17,20 +17,21 @@ impl Mesh {
     pub async fn follow(&self, service: &str) -> Result<()> {
         validate_service_name(service)?;
         // The common case, and on every registration: followed and loaded already.
+        let shard = self.shard(service);
         {
-            let interest = self.inner.interest.borrow();
-            if interest.covers(service) && *self.inner.loaded.borrow() >= interest.generation {
+            let interest = shard.interest.borrow();
+            if interest.covers(service) && *shard.loaded.borrow() >= interest.generation {
                 return Ok(());
             }
         }
         let mut generation = None;
-        self.inner.interest.send_if_modified(|interest| {
+        shard.interest.send_if_modified(|interest| {
             let added = interest.add(service);
             generation = Some(interest.generation);
             added
         });
         let generation = generation.unwrap_or_default();
-        let mut loaded = self.inner.loaded.clone();
+        let mut loaded = shard.loaded.clone();
         let timeout = self
             .inner
             .timing
@@ -55,20 +56,25 @@ impl Mesh {
 
     /// The services this view follows, sorted; `None` when it follows every service.
     pub fn interest(&self) -> Option<Vec<String>> {
-        let interest = self.inner.interest.borrow();
-        interest
-            .services
-            .as_ref()
-            .map(|services| services.iter().cloned().collect())
+        let mut followed = std::collections::BTreeSet::new();
+        for shard in &self.inner.shards {
+            let interest = shard.interest.borrow();
+            followed.extend(interest.services.as_ref()?.iter().cloned());
+        }
+        Some(followed.into_iter().collect())
     }
 
     /// A synchronous read of `service`: one not followed yet is followed from now on, and
     /// this first read (which found the view without it) is warned of once.
     pub(super) fn read_of(&self, service: &str) {
-        if self.inner.interest.borrow().covers(service) || validate_service_name(service).is_err() {
+        if validate_service_name(service).is_err() {
             return;
         }
-        self.inner
+        let shard = self.shard(service);
+        if shard.interest.borrow().covers(service) {
+            return;
+        }
+        shard
             .interest
             .send_if_modified(|interest| interest.add(service));
         let first = self

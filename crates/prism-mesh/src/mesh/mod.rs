@@ -21,14 +21,14 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::health::{CheckResult, HealthCheck, HealthMonitor, HealthPolicy};
 use crate::instance::{count_by_status, validate_service_name, ServiceInstance};
 use crate::metrics::{MeshStats, StatsSnapshot};
-use crate::owner::{lock_owned, OwnedMap, Owners, Registration};
-use crate::store::Store;
+use crate::owner::{lock_owned, OwnedMap, Registration};
 use crate::view::{EventBus, EventFilter, EventStream, MeshEvent, RegistryView, ServiceSlot};
 
 mod audit;
 mod builder;
 mod control;
 mod interest;
+mod shard;
 mod shutdown;
 
 use builder::Balancing;
@@ -68,15 +68,14 @@ pub struct Mesh {
 
 #[derive(Debug)]
 struct Inner {
-    store: Store,
+    /// At least one; a mesh on NATS has as many as its buckets.
+    shards: Vec<shard::Shard>,
     timing: Timing,
     peer_id: String,
     registry: Arc<RegistryView>,
     bus: Arc<EventBus>,
     stats: Arc<MeshStats>,
     owned: Arc<OwnedMap>,
-    /// Writes and heartbeats of the instances this peer registered.
-    owners: Arc<Owners>,
     /// Whether registrations are accepted (false once a shutdown began). Read-held by
     /// each registration under way; a shutdown write-locks it to wait for them and set it
     /// false (the lock is fair: a registration that comes later waits and sees false).
@@ -85,10 +84,6 @@ struct Inner {
     balancing: Balancing,
     /// The balancers behind by-name picks, one per service, created on first pick.
     balancers: ArcSwap<HashMap<String, Balancer>>,
-    /// The services the view follows; the view task watches it.
-    interest: watch::Sender<crate::store::Interest>,
-    /// The interest generation the view has loaded.
-    loaded: watch::Receiver<u64>,
     /// Hands new registrations to the task answering control requests (NATS only).
     control_desk: Option<tokio::sync::mpsc::UnboundedSender<Registration>>,
     /// Services read before they were followed (warned of once each).
@@ -137,7 +132,7 @@ impl Mesh {
         // and being listed happen with no await in between, so no instance is ever
         // heartbeated but unlisted.
         let registration = self
-            .inner
+            .shard(&instance.service)
             .owners
             .register(Arc::downgrade(&self.inner.owned), instance)
             .await?;
@@ -287,7 +282,12 @@ impl Mesh {
 
     fn metrics_source(&self) -> crate::metrics::MetricsSource {
         let inner = &self.inner;
-        let (view_lag, server_pending) = inner.store.watch_lag();
+        let (view_lag, server_pending) = inner
+            .shards
+            .iter()
+            .map(|shard| shard.store.watch_lag())
+            .max()
+            .unwrap_or_default();
         let mut instances = Vec::new();
         for service in inner.registry.service_names() {
             if let Some(slot) = inner.registry.slot(&service) {
@@ -298,7 +298,7 @@ impl Mesh {
         }
         crate::metrics::MetricsSource {
             stats: self.stats(),
-            reconnects: *inner.store.reconnects().borrow(),
+            reconnects: *self.events_store().reconnects().borrow(),
             owned: self.lock_owned().len() as u64,
             instances,
             view_lag,

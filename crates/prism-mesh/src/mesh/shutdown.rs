@@ -53,7 +53,7 @@ impl Mesh {
         )
         .await;
         self.inner.closing.send_replace(true);
-        self.inner.store.close().await;
+        self.close_stores().await;
     }
 
     /// Leaves the mesh without dropping a request: every instance this handle owns goes to
@@ -115,7 +115,7 @@ impl Mesh {
         self.stop_registering().await;
         self.lock_owned().clear();
         self.inner.closing.send_replace(true);
-        self.inner.store.close().await;
+        self.close_stores().await;
     }
 
     /// Refuses new registrations and waits for those under way to be listed.

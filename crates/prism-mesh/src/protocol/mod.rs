@@ -269,6 +269,45 @@ fn go_duration_nanos(text: &str) -> Option<u64> {
     u64::try_from(total).ok()
 }
 
+/// The shard (0 to `shards - 1`) holding `service`'s instances: the 32-bit FNV-1a hash of
+/// the service name's UTF-8 bytes, modulo the shard count (`docs/protocol.md` §3.1).
+pub fn shard_of(service: &str, shards: u16) -> u16 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in service.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    (hash % u32::from(shards.max(1))) as u16
+}
+
+/// The bucket of shard `shard`: shard 0 is `bucket` itself, shard `i` is `<bucket>-<i>`.
+pub fn shard_bucket(bucket: &str, shard: u16) -> String {
+    match shard {
+        0 => bucket.to_string(),
+        i => format!("{bucket}-{i}"),
+    }
+}
+
+/// What a shard's bucket says of itself in its description: `shards=<n>` (buckets made
+/// before shards existed say nothing and count as one).
+pub fn shard_description(shard: u16, shards: u16) -> String {
+    format!("prism-mesh: one key per live service instance; shard={shard} shards={shards}")
+}
+
+/// The shard count a bucket's description states, 1 when it states none.
+pub fn shards_described(description: Option<&str>) -> Option<u16> {
+    let Some(description) = description else {
+        return Some(1);
+    };
+    match description
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("shards="))
+    {
+        None => Some(1),
+        Some(count) => count.parse().ok().filter(|n| *n >= 1),
+    }
+}
+
 /// Formats a TTL for the `Nats-TTL` header: whole seconds, rounded up, at least 1 s.
 pub fn ttl_header_value(ttl: std::time::Duration) -> String {
     format!("{}s", whole_seconds(ttl))
@@ -288,6 +327,20 @@ pub(crate) fn whole_seconds(ttl: std::time::Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shards_are_fnv1a_of_the_service_name_and_bucket_descriptions_state_their_count() {
+        // FNV-1a 32 test vectors: "" -> 0x811c9dc5, "a" -> 0xe40c292c.
+        assert_eq!(shard_of("", 1_000), (0x811c_9dc5_u32 % 1_000) as u16);
+        assert_eq!(shard_of("a", 1_000), (0xe40c_292c_u32 % 1_000) as u16);
+        assert_eq!(shard_of("orders", 1), 0);
+        assert_eq!(shard_bucket("prism-instances", 0), "prism-instances");
+        assert_eq!(shard_bucket("prism-instances", 2), "prism-instances-2");
+        assert_eq!(shards_described(Some(&shard_description(1, 3))), Some(3));
+        assert_eq!(shards_described(Some("made by hand")), Some(1));
+        assert_eq!(shards_described(None), Some(1));
+        assert_eq!(shards_described(Some("shards=zero")), None);
+    }
     use std::time::Duration;
 
     #[test]

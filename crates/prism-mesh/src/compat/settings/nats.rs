@@ -251,6 +251,23 @@ impl<'a> Loader<'a> {
             }
             nats.replicas = replicas as usize;
         }
+        if let Some(shards) =
+            self.layered("backend_config.nats.shards", raw.shards, None, parse_count)?
+        {
+            let most = crate::config::MAX_SHARDS;
+            match u16::try_from(shards)
+                .ok()
+                .filter(|s| (1..=most).contains(s))
+            {
+                Some(shards) => nats.shards = Some(shards),
+                None => {
+                    return Err(self.at(
+                        "backend_config.nats.shards",
+                        format!("must be 1 to {most}, got {shards}"),
+                    ))
+                }
+            }
+        }
         if let Some(storage) =
             self.layered("backend_config.nats.storage", raw.storage, None, |s| {
                 non_empty(s)

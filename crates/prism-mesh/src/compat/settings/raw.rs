@@ -73,6 +73,7 @@ pub(super) struct RawNats {
     pub(super) event_stream: Option<Scalar>,
     pub(super) subject_prefix: Option<Scalar>,
     pub(super) replicas: Option<Scalar>,
+    pub(super) shards: Option<Scalar>,
     pub(super) storage: Option<Scalar>,
     pub(super) connect_timeout: Option<Scalar>,
     pub(super) connect_deadline: Option<Scalar>,

@@ -11,9 +11,10 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{is_stream_not_found, unless_denied, Inner, NatsStore, WatchLag};
+use super::{is_stream_not_found, unless_denied, Inner, NatsStore, Shard, WatchLag};
 use crate::config::{NatsAuth, NatsOptions, StorageKind, UrlCredentials};
 use crate::error::{Error, ErrorKind, Result};
+use crate::protocol::{shard_bucket, shard_description, shards_described};
 
 impl NatsStore {
     /// Connects, then creates (or checks) the bucket and the event stream. `options` were
@@ -182,12 +183,19 @@ impl NatsStore {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(options.request_timeout);
 
-        let kv_stream = loop {
-            match ensure_bucket(&js, options, &violations).await {
-                Ok(name) => break name,
+        // A new mesh gets the configured shard count (default 1); an existing one says its
+        // own in its first bucket.
+        let created_with = Shard {
+            index: 0,
+            count: options.shards.unwrap_or(1),
+        };
+        let (kv_stream, described) = loop {
+            match ensure_bucket(&js, options, created_with, &violations).await {
+                Ok(found) => break found,
                 Err(e) => retry.wait_or_give_up(e, "JetStream (KV bucket)").await?,
             }
         };
+        let shards = shard_count(options, described)?;
         loop {
             match ensure_event_stream(&js, options, &violations).await {
                 Ok(()) => break,
@@ -201,6 +209,10 @@ impl NatsStore {
                 js,
                 kv_stream,
                 kv_prefix: format!("$KV.{}.", options.bucket),
+                shard: Shard {
+                    index: 0,
+                    count: shards,
+                },
                 subject_prefix: options.subject_prefix.clone(),
                 reconnects,
                 closed: watch::channel(false).0,
@@ -220,19 +232,21 @@ impl NatsStore {
 pub(super) async fn ensure_bucket(
     js: &jetstream::Context,
     options: &NatsOptions,
+    shard: Shard,
     violations: &broadcast::Sender<String>,
-) -> Result<String> {
-    let stream_name = format!("KV_{}", options.bucket);
+) -> Result<(String, Option<u16>)> {
+    let bucket = &shard_bucket(&options.bucket, shard.index);
+    let stream_name = format!("KV_{bucket}");
     let read_error = |e: &dyn std::error::Error| setup_kind(transient(e));
     let stream = match js.get_stream(&stream_name).await {
         Ok(stream) => stream,
         Err(e) if is_stream_not_found(&e) && !options.create => {
-            return Err(absent("KV bucket", &options.bucket));
+            return Err(absent("KV bucket", bucket));
         }
         Err(e) if is_stream_not_found(&e) => {
             let config = kv::Config {
-                bucket: options.bucket.clone(),
-                description: "prism-mesh: one key per live service instance".to_string(),
+                bucket: bucket.clone(),
+                description: shard_description(shard.index, shard.count),
                 history: 1,
                 max_bytes: options.bucket_max_bytes,
                 storage: storage_type(options.storage),
@@ -243,7 +257,7 @@ pub(super) async fn ensure_bucket(
             let create = format!("$JS.API.STREAM.CREATE.{stream_name}");
             let created = unless_denied(violations, &create, js.create_key_value(config))
                 .await
-                .map_err(|text| missing_and_denied("KV bucket", &options.bucket, &text))?;
+                .map_err(|text| missing_and_denied("KV bucket", bucket, &text))?;
             // Created, or by another peer meanwhile: either way it is there now, unless
             // the create failed for a reason of its own (which is then the one to report).
             match (js.get_stream(&stream_name).await, created) {
@@ -257,7 +271,7 @@ pub(super) async fn ensure_bucket(
                     };
                     let message = format!(
                         "cannot create KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
-                        options.bucket
+                        bucket
                     );
                     return Err(match created {
                         Err(create_error) => Error::with_source(kind, message, create_error),
@@ -271,7 +285,7 @@ pub(super) async fn ensure_bucket(
                 read_error(&e),
                 format!(
                     "cannot look up KV bucket {:?} (needs JetStream and nats-server >= 2.11)",
-                    options.bucket
+                    bucket
                 ),
                 e,
             ))
@@ -285,11 +299,81 @@ pub(super) async fn ensure_bucket(
             format!(
                 "KV bucket {:?} exists without per-message TTL (limit markers); \
                  recreate it or choose another bucket name",
-                options.bucket
+                bucket
             ),
         ));
     }
-    Ok(stream_name)
+    Ok((
+        stream_name,
+        shards_described(info.config.description.as_deref()),
+    ))
+}
+
+/// The mesh's shard count, as its first bucket states it; an error when this peer was
+/// configured for another.
+fn shard_count(options: &NatsOptions, described: Option<u16>) -> Result<u16> {
+    let bucket = &options.bucket;
+    let count = described.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Setup,
+            format!("KV bucket {bucket:?} states a shard count that is not a number from 1"),
+        )
+    })?;
+    match options.shards {
+        Some(wanted) if wanted != count => Err(Error::new(
+            ErrorKind::InvalidConfig,
+            format!(
+                "the mesh in KV bucket {bucket:?} spreads its instances over {count} shard(s), \
+                 this peer is configured for {wanted}: every peer of a mesh uses the same count \
+                 (leave `shards` unset to use the mesh's; to change it, start the new count \
+                 under a new bucket name, see docs/scaling.md)"
+            ),
+        )),
+        _ => Ok(count),
+    }
+}
+
+impl NatsStore {
+    /// Every shard of the mesh, this one (shard 0) first, on this connection: the others'
+    /// buckets are found or made, and each must state the same count.
+    pub(crate) async fn open_shards(&self) -> Result<Vec<NatsStore>> {
+        let inner = &self.inner;
+        let count = inner.shard.count;
+        let mut shards = vec![self.clone()];
+        for index in 1..count {
+            let shard = Shard { index, count };
+            let (kv_stream, described) =
+                ensure_bucket(&inner.js, &inner.options, shard, &inner.violations).await?;
+            let bucket = shard_bucket(&inner.options.bucket, index);
+            if described != Some(count) {
+                return Err(Error::new(
+                    ErrorKind::Setup,
+                    format!(
+                        "KV bucket {bucket:?} is not shard {index} of {count}: its description \
+                         states another shard count (a bucket left from another layout)"
+                    ),
+                ));
+            }
+            shards.push(NatsStore {
+                inner: Arc::new(Inner {
+                    client: inner.client.clone(),
+                    js: inner.js.clone(),
+                    kv_stream,
+                    kv_prefix: format!("$KV.{bucket}."),
+                    shard,
+                    subject_prefix: inner.subject_prefix.clone(),
+                    reconnects: inner.reconnects.clone(),
+                    closed: watch::channel(false).0,
+                    urls: inner.urls.clone(),
+                    lag: WatchLag::default(),
+                    violations: inner.violations.clone(),
+                    awaited: watch::channel(0).0,
+                    options: inner.options.clone(),
+                }),
+            });
+        }
+        Ok(shards)
+    }
 }
 
 /// The error of a connect told not to create what it found missing.

@@ -38,6 +38,8 @@ struct Inner {
     kv_stream: String,
     /// `$KV.<bucket>.`
     kv_prefix: String,
+    /// Which shard of the mesh this bucket is.
+    shard: Shard,
     subject_prefix: String,
     reconnects: watch::Receiver<u64>,
     closed: watch::Sender<bool>,
@@ -49,6 +51,13 @@ struct Inner {
     awaited: watch::Sender<u64>,
     /// To make the bucket and the event stream again if they vanish.
     options: NatsOptions,
+}
+
+/// A shard of the mesh: its index and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shard {
+    pub(crate) index: u16,
+    pub(crate) count: u16,
 }
 
 /// How far behind the server the live watch is, as of its last message.

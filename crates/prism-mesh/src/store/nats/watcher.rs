@@ -211,7 +211,7 @@ async fn watch_once(
             ensure_event_stream(&inner.js, &inner.options, &inner.violations)
                 .await
                 .map_err(recreate_refused)?;
-            ensure_bucket(&inner.js, &inner.options, &inner.violations)
+            ensure_bucket(&inner.js, &inner.options, inner.shard, &inner.violations)
                 .await
                 .map_err(recreate_refused)?;
             inner
