@@ -54,7 +54,10 @@ async fn instances_live_in_their_services_shard_and_every_peer_sees_every_shard(
             .unwrap();
         keys[usize::from(shard_of(service, 3))].push(me.instance().key());
     }
-    assert!(keys.iter().all(|k| !k.is_empty()), "12 services cover 3 shards");
+    assert!(
+        keys.iter().all(|k| !k.is_empty()),
+        "12 services cover 3 shards"
+    );
     for (shard, expected) in keys.iter_mut().enumerate() {
         expected.sort();
         let bucket = shard_bucket(BUCKET, shard as u16);
@@ -78,7 +81,10 @@ async fn instances_live_in_their_services_shard_and_every_peer_sees_every_shard(
     let crashing = fast_mesh(&url).connect().await.unwrap();
     let doomed = crashing.register(instance(&far, 9100)).await.unwrap();
     let event = next_event(&mut events, WAIT, "registration in shard 2").await;
-    assert_eq!((event.kind(), event.instance().id), (EventKind::Registered, doomed.id()));
+    assert_eq!(
+        (event.kind(), event.instance().id),
+        (EventKind::Registered, doomed.id())
+    );
     drop(doomed);
     drop(crashing);
     let event = next_event(&mut events, WAIT, "expiry in shard 2").await;

@@ -688,3 +688,27 @@ service_discovery:
         &["service_discovery.backend", "consul"],
     );
 }
+
+#[test]
+fn the_shard_count_is_read_from_the_nats_section_and_bounded() {
+    let settings = parse(
+        "service_discovery:\n  backend: nats\n  backend_config:\n    nats:\n      shards: 3\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(settings.nats.shard_count(), Some(3));
+    assert_eq!(
+        parse("service_discovery:\n  backend: nats\n", &[])
+            .unwrap()
+            .nats
+            .shard_count(),
+        None
+    );
+    for bad in ["0", "65", "many"] {
+        let message = rejected(
+            &format!("service_discovery:\n  backend_config:\n    nats:\n      shards: {bad}\n"),
+            &[],
+        );
+        assert_mentions(&message, &["service_discovery.backend_config.nats.shards"]);
+    }
+}
