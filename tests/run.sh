@@ -39,6 +39,7 @@ PRISM_BENCH_SAMPLES=20 PRISM_BENCH_REGISTRATIONS=300 PRISM_BENCH_COLD=300 \
 PRISM_PICKS=2000 PRISM_PICK_SERVICES=10 cargo bench --profile dev -p prism-benches --bench picks
 PRISM_SCALE_SERVICES=10 PRISM_SCALE_PER_SERVICE=20 PRISM_SCALE_RATE=200 PRISM_SCALE_SECS=1 \
   cargo bench --profile dev -p prism-benches --bench scale
+PRISM_SHARDS_STEPS=100 PRISM_SHARDS_HOLD_SECS=1 cargo bench --profile dev -p prism-benches --bench shards
 PRISM_BENCH_EVENTS=3000 PRISM_BENCH_LIVE=200 PRISM_BIN="${CARGO_TARGET_DIR:-target}/debug/prism" \
   cargo bench --profile dev -p prism-benches --bench audit
 if [ -n "${PRISM_FUZZ_SECONDS:-}" ]; then
