@@ -17,39 +17,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use prism_benches::env_usize;
+use prism_benches::{env_usize, process_cpu, thread_cpu};
 use prism_mesh::protocol::{InstanceRecord, PROTOCOL_VERSION};
 use prism_mesh::{Mesh, ServiceInstance};
 use prism_tests::{test_options, NatsServer};
 
 const BUCKET: &str = "prism-instances";
 const TTL: Duration = Duration::from_secs(60);
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    schedstat("/proc/thread-self/schedstat")
-}
-
-fn schedstat(path: &str) -> Duration {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let nanos = text
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or(0);
-    Duration::from_nanos(nanos)
-}
-
-/// CPU time of every thread of process `pid`.
-fn process_cpu(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    tasks
-        .flatten()
-        .map(|task| schedstat(&format!("{}/schedstat", task.path().display())))
-        .sum()
-}
 
 #[derive(Clone, Copy)]
 enum PeerKind {

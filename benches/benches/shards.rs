@@ -13,31 +13,13 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use prism_benches::env_usize;
+use prism_benches::{env_usize, process_cpu};
 use prism_mesh::protocol::shard_bucket;
 use prism_mesh::{EventKind, Mesh, Registration, ServiceInstance};
 use prism_tests::{test_options, NatsCluster};
 
 const TTL: Duration = Duration::from_secs(10);
 const HEARTBEAT: Duration = Duration::from_secs(3);
-
-fn process_cpu(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    tasks
-        .flatten()
-        .map(|task| {
-            let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-            let nanos = text
-                .split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-            Duration::from_nanos(nanos)
-        })
-        .sum()
-}
 
 fn list(name: &str, default: &str) -> Vec<usize> {
     std::env::var(name)
