@@ -15,7 +15,7 @@ use crate::config::{NatsOptions, Timing};
 use crate::error::{Error, ErrorKind, Result};
 use crate::history::{CheckpointPolicy, CheckpointTask};
 use crate::metrics::MeshStats;
-use crate::owner::Owners;
+use crate::owner::{Owners, ViewLink};
 use crate::store::{Interest, MemoryStore, NatsStore, Store};
 use crate::sync::{KeyAlerts, Watermark};
 use crate::view::{EventBus, RegistryView, SelfPreservation, ViewTask};
@@ -364,8 +364,8 @@ impl Mesh {
                 stats.clone(),
                 peer_id.clone(),
                 closing.subscribe(),
-                applied,
-                alerts,
+                ViewLink { applied, alerts },
+                usize::from(count),
             );
             shards.push(Shard {
                 store,

@@ -175,17 +175,27 @@ fn leave(owned: &Weak<OwnedMap>, id: Uuid) {
     }
 }
 
+/// What the owners of a shard share with that shard's view: the revision its readers can
+/// see, and the alerts of changes to owned keys.
+pub(crate) struct ViewLink {
+    pub(crate) applied: Arc<Watermark>,
+    pub(crate) alerts: Arc<KeyAlerts>,
+}
+
 impl Owners {
     /// Starts the heartbeat scheduler; it ends when `closing` turns true.
+    /// The mesh has `shards` schedulers (one per shard): each takes its part of the
+    /// heartbeats the mesh may have in flight.
     pub(crate) fn start(
         store: Store,
         timing: Timing,
         stats: Arc<MeshStats>,
         peer_id: String,
         closing: watch::Receiver<bool>,
-        applied: Arc<Watermark>,
-        alerts: Arc<KeyAlerts>,
+        view: ViewLink,
+        shards: usize,
     ) -> Arc<Owners> {
+        let ViewLink { applied, alerts } = view;
         let (schedule, incoming) = mpsc::unbounded_channel();
         let owners = Arc::new(Owners {
             store,
@@ -205,6 +215,7 @@ impl Owners {
                 owners.closing.clone(),
                 timing,
                 owners.stats.clone(),
+                shards,
             ),
             span,
         ));

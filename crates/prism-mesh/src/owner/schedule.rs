@@ -23,7 +23,7 @@ use super::writer::{retry_delay, OwnedInstance};
 /// enough that a slow server (1 s per write, as during a leader election) still refreshes
 /// 10,000 owned keys within a 10 s TTL; bounded so a mesh owning many more does not put
 /// them all on the wire at once.
-const HEARTBEATS_IN_FLIGHT: usize = 4096;
+pub(crate) const HEARTBEATS_IN_FLIGHT: usize = 4096;
 
 /// One entry of the heartbeat schedule, ordered by due time.
 struct Due {
@@ -56,7 +56,10 @@ pub(super) async fn heartbeat_schedule(
     mut closing: watch::Receiver<bool>,
     timing: Timing,
     stats: Arc<MeshStats>,
+    shards: usize,
 ) {
+    // A mesh with several shards splits its budget between their schedulers.
+    let in_flight = (HEARTBEATS_IN_FLIGHT / shards.max(1)).max(256);
     // Past this, a heartbeat is late enough to eat into the TTL's margin (with a floor:
     // timer jitter on a very short interval is not falling behind).
     let late = (timing.heartbeat_interval / 2).max(Duration::from_millis(50));
@@ -71,7 +74,7 @@ pub(super) async fn heartbeat_schedule(
                 timer.as_mut().reset(at);
             }
         }
-        let may_start = next.is_some() && beating.len() < HEARTBEATS_IN_FLIGHT;
+        let may_start = next.is_some() && beating.len() < in_flight;
         // Heartbeats first: a burst of new registrations must not hold them back.
         tokio::select! {
             biased;
@@ -84,7 +87,7 @@ pub(super) async fn heartbeat_schedule(
             }
             () = &mut timer, if may_start => {
                 let now = Instant::now();
-                while beating.len() < HEARTBEATS_IN_FLIGHT {
+                while beating.len() < in_flight {
                     match due.peek() {
                         Some(Reverse(d)) if d.at <= now => {}
                         _ => break,
