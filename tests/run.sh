@@ -40,6 +40,7 @@ PRISM_PICKS=2000 PRISM_PICK_SERVICES=10 cargo bench --profile dev -p prism-bench
 PRISM_SCALE_SERVICES=10 PRISM_SCALE_PER_SERVICE=20 PRISM_SCALE_RATE=200 PRISM_SCALE_SECS=1 \
   cargo bench --profile dev -p prism-benches --bench scale
 PRISM_SHARDS_STEPS=100 PRISM_SHARDS_HOLD_SECS=1 cargo bench --profile dev -p prism-benches --bench shards
+PRISM_VIEW_SERVICES=5 PRISM_VIEW_PER_SERVICE=20 cargo bench --profile dev -p prism-benches --bench view_memory
 PRISM_BENCH_EVENTS=3000 PRISM_BENCH_LIVE=200 PRISM_BIN="${CARGO_TARGET_DIR:-target}/debug/prism" \
   cargo bench --profile dev -p prism-benches --bench audit
 if [ -n "${PRISM_FUZZ_SECONDS:-}" ]; then

@@ -31,6 +31,7 @@ fn list(name: &str, default: &str) -> Vec<usize> {
 
 struct Step {
     instances: usize,
+    refused: usize,
     expiries: u64,
     late: u64,
     writes_per_sec: f64,
@@ -91,12 +92,17 @@ async fn run(shards: u16, steps: &[usize], hold: Duration) -> (Vec<String>, Vec<
                     )
                     .build()
                     .unwrap();
-                    owner.register(instance).await.unwrap()
+                    owner.register(instance).await
                 }
             })
             .buffer_unordered(512)
-            .collect()
-            .await;
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect();
+        // A registration the cluster could not acknowledge in time fails the step.
+        let refused = needed - added.len();
         held.extend(added);
         // Expiries before the hold (none expected) count too.
         let late_before = owner.stats().heartbeats_late;
@@ -117,16 +123,17 @@ async fn run(shards: u16, steps: &[usize], hold: Duration) -> (Vec<String>, Vec<
             - cpu_before;
         let step = Step {
             instances: held.len(),
+            refused,
             expiries: seen,
             late: owner.stats().heartbeats_late - late_before,
             writes_per_sec: held.len() as f64 / HEARTBEAT.as_secs_f64(),
             server_cores: cpu.as_secs_f64() / hold.as_secs_f64(),
         };
         eprintln!(
-            "{shards} shard(s), {} instances: {} false expiries, {} late heartbeats, {:.2} server cores",
-            step.instances, step.expiries, step.late, step.server_cores
+            "{shards} shard(s), {} instances: {} registrations refused, {} false expiries, {} late heartbeats, {:.2} server cores",
+            step.instances, step.refused, step.expiries, step.late, step.server_cores
         );
-        let failed = step.expiries > 0;
+        let failed = step.expiries > 0 || step.refused > 0;
         results.push(step);
         if failed {
             break;
@@ -146,21 +153,30 @@ async fn main() {
     for &count in &counts {
         let (leaders, results) = run(count as u16, &steps, hold).await;
         println!("\n{count} shard(s): {}", leaders.join(", "));
-        println!("| instances | heartbeats/s | false expiries | late heartbeats | server CPU (cores, 3 nodes) |");
-        println!("|---|---|---|---|---|");
+        println!("| instances | heartbeats/s | registrations refused | false expiries | late heartbeats | server CPU (cores, 3 nodes) |");
+        println!("|---|---|---|---|---|---|");
         for step in &results {
             println!(
-                "| {} | {:.0} | {} | {} | {:.2} |",
-                step.instances, step.writes_per_sec, step.expiries, step.late, step.server_cores
+                "| {} | {:.0} | {} | {} | {} | {:.2} |",
+                step.instances,
+                step.writes_per_sec,
+                step.refused,
+                step.expiries,
+                step.late,
+                step.server_cores
             );
         }
         let best = results
             .iter()
-            .take_while(|s| s.expiries == 0)
+            .take_while(|s| s.expiries == 0 && s.refused == 0)
             .map(|s| s.instances)
             .max()
             .unwrap_or(0);
-        sustained.push((count, best, results.iter().all(|s| s.expiries == 0)));
+        sustained.push((
+            count,
+            best,
+            results.iter().all(|s| s.expiries == 0 && s.refused == 0),
+        ));
     }
     println!();
     for (count, best, never_failed) in sustained {
