@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use prism_benches::{env_usize, process_cpu, thread_cpu};
+use prism_benches::{env_usize, process_cpu, put_records, server_with_mesh_layout, thread_cpu};
 use prism_mesh::protocol::{InstanceRecord, PROTOCOL_VERSION};
 use prism_mesh::{Mesh, ServiceInstance};
-use prism_tests::{test_options, NatsServer};
+use prism_tests::test_options;
 
 const BUCKET: &str = "prism-instances";
 const TTL: Duration = Duration::from_secs(60);
@@ -121,18 +121,8 @@ async fn main() {
     let peers = env_usize("PRISM_SCALE_PEERS", 4);
     let followed = env_usize("PRISM_SCALE_FOLLOWED", 5).min(services);
 
-    let server = NatsServer::start();
+    let (server, js) = server_with_mesh_layout().await;
     let url = server.url();
-    // The bucket and stream as the library makes them.
-    Mesh::builder()
-        .nats(test_options(&url))
-        .connect()
-        .await
-        .unwrap()
-        .shutdown()
-        .await;
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
     let names: Vec<String> = (0..services).map(|s| format!("svc-{s:03}")).collect();
     let mut keys = Vec::new();
     for service in &names {
@@ -155,26 +145,7 @@ async fn main() {
             ));
         }
     }
-    let write = move |subject: String, payload: Bytes| {
-        let js = js.clone();
-        async move {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                prism_mesh::protocol::headers::NATS_TTL,
-                prism_mesh::protocol::ttl_header_value(TTL),
-            );
-            js.publish_with_headers(subject, headers, payload)
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-    };
-    futures::stream::iter(keys.clone())
-        .map(|(subject, payload)| write(subject, payload))
-        .buffer_unordered(256)
-        .collect::<Vec<_>>()
-        .await;
+    put_records(&js, keys.clone(), TTL, 256).await;
     eprintln!("{} instances written", keys.len());
 
     // The heartbeat writer: every key in turn, at `rate` per second, until the bench ends.
@@ -192,11 +163,7 @@ async fn main() {
                     .map(|i| keys[(next + i) % keys.len()].clone())
                     .collect();
                 next = (next + per_tick) % keys.len();
-                futures::stream::iter(batch)
-                    .map(|(subject, payload)| write(subject, payload))
-                    .buffer_unordered(64)
-                    .collect::<Vec<_>>()
-                    .await;
+                put_records(&js, batch, TTL, 64).await;
                 writes.fetch_add(per_tick as u64, Ordering::Relaxed);
             }
         })

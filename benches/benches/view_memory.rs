@@ -10,11 +10,12 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use prism_benches::{env_usize, live_bytes, CountingAllocator};
+use prism_benches::{
+    env_usize, live_bytes, put_records, server_with_mesh_layout, CountingAllocator,
+};
 use prism_mesh::protocol::{InstanceRecord, PROTOCOL_VERSION};
 use prism_mesh::{Mesh, ServiceInstance};
-use prism_tests::{test_options, NatsServer};
+use prism_tests::test_options;
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
@@ -23,17 +24,8 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 async fn main() {
     let services = env_usize("PRISM_VIEW_SERVICES", 100);
     let per_service = env_usize("PRISM_VIEW_PER_SERVICE", 1000);
-    let server = NatsServer::start();
+    let (server, js) = server_with_mesh_layout().await;
     let url = server.url();
-    Mesh::builder()
-        .nats(test_options(&url))
-        .connect()
-        .await
-        .unwrap()
-        .shutdown()
-        .await;
-    let client = async_nats::connect(&url).await.unwrap();
-    let js = async_nats::jetstream::new(client);
     let mut record_bytes = 0usize;
     let mut metadata_bytes = 0usize;
     let mut writes = Vec::new();
@@ -67,26 +59,14 @@ async fn main() {
             };
             let payload = record.encode().unwrap();
             record_bytes += payload.len();
-            writes.push((format!("$KV.prism-instances.{}", instance.key()), payload));
+            writes.push((
+                format!("$KV.prism-instances.{}", instance.key()),
+                payload.into(),
+            ));
         }
     }
     let count = writes.len();
-    futures::stream::iter(writes)
-        .map(|(subject, payload)| {
-            let js = js.clone();
-            async move {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-TTL", "600s");
-                js.publish_with_headers(subject, headers, payload.into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-            }
-        })
-        .buffer_unordered(256)
-        .collect::<Vec<_>>()
-        .await;
+    put_records(&js, writes, std::time::Duration::from_secs(600), 256).await;
     drop(js);
 
     let mut figures = Vec::new();

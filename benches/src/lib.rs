@@ -86,3 +86,47 @@ fn schedstat(path: &str) -> Duration {
         .unwrap_or(0);
     Duration::from_nanos(nanos)
 }
+
+/// A nats-server holding the bucket and the event stream as the library makes them, and a
+/// JetStream context on it: for harnesses that write records raw, as owners do.
+pub async fn server_with_mesh_layout() -> (prism_tests::NatsServer, async_nats::jetstream::Context)
+{
+    let server = prism_tests::NatsServer::start();
+    let url = server.url();
+    prism_mesh::Mesh::builder()
+        .nats(prism_tests::test_options(&url))
+        .connect()
+        .await
+        .expect("the mesh's bucket and stream")
+        .shutdown()
+        .await;
+    let client = async_nats::connect(&url).await.expect("connect");
+    (server, async_nats::jetstream::new(client))
+}
+
+/// Writes each `(subject, record)` as an owner writes its key (with `Nats-TTL: ttl`,
+/// acknowledged), `in_flight` at a time.
+pub async fn put_records(
+    js: &async_nats::jetstream::Context,
+    records: Vec<(String, bytes::Bytes)>,
+    ttl: Duration,
+    in_flight: usize,
+) {
+    use futures::StreamExt;
+    futures::stream::iter(records)
+        .map(|(subject, payload)| async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                prism_mesh::protocol::headers::NATS_TTL,
+                prism_mesh::protocol::ttl_header_value(ttl),
+            );
+            js.publish_with_headers(subject, headers, payload)
+                .await
+                .expect("publish")
+                .await
+                .expect("acknowledged");
+        })
+        .buffer_unordered(in_flight)
+        .collect::<Vec<_>>()
+        .await;
+}
