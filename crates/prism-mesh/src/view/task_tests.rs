@@ -139,6 +139,36 @@ async fn an_expiry_is_recorded_once_and_not_at_all_by_a_peer_that_records_none()
 }
 
 #[tokio::test]
+async fn an_unchanged_rewrite_is_a_heartbeat_and_a_changed_one_is_applied() {
+    let run = Run::start(SelfPreservation::disabled(), false);
+    let mut a = instance(1);
+    run.snapshot(vec![put_at(&a, 1, TTL)]);
+    run.until("held", |v| v.len() == 1).await;
+    let heartbeats = |run: &Run| {
+        run.stats
+            .heartbeats_seen
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // The same bytes again: the key's time moves, nothing is decoded or announced.
+    run.send(vec![WatchItem::Change(put_at(&a, 2, Duration::ZERO))]);
+    let deadline = Instant::now() + WAIT;
+    while heartbeats(&run) == 0 {
+        assert!(Instant::now() < deadline, "the heartbeat was not seen");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let written = run.registry.last_write(a.id).expect("a last write");
+    assert!(SystemTime::now().duration_since(written).unwrap() < TTL / 2);
+    // Other bytes under the same key: decoded and applied, not taken for a heartbeat.
+    a.status = crate::instance::InstanceStatus::Healthy;
+    run.send(vec![WatchItem::Change(put_at(&a, 3, Duration::ZERO))]);
+    run.until("the new status", |v| {
+        v[0].status == crate::instance::InstanceStatus::Healthy
+    })
+    .await;
+    assert_eq!(heartbeats(&run), 1);
+}
+
+#[tokio::test]
 async fn a_refused_write_is_counted_and_leaves_the_instance() {
     let run = Run::start(SelfPreservation::disabled(), false);
     let a = instance(1);
