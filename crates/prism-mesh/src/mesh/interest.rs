@@ -67,11 +67,8 @@ impl Mesh {
     /// A synchronous read of `service`: one not followed yet is followed from now on, and
     /// this first read (which found the view without it) is warned of once.
     pub(super) fn read_of(&self, service: &str) {
-        if validate_service_name(service).is_err() {
-            return;
-        }
         let shard = self.shard(service);
-        if shard.interest.borrow().covers(service) {
+        if shard.interest.borrow().covers(service) || validate_service_name(service).is_err() {
             return;
         }
         shard

@@ -27,6 +27,10 @@ impl Mesh {
     /// The shard holding `service`'s instances.
     pub(super) fn shard(&self, service: &str) -> &Shard {
         let shards = &self.inner.shards;
+        // Every read goes through here: no hash for the common single bucket.
+        if shards.len() == 1 {
+            return &shards[0];
+        }
         let count = u16::try_from(shards.len()).unwrap_or(u16::MAX);
         &shards[usize::from(crate::protocol::shard_of(service, count))]
     }
