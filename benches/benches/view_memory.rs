@@ -2,7 +2,8 @@
 //! full-view peer and a peer following 5 services, live bytes counted by the allocator.
 //!
 //! `cargo bench -p prism-benches --bench view_memory` (env: PRISM_VIEW_SERVICES=100,
-//! PRISM_VIEW_PER_SERVICE=1000).
+//! PRISM_VIEW_PER_SERVICE=1000; PRISM_VIEW_BARE=1 for instances without tags, zone or
+//! metadata).
 //!
 //! The records are written raw into the bucket (as owners write them), so the process
 //! holds nothing of them but the view; the figure is the growth of live bytes (sizes asked
@@ -29,21 +30,27 @@ async fn main() {
     let mut record_bytes = 0usize;
     let mut metadata_bytes = 0usize;
     let mut writes = Vec::new();
+    let bare = std::env::var_os("PRISM_VIEW_BARE").is_some();
     for s in 0..services {
         for n in 0..per_service {
-            // Typical: two tags, a zone, four metadata entries.
-            let instance = ServiceInstance::builder(
+            // Typical: two tags, a zone, four metadata entries (PRISM_VIEW_BARE=1: none).
+            let builder = ServiceInstance::builder(
                 format!("svc-{s:03}"),
                 format!("10.1.{}.{}", n / 250, n % 250),
                 8080,
-            )
-            .tag("v2")
-            .tag("primary")
-            .zone(format!("eu-west-1{}", ["a", "b", "c"][n % 3]))
-            .metadata("version", "2.1.0")
-            .metadata("region", "eu-west-1")
-            .metadata("build", "4f9c2e1")
-            .metadata("weight", 100)
+            );
+            let instance = if bare {
+                builder
+            } else {
+                builder
+                    .tag("v2")
+                    .tag("primary")
+                    .zone(format!("eu-west-1{}", ["a", "b", "c"][n % 3]))
+                    .metadata("version", "2.1.0")
+                    .metadata("region", "eu-west-1")
+                    .metadata("build", "4f9c2e1")
+                    .metadata("weight", 100)
+            }
             .build()
             .unwrap();
             metadata_bytes += instance

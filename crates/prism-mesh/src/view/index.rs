@@ -14,6 +14,7 @@ use super::registry::{InstanceMap, RegistryView, ServiceSnapshot};
 use super::MeshEvent;
 use crate::instance::ServiceInstance;
 use crate::store::RemovalCause;
+use uuid::Uuid;
 
 #[derive(Debug)]
 pub(super) struct Entry {
@@ -30,9 +31,14 @@ pub(super) struct Entry {
 }
 
 /// The writer side of the view.
+///
+/// Entries are keyed by instance id, not by the bucket key (`<service>.<id>`): a key's
+/// string would cost each entry as much again. A key finds its entry by the id it ends
+/// with, and only when the entry's service is the key's (an id is unique in the mesh: a
+/// write of a held id under another service is refused).
 #[derive(Debug)]
 pub(super) struct Index {
-    pub(super) entries: FastMap<String, Entry>,
+    pub(super) entries: FastMap<Uuid, Entry>,
     pub(super) by_service: FastMap<String, InstanceMap>,
     pub(super) dirty: FastSet<String>,
     /// Counts snapshots. Entries a snapshot names are marked with its number, so what it
@@ -40,7 +46,33 @@ pub(super) struct Index {
     pub(super) snapshot: u64,
 }
 
+/// The service and the instance id a bucket key names (`None`: not an instance key).
+pub(super) fn split_key(key: &str) -> Option<(&str, Uuid)> {
+    let (service, id) = key.rsplit_once('.')?;
+    Some((service, Uuid::try_parse(id).ok()?))
+}
+
 impl Index {
+    /// The entry of bucket key `key`.
+    pub(super) fn get(&self, key: &str) -> Option<&Entry> {
+        let (service, id) = split_key(key)?;
+        self.entries
+            .get(&id)
+            .filter(|entry| entry.instance.service == service)
+    }
+
+    fn get_mut(&mut self, key: &str) -> Option<&mut Entry> {
+        let (service, id) = split_key(key)?;
+        self.entries
+            .get_mut(&id)
+            .filter(|entry| entry.instance.service == service)
+    }
+
+    /// Whether the view holds bucket key `key`.
+    pub(super) fn holds(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
     /// A live write of `key` whose record has `digest`: when it is the record held (a
     /// heartbeat), takes its revision and time and returns the instance's id; `None` when
     /// the write must be decoded and applied (a change, an unknown key, an old revision).
@@ -51,7 +83,7 @@ impl Index {
         revision: u64,
         written_at: SystemTime,
     ) -> Option<uuid::Uuid> {
-        let entry = self.entries.get_mut(key)?;
+        let entry = self.get_mut(key)?;
         if entry.digest != digest || entry.revision >= revision {
             return None;
         }
@@ -60,29 +92,33 @@ impl Index {
         Some(entry.instance.id)
     }
 
+    /// Applies a decoded put (its key checked against the instance); false when the
+    /// instance's id is held under another service, and nothing changed.
     pub(super) fn upsert(
         &mut self,
-        key: String,
         instance: Arc<ServiceInstance>,
         revision: u64,
         reason: Option<String>,
         (written_at, ttl, digest): (SystemTime, Duration, u64),
         events: &mut Vec<MeshEvent>,
-    ) {
+    ) -> bool {
         let snapshot = self.snapshot;
-        match self.entries.entry(key) {
+        match self.entries.entry(instance.id) {
             Slot::Occupied(mut slot) => {
                 let entry = slot.get_mut();
+                if entry.instance.service != instance.service {
+                    return false;
+                }
                 entry.seen_in = snapshot;
                 if entry.revision >= revision {
-                    return; // already applied (resync overlap)
+                    return true; // already applied (resync overlap)
                 }
                 entry.revision = revision;
                 entry.written_at = written_at;
                 entry.ttl = ttl;
                 entry.digest = digest;
                 if entry.instance.same_content(&instance) {
-                    return; // a heartbeat
+                    return true; // a heartbeat
                 }
                 let previous = entry.instance.clone();
                 entry.instance = instance.clone();
@@ -118,12 +154,14 @@ impl Index {
                 events.push(MeshEvent::Registered { instance });
             }
         }
+        true
     }
 
     /// Keeps `key` through the snapshot being read, whatever its new value was.
     pub(super) fn mark_seen(&mut self, key: &str) {
-        if let Some(entry) = self.entries.get_mut(key) {
-            entry.seen_in = self.snapshot;
+        let snapshot = self.snapshot;
+        if let Some(entry) = self.get_mut(key) {
+            entry.seen_in = snapshot;
         }
     }
 
@@ -136,7 +174,7 @@ impl Index {
 
     /// The snapshot being read ends with `key` removed, though it named it earlier.
     pub(super) fn unmark_seen(&mut self, key: &str) {
-        if let Some(entry) = self.entries.get_mut(key) {
+        if let Some(entry) = self.get_mut(key) {
             // Snapshot numbers start at 1: 0 is "named by none".
             entry.seen_in = 0;
         }
@@ -148,12 +186,13 @@ impl Index {
         if enough == 0 {
             return 0;
         }
+        let mine = self.get(key).map(|entry| entry.instance.id);
         let mut overdue = 0;
         for (other, entry) in &self.entries {
             let age = at
                 .duration_since(entry.written_at)
                 .unwrap_or(Duration::ZERO);
-            if age >= entry.ttl / 2 && other != key {
+            if age >= entry.ttl / 2 && Some(*other) != mine {
                 overdue += 1;
                 if overdue >= enough {
                     break;
@@ -164,7 +203,8 @@ impl Index {
     }
 
     pub(super) fn remove(&mut self, key: &str) -> Option<Entry> {
-        let entry = self.entries.remove(key)?;
+        let id = self.get(key)?.instance.id;
+        let entry = self.entries.remove(&id)?;
         let service = &entry.instance.service;
         if let Some(instances) = self.by_service.get_mut(service) {
             instances.remove(&entry.instance.id);

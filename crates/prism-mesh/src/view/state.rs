@@ -56,6 +56,9 @@ const DELETED_OUTSIDE: &str = "removed from outside the mesh (a KV delete, not i
 /// The reason of a KV purge of an instance's key.
 const PURGED_OUTSIDE: &str = "removed from outside the mesh (a KV purge)";
 
+/// Why a put of an id the view holds under another service is refused.
+const ID_ELSEWHERE: &str = "its instance id is held under another service";
+
 /// The view between flushes.
 pub(super) struct ViewState {
     index: Index,
@@ -259,12 +262,7 @@ impl ViewState {
     /// Applies an expiry that waited, unless the key was written again since.
     fn expire_now(&mut self, key: String, revision: u64) {
         // Written again since (its revision moved past the expiry's): it lives.
-        if self
-            .index
-            .entries
-            .get(&key)
-            .is_some_and(|e| e.revision > revision)
-        {
+        if self.index.get(&key).is_some_and(|e| e.revision > revision) {
             return;
         }
         if let Some(entry) = self.index.remove(&key) {
@@ -292,17 +290,21 @@ impl ViewState {
                     return;
                 }
                 if let Some((instance, reason, ttl)) = self.decode(&key, &value, revision) {
-                    // Written again: an expiry waiting on it is void.
-                    self.preservation.forget(&key);
-                    self.registry.record_write(instance.id, written_at);
-                    self.index.upsert(
-                        key,
+                    let id = instance.id;
+                    let applied = self.index.upsert(
                         instance,
                         revision,
                         reason,
                         (written_at, ttl, digest),
                         &mut self.events,
                     );
+                    if applied {
+                        // Written again: an expiry waiting on it is void.
+                        self.preservation.forget(&key);
+                        self.registry.record_write(id, written_at);
+                    } else {
+                        self.refuse(&key, revision, ID_ELSEWHERE);
+                    }
                 }
             }
             KvChange::Refused { key, revision, why } => self.refuse(&key, revision, &why),
@@ -314,7 +316,7 @@ impl ViewState {
             } => {
                 // A removal of a key we do not hold (a tombstone or marker expiring, a
                 // duplicate) changes nothing.
-                if self.index.entries.contains_key(&key) {
+                if self.index.holds(&key) {
                     // The marker's revision is the same at every peer: one stored event.
                     self.remove(Removal {
                         key,
@@ -347,19 +349,23 @@ impl ViewState {
                     written_at,
                 } => match self.decode(&key, &value, revision) {
                     Some((instance, reason, ttl)) => {
-                        writes.push((instance.id, written_at));
-                        // Written again: an earlier removal and a waiting expiry are void.
-                        removals.remove(&key);
-                        self.preservation.forget(&key);
+                        let id = instance.id;
                         let digest = self.digest(&value);
-                        self.index.upsert(
-                            key,
+                        let applied = self.index.upsert(
                             instance,
                             revision,
                             reason,
                             (written_at, ttl, digest),
                             &mut self.events,
                         );
+                        if applied {
+                            writes.push((id, written_at));
+                            // Written again: an earlier removal and a waiting expiry are void.
+                            removals.remove(&key);
+                            self.preservation.forget(&key);
+                        } else {
+                            self.refuse(&key, revision, ID_ELSEWHERE);
+                        }
                     }
                     None => keep_held(&mut self.index, removals, &key),
                 },
@@ -405,14 +411,14 @@ impl ViewState {
             .entries
             .iter()
             .filter(|(_, entry)| entry.seen_in != self.index.snapshot)
-            .map(|(key, _)| key.clone())
+            .map(|(_, entry)| entry.instance.key())
             .collect();
         for key in gone {
             // Absent without a trace: its marker expired too while we were away, and the
             // entry's own revision names the expiry. A marker names it by its revision,
             // as live, so every peer records one `expired` event.
             let (cause, revision) = removals.remove(&key).unwrap_or_else(|| {
-                let revision = self.index.entries.get(&key).map_or(0, |e| e.revision);
+                let revision = self.index.get(&key).map_or(0, |e| e.revision);
                 (RemovalCause::Expired, revision)
             });
             // Expiries that happened while we were away belong in the audit trail too.
@@ -435,7 +441,7 @@ impl ViewState {
             at,
         } = removal;
         if cause == RemovalCause::Expired && self.preservation.enabled() {
-            if let Some(entry) = self.index.entries.get(&key) {
+            if let Some(entry) = self.index.get(&key) {
                 let facts = ExpiryFacts {
                     written_at: entry.written_at,
                     ttl: entry.ttl,

@@ -169,6 +169,38 @@ async fn an_unchanged_rewrite_is_a_heartbeat_and_a_changed_one_is_applied() {
 }
 
 #[tokio::test]
+async fn a_held_instance_id_written_under_another_service_is_refused() {
+    let run = Run::start(SelfPreservation::disabled(), false);
+    let a = instance(1);
+    run.snapshot(vec![put_at(&a, 1, Duration::ZERO)]);
+    run.until("held", |v| v.len() == 1).await;
+    let mut twin = ServiceInstance::builder("other", "10.9.9.9", 9)
+        .build()
+        .unwrap();
+    twin.id = a.id;
+    run.send(vec![WatchItem::Change(put_at(&twin, 2, Duration::ZERO))]);
+    let deadline = Instant::now() + WAIT;
+    while run
+        .stats
+        .malformed_dropped
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the twin was not refused");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(run.held()[0].host, a.host, "the first holder stays");
+    assert!(run
+        .registry
+        .slot("other")
+        .is_none_or(|s| s.load().instances().is_empty()));
+    // A removal of the twin's key removes nothing.
+    run.send(vec![WatchItem::Change(expired_now(&twin, 3))]);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(run.held().len(), 1);
+}
+
+#[tokio::test]
 async fn a_refused_write_is_counted_and_leaves_the_instance() {
     let run = Run::start(SelfPreservation::disabled(), false);
     let a = instance(1);
