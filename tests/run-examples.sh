@@ -19,7 +19,7 @@ for _ in $(seq 1 100); do
 done
 
 export NATS_URL="nats://127.0.0.1:$port"
-for example in basic api_gateway data_collector event_handlers tower_balance; do
+for example in basic api_gateway data_collector event_handlers tower_balance scoped_peer; do
   echo "== example $example against $NATS_URL" >&2
   if ! timeout 120 "${CARGO_TARGET_DIR:-target}/debug/examples/$example"; then
     echo "example $example failed; server log:" >&2
