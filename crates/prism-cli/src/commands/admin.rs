@@ -2,8 +2,10 @@
 //! which makes the change itself (an instance whose owner is gone can still be
 //! deregistered). The server's permissions decide who may.
 
+use std::future::Future;
 use std::process::ExitCode;
 
+use prism_mesh::Mesh;
 use uuid::Uuid;
 
 use crate::{CliError, ConnectArgs};
@@ -23,20 +25,38 @@ fn instance_id(text: &str) -> Result<Uuid, CliError> {
         .map_err(|_| CliError::Usage(format!("{text:?} is not an instance id (a UUID)")))
 }
 
+/// Sends one request about `service`/`id` through a short-lived peer that follows that
+/// service: `ask` gets the peer, the id and who asks.
+async fn request<F, Fut>(
+    service: &str,
+    id: &str,
+    connect: &ConnectArgs,
+    ask: F,
+) -> Result<Uuid, CliError>
+where
+    F: FnOnce(Mesh, Uuid, String) -> Fut,
+    Fut: Future<Output = prism_mesh::Result<()>>,
+{
+    let id = instance_id(id)?;
+    prism_mesh::validate_service_name(service)?;
+    let mesh = connect.connect_following(service).await?;
+    let done = ask(mesh.clone(), id, requester(connect)).await;
+    mesh.shutdown().await;
+    done?;
+    Ok(id)
+}
+
 pub async fn deregister(
     service: &str,
     id: &str,
     reason: Option<&str>,
     connect: &ConnectArgs,
 ) -> Result<ExitCode, CliError> {
-    let id = instance_id(id)?;
-    prism_mesh::validate_service_name(service)?;
-    let mesh = connect.connect_following(service).await?;
-    let done = mesh
-        .request_deregister(service, id, reason, Some(&requester(connect)))
-        .await;
-    mesh.shutdown().await;
-    done?;
+    let id = request(service, id, connect, |mesh, id, by| async move {
+        mesh.request_deregister(service, id, reason, Some(&by))
+            .await
+    })
+    .await?;
     println!("{service}/{id} deregistered");
     Ok(ExitCode::SUCCESS)
 }
@@ -48,14 +68,11 @@ pub async fn maintenance(
     reason: Option<&str>,
     connect: &ConnectArgs,
 ) -> Result<ExitCode, CliError> {
-    let id = instance_id(id)?;
-    prism_mesh::validate_service_name(service)?;
-    let mesh = connect.connect_following(service).await?;
-    let done = mesh
-        .request_maintenance(service, id, on, reason, Some(&requester(connect)))
-        .await;
-    mesh.shutdown().await;
-    done?;
+    let id = request(service, id, connect, |mesh, id, by| async move {
+        mesh.request_maintenance(service, id, on, reason, Some(&by))
+            .await
+    })
+    .await?;
     println!(
         "{service}/{id} {}",
         if on {

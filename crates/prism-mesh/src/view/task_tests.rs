@@ -5,6 +5,8 @@ use super::tests::instance;
 use super::*;
 use crate::instance::ServiceInstance;
 use crate::protocol::{EventName, InstanceRecord};
+use std::sync::atomic::AtomicU64;
+
 use crate::store::MemoryStore;
 use crate::store::{KvChange, RemovalCause};
 
@@ -107,6 +109,15 @@ impl Run {
         }
     }
 
+    /// Waits until `counter` of the task's stats is above zero, or panics naming `what`.
+    async fn until_counted(&self, what: &str, counter: impl Fn(&MeshStats) -> &AtomicU64) {
+        let deadline = Instant::now() + WAIT;
+        while counter(&self.stats).load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            assert!(Instant::now() < deadline, "{what} was not counted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn expired_events(&self) -> usize {
         self.store
             .events()
@@ -151,11 +162,8 @@ async fn an_unchanged_rewrite_is_a_heartbeat_and_a_changed_one_is_applied() {
     };
     // The same bytes again: the key's time moves, nothing is decoded or announced.
     run.send(vec![WatchItem::Change(put_at(&a, 2, Duration::ZERO))]);
-    let deadline = Instant::now() + WAIT;
-    while heartbeats(&run) == 0 {
-        assert!(Instant::now() < deadline, "the heartbeat was not seen");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    run.until_counted("the heartbeat", |s| &s.heartbeats_seen)
+        .await;
     let written = run.registry.last_write(a.id).expect("a last write");
     assert!(SystemTime::now().duration_since(written).unwrap() < TTL / 2);
     // Other bytes under the same key: decoded and applied, not taken for a heartbeat.
@@ -179,16 +187,8 @@ async fn a_held_instance_id_written_under_another_service_is_refused() {
         .unwrap();
     twin.id = a.id;
     run.send(vec![WatchItem::Change(put_at(&twin, 2, Duration::ZERO))]);
-    let deadline = Instant::now() + WAIT;
-    while run
-        .stats
-        .malformed_dropped
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the twin was not refused");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    run.until_counted("the refused twin", |s| &s.malformed_dropped)
+        .await;
     assert_eq!(run.held()[0].host, a.host, "the first holder stays");
     assert!(run
         .registry
@@ -210,19 +210,8 @@ async fn a_refused_write_is_counted_and_leaves_the_instance() {
         revision: 2,
         why: "record without Nats-TTL".into(),
     })]);
-    let deadline = Instant::now() + WAIT;
-    while run
-        .stats
-        .malformed_dropped
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the refused write was not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    run.until_counted("the refused write", |s| &s.malformed_dropped)
+        .await;
     assert_eq!(run.held().len(), 1);
 }
 
