@@ -830,6 +830,12 @@ async fn an_id_can_be_registered_again_after_its_deregistration_but_never_twice_
     let err = mesh.register(instance.clone()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
     assert!(err.to_string().contains("already registered"), "{err}");
+    // Nor under another service: an id names one instance across the mesh.
+    let mut twin = instance.clone();
+    twin.service = "again-elsewhere".to_string();
+    let err = mesh.register(twin).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("as an instance of again"), "{err}");
     // Its tombstone holds nothing: the same id registers again over it.
     first.deregister(Some("moving")).await.unwrap();
     let second = mesh.register(instance.clone()).await.unwrap();

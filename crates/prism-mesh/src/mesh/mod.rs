@@ -117,6 +117,20 @@ impl Mesh {
     /// its TTL, as after a crash.
     pub async fn register(&self, instance: ServiceInstance) -> Result<Registration> {
         instance.validate()?;
+        // Views key instances by id: an id names one instance across the mesh, and a
+        // peer refuses a held id written under another service.
+        if let Some(held) = self
+            .lock_owned()
+            .get(&instance.id)
+            .filter(|held| held.instance().service != instance.service)
+        {
+            return Err(Error::invalid(format!(
+                "instance id {} is already registered here as an instance of {}: an id \
+                 names one instance across the mesh",
+                instance.id,
+                held.instance().service
+            )));
+        }
         // Held until the registration is listed: `shutdown` waits for it.
         let accepting = self.inner.accepting.read().await;
         if !*accepting {

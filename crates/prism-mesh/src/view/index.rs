@@ -48,7 +48,7 @@ pub(super) struct Index {
 
 /// The service and the instance id a bucket key names (`None`: not an instance key).
 pub(super) fn split_key(key: &str) -> Option<(&str, Uuid)> {
-    let (service, id) = key.rsplit_once('.')?;
+    let (service, id) = key.split_once('.')?;
     Some((service, Uuid::try_parse(id).ok()?))
 }
 
