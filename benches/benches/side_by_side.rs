@@ -94,7 +94,7 @@ impl View {
         let record = InstanceRecord::decode(value).expect("decode record");
         let instance = record.instance;
         self.services
-            .entry(instance.service.clone())
+            .entry(instance.service.to_string())
             .or_default()
             .insert(instance.id.to_string(), ServiceInstance::clone(&instance));
     }

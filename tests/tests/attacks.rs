@@ -513,7 +513,7 @@ async fn without_permissions_forged_removals_and_hijacks_are_undone_at_once() {
     // A hijack: the key rewritten to point at the attacker's host. Peers report it as an
     // address change, and the owner writes its own record back.
     let mut stolen = (*victim.instance()).clone();
-    stolen.host = "6.6.6.6".to_string();
+    stolen.host = "6.6.6.6".into();
     let started = Instant::now();
     let ack = stored(
         &attacker,
@@ -538,7 +538,7 @@ async fn without_permissions_forged_removals_and_hijacks_are_undone_at_once() {
         } = &event
         {
             if previous.host != instance.host {
-                moves.push((previous.host.clone(), instance.host.clone()));
+                moves.push((previous.host.to_string(), instance.host.to_string()));
             }
         }
     }

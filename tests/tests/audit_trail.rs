@@ -29,11 +29,11 @@ type Content = (
 
 fn content(instance: &ServiceInstance) -> Content {
     (
-        instance.service.clone(),
-        instance.host.clone(),
+        instance.service.to_string(),
+        instance.host.to_string(),
         instance.port,
         instance.status,
-        instance.tags.clone(),
+        instance.tags.iter().map(|t| t.to_string()).collect(),
         instance.weight,
         serde_json::to_string(&instance.metadata).unwrap(),
     )

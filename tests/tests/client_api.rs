@@ -290,8 +290,8 @@ async fn auto_register_registers_the_files_service_at_start_and_a_crash_leaves_w
     let seen = &seen[0];
     assert_eq!((seen.port, seen.weight), (9300, 7));
     assert_eq!(
-        (seen.tags.clone(), seen.zone.as_deref()),
-        (vec!["v2".to_string()], Some("z1"))
+        (seen.tags.to_vec(), seen.zone.as_deref()),
+        (vec!["v2".into()], Some("z1"))
     );
 
     // A crash: the handle goes without deregistering. The Python module's cleanup loop

@@ -39,7 +39,7 @@ async fn peers_on_one_store_see_registration_status_change_and_deregistration_in
         .await
         .unwrap();
     me.update(|i| {
-        i.metadata.insert("version".into(), "1.2.3".into());
+        i.metadata.insert("version", "1.2.3");
     })
     .await
     .unwrap();
@@ -257,7 +257,7 @@ async fn concurrent_updates_through_one_registration_are_all_kept() {
         let me = me.clone();
         async move {
             me.update(move |i| {
-                i.metadata.insert(format!("k{n}"), n.into());
+                i.metadata.insert(format!("k{n}"), n);
             })
             .await
         }

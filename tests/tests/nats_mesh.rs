@@ -234,7 +234,7 @@ async fn bad_service_names_and_oversized_metadata_are_rejected_before_any_networ
     // With the server gone, anything reaching the network would time out instead.
     server.kill();
     let mut bad = ServiceInstance::builder("ok", "h", 1).build().unwrap();
-    bad.service = "orders.eu".to_string();
+    bad.service = "orders.eu".into();
     let started = std::time::Instant::now();
     let err = mesh.register(bad).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
@@ -242,7 +242,7 @@ async fn bad_service_names_and_oversized_metadata_are_rejected_before_any_networ
 
     let mut big = ServiceInstance::builder("ok", "h", 1).build().unwrap();
     big.metadata
-        .insert("blob".into(), "x".repeat(MAX_METADATA_BYTES + 1).into());
+        .insert("blob", "x".repeat(MAX_METADATA_BYTES + 1));
     let err = mesh.register(big).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("metadata"), "{err}");
@@ -655,7 +655,7 @@ async fn a_memory_bucket_lost_in_a_server_restart_is_made_again_and_followed() {
     // Far along the old log, so the new log's revisions stay below it for minutes.
     for n in 0..300 {
         me.update(move |i| {
-            i.metadata.insert("n".into(), n.into());
+            i.metadata.insert("n", n);
         })
         .await
         .unwrap();
@@ -832,7 +832,7 @@ async fn an_id_can_be_registered_again_after_its_deregistration_but_never_twice_
     assert!(err.to_string().contains("already registered"), "{err}");
     // Nor under another service: an id names one instance across the mesh.
     let mut twin = instance.clone();
-    twin.service = "again-elsewhere".to_string();
+    twin.service = "again-elsewhere".into();
     let err = mesh.register(twin).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert!(err.to_string().contains("as an instance of again"), "{err}");

@@ -69,7 +69,7 @@ fn output_error(e: std::io::Error) -> crate::CliError {
 /// One line for an instance of the live view, shown as the current state (stamped with
 /// its registration).
 pub fn current_line(instance: &ServiceInstance, json_output: bool) -> String {
-    let registered = humantime::format_rfc3339_millis(instance.registered_at).to_string();
+    let registered = instance.registered_at.to_string();
     if json_output {
         return json!({
             "event": "current",
@@ -264,19 +264,19 @@ pub fn instance_table_with<'a>(
             instance.base_url(),
             instance.status.as_str().to_string(),
             instance.weight.to_string(),
-            instance.zone.clone().unwrap_or_else(|| "-".to_string()),
+            instance.zone.as_deref().unwrap_or("-").to_string(),
             if instance.tags.is_empty() {
                 "-".to_string()
             } else {
                 instance.tags.join(",")
             },
-            ago(instance.registered_at),
+            ago(instance.registered_at.to_system_time()),
             last_heartbeat
                 .map(|t| format!("{} ago", ago(t)))
                 .unwrap_or_else(|| "-".to_string()),
         ];
         if with_service {
-            row.insert(0, instance.service.clone());
+            row.insert(0, instance.service.to_string());
         }
         if wide {
             row.push(if instance.metadata.is_empty() {
@@ -328,7 +328,7 @@ mod what_changed_tests {
             .build()
             .unwrap();
         let mut after = before.clone();
-        after.host = "6.6.6.6".to_string();
+        after.host = "6.6.6.6".into();
         after.weight = 7;
         assert_eq!(
             what_changed(&before, &after),

@@ -227,7 +227,7 @@ async fn watch_shows_the_current_state_then_live_events_with_their_own_times() {
     let url = server.url();
     let (mesh, registrations) = owner_with(&server, "watched", &[8201]).await;
     let registered_at =
-        humantime::format_rfc3339_millis(mesh.discover("watched")[0].registered_at).to_string();
+        mesh.discover("watched")[0].registered_at.to_string();
     assert_eq!(mesh.discover("watched")[0].id, registrations[0].id());
     let mut watch = PeerProcess::spawn(PRISM, &["watch", "watched", "--url", &url, "--json"]);
     // The instance live before the watch is the current state, stamped with its
@@ -1209,8 +1209,8 @@ async fn register_with_a_config_file_takes_its_service_timing_and_metrics_addres
     wait_view(&watcher, "configured", WAIT, "registered", |v| v.len() == 1).await;
     let seen = watcher.discover("configured");
     assert_eq!(
-        (seen[0].host.as_str(), seen[0].port, seen[0].tags.clone()),
-        ("127.0.0.2", 8801, vec!["from-file".to_string()])
+        (seen[0].host.as_str(), seen[0].port, seen[0].tags.to_vec()),
+        ("127.0.0.2", 8801, vec!["from-file".into()])
     );
     let key = watcher.discover("configured")[0].key();
     let client = async_nats::connect(&url).await.unwrap();

@@ -18,8 +18,8 @@ async fn main() -> prism_mesh::Result<()> {
     let client = DiscoveryClient::connect(common::mesh_builder(&MemoryStore::new())).await?;
 
     let mut metadata = Metadata::new();
-    metadata.insert("version".into(), "1.4.2".into());
-    metadata.insert("weight".into(), 150.into());
+    metadata.insert("version", "1.4.2");
+    metadata.insert("weight", 150);
     let me = client
         .register_myself(
             "market-data",

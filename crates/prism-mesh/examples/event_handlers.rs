@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     reg.set_status(InstanceStatus::Healthy, Some("warmed up"))
         .await?;
     reg.update(|i| {
-        i.metadata.insert("version".into(), "2.0".into());
+        i.metadata.insert("version", "2.0");
     })
     .await?;
     reg.deregister(Some("scaled in")).await?;

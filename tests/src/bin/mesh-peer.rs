@@ -160,7 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                     (["meta", key, value], Some(r)) => {
                         let (key, value) = (key.to_string(), value.to_string());
-                        r.update(move |i| { i.metadata.insert(key, value.into()); }).await.map(|_| ())
+                        r.update(move |i| { i.metadata.insert(key, value); }).await.map(|_| ())
                     }
                     (["deregister", rest @ ..], Some(r)) => {
                         let reason = (!rest.is_empty()).then(|| rest.join(" "));

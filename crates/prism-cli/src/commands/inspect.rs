@@ -87,8 +87,8 @@ pub async fn get(args: &GetArgs, connect: &ConnectArgs) -> Result<ExitCode, CliE
     let shown: Vec<_> = all
         .iter()
         .filter(|i| args.status.is_empty() || args.status.contains(&i.status))
-        .filter(|i| args.tags.iter().all(|tag| i.tags.contains(tag)))
-        .filter(|i| args.zone.is_none() || i.zone == args.zone)
+        .filter(|i| args.tags.iter().all(|tag| i.tags.iter().any(|t| t == tag)))
+        .filter(|i| args.zone.is_none() || i.zone.as_deref() == args.zone.as_deref())
         .collect();
     let format = match (args.output, connect.json) {
         (Some(format), _) => format,
@@ -135,10 +135,10 @@ pub fn instance_json(
     last_heartbeat: Option<std::time::SystemTime>,
 ) -> Result<serde_json::Value, CliError> {
     let mut row = serde_json::to_value(instance).map_err(|e| CliError::Other(e.to_string()))?;
-    let rfc3339 = |t| humantime::format_rfc3339_millis(t).to_string();
-    row["registered_at"] = json!(rfc3339(instance.registered_at));
-    row["updated_at"] = json!(rfc3339(instance.updated_at));
-    row["last_heartbeat"] = json!(last_heartbeat.map(rfc3339));
+    row["registered_at"] = json!(instance.registered_at.to_string());
+    row["updated_at"] = json!(instance.updated_at.to_string());
+    row["last_heartbeat"] =
+        json!(last_heartbeat.map(|t| humantime::format_rfc3339_millis(t).to_string()));
     Ok(row)
 }
 

@@ -187,7 +187,7 @@ pub async fn run(args: RegisterArgs) -> Result<ExitCode, CliError> {
             },
             message: format!("cannot start {program:?}: {e}"),
         })?;
-    let service = instance.service.clone();
+    let service = instance.service.to_string();
     let joining = tokio::spawn(join(
         mesh_builder,
         instance,

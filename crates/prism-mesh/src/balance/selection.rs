@@ -116,8 +116,9 @@ impl Selection {
 
     /// True when `instance` passes the tag and metadata filters (status aside).
     pub fn matches(&self, instance: &ServiceInstance) -> bool {
-        self.all_tags.iter().all(|t| instance.tags.contains(t))
-            && (self.any_tags.is_empty() || self.any_tags.iter().any(|t| instance.tags.contains(t)))
+        let has = |tag: &String| instance.tags.iter().any(|t| t == tag);
+        self.all_tags.iter().all(has)
+            && (self.any_tags.is_empty() || self.any_tags.iter().any(has))
             && self
                 .metadata
                 .iter()

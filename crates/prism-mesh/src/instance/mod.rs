@@ -1,24 +1,26 @@
 //! The instance model: one running copy of a service, as every peer sees it.
 
+mod metadata;
+mod shared;
 mod status;
+mod time;
 mod validate;
 
-use std::collections::BTreeMap;
-use std::time::SystemTime;
-
 use serde::{Deserialize, Serialize};
+pub use thin_vec::ThinVec;
 use uuid::Uuid;
 
+pub use metadata::Metadata;
+pub(crate) use shared::Interner;
+pub use shared::SharedStr;
 pub use status::{count_by_status, InstanceStatus};
+pub use time::Timestamp;
 pub use validate::{
     validate_service_name, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_METADATA_DEPTH,
     MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
 };
 
 use crate::error::Result;
-
-/// Free-form metadata: string keys, JSON-like values.
-pub type Metadata = BTreeMap<String, serde_json::Value>;
 
 /// The default load-balancing weight of an instance.
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -44,35 +46,33 @@ pub const DEFAULT_WEIGHT: u32 = 100;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceInstance {
     /// Service name: a single NATS subject token (letters, digits, `-`, `_`).
-    pub service: String,
+    pub service: SharedStr,
     /// Unique id of this instance.
     pub id: Uuid,
     /// Host name or address peers use to reach the instance.
-    pub host: String,
+    pub host: SharedStr,
     /// Port peers use to reach the instance.
     pub port: u16,
     /// URL scheme, `http` by default.
-    pub scheme: String,
+    pub scheme: SharedStr,
     /// Free-form metadata.
     #[serde(default, deserialize_with = "nil_as_default")]
     pub metadata: Metadata,
     /// Tags for filtering.
     #[serde(default, deserialize_with = "nil_as_default")]
-    pub tags: Vec<String>,
+    pub tags: ThinVec<SharedStr>,
     /// Lifecycle status.
     pub status: InstanceStatus,
     /// Load-balancing weight (default 100).
     pub weight: u32,
     /// Availability zone, if known.
     #[serde(default)]
-    pub zone: Option<String>,
+    pub zone: Option<SharedStr>,
     /// When the instance was first registered.
-    #[serde(with = "unix_millis")]
-    pub registered_at: SystemTime,
+    pub registered_at: Timestamp,
     /// When the owner last changed the instance (status, metadata...). Heartbeats do not
     /// change it.
-    #[serde(with = "unix_millis")]
-    pub updated_at: SystemTime,
+    pub updated_at: Timestamp,
 }
 
 /// The KV key of an instance: `<service>.<instance id>` (the id lowercase hyphenated).
@@ -93,20 +93,20 @@ where
 impl ServiceInstance {
     /// Starts building an instance of `service` reachable at `host:port`.
     pub fn builder(
-        service: impl Into<String>,
-        host: impl Into<String>,
+        service: impl Into<SharedStr>,
+        host: impl Into<SharedStr>,
         port: u16,
     ) -> ServiceInstanceBuilder {
-        let now = SystemTime::now();
+        let now = Timestamp::now();
         ServiceInstanceBuilder {
             instance: ServiceInstance {
                 service: service.into(),
                 id: Uuid::new_v4(),
                 host: host.into(),
                 port,
-                scheme: "http".to_string(),
+                scheme: SharedStr::from("http"),
                 metadata: Metadata::new(),
-                tags: Vec::new(),
+                tags: ThinVec::new(),
                 status: InstanceStatus::Starting,
                 weight: DEFAULT_WEIGHT,
                 zone: None,
@@ -157,6 +157,22 @@ impl ServiceInstance {
     }
 }
 
+impl ServiceInstance {
+    /// Shares this instance's repeated strings (service, scheme, zone, tags, metadata keys)
+    /// with the other instances of a view.
+    pub(crate) fn intern(&mut self, interner: &mut Interner) {
+        interner.intern(&mut self.service);
+        interner.intern(&mut self.scheme);
+        if let Some(zone) = &mut self.zone {
+            interner.intern(zone);
+        }
+        for tag in self.tags.iter_mut() {
+            interner.intern(tag);
+        }
+        self.metadata.intern(interner);
+    }
+}
+
 /// Builder for [`ServiceInstance`]; see [`ServiceInstance::builder`].
 #[derive(Debug, Clone)]
 pub struct ServiceInstanceBuilder {
@@ -171,13 +187,17 @@ impl ServiceInstanceBuilder {
     }
 
     /// Sets the URL scheme (`http` by default).
-    pub fn scheme(mut self, scheme: impl Into<String>) -> Self {
+    pub fn scheme(mut self, scheme: impl Into<SharedStr>) -> Self {
         self.instance.scheme = scheme.into();
         self
     }
 
     /// Adds one metadata entry. A `weight` entry holding a number also sets the weight.
-    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    pub fn metadata(
+        mut self,
+        key: impl Into<SharedStr>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
         let key = key.into();
         let value = value.into();
         if key == "weight" {
@@ -204,7 +224,7 @@ impl ServiceInstanceBuilder {
     }
 
     /// Adds a tag.
-    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+    pub fn tag(mut self, tag: impl Into<SharedStr>) -> Self {
         self.instance.tags.push(tag.into());
         self
     }
@@ -222,7 +242,7 @@ impl ServiceInstanceBuilder {
     }
 
     /// Sets the availability zone.
-    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+    pub fn zone(mut self, zone: impl Into<SharedStr>) -> Self {
         self.instance.zone = Some(zone.into());
         self
     }

@@ -209,7 +209,7 @@ mod tests {
         assert!(err.to_string().contains("nested 33 levels deep"), "{err}");
         // Far deeper than any stack would take recursively.
         let mut instance = ServiceInstance::builder("svc", "h", 1).build().unwrap();
-        instance.metadata.insert("deep".into(), nested(200_000));
+        instance.metadata.insert("deep", nested(200_000));
         assert!(instance.validate().is_err());
         // Dropping it must not recurse 200,000 levels either.
         let mut value = instance.metadata.remove("deep").unwrap();

@@ -196,7 +196,7 @@ pub(super) async fn control_desk(
             registration = owned.recv() => {
                 let Some(registration) = registration else { return };
                 let id = registration.id();
-                let service = registration.instance().service.clone();
+                let service = registration.instance().service.to_string();
                 if !requests.contains_key(&service) {
                     match store.control_requests(&service).await {
                         Ok(subscription) => {

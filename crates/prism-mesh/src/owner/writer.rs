@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::config::Timing;
 use crate::error::{Error, ErrorKind, Result};
-use crate::instance::{InstanceStatus, ServiceInstance};
+use crate::instance::{InstanceStatus, ServiceInstance, Timestamp};
 use crate::metrics::MeshStats;
 use crate::protocol::{EventName, InstanceRecord, PROTOCOL_VERSION};
 use crate::store::{Store, WriteCondition};
@@ -355,7 +355,7 @@ impl OwnedInstance {
                 reason,
             });
         }
-        next.updated_at = SystemTime::now();
+        next.updated_at = Timestamp::now();
         let next = Arc::new(next);
         let record = record(&next, &owners.timing, reason.as_deref());
         let sent = Instant::now();

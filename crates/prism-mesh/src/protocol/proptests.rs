@@ -31,7 +31,7 @@ use uuid::Uuid;
 use super::bucket::{header_safe, removal_cause, RemovalCause};
 use super::*;
 use crate::error::ErrorKind;
-use crate::instance::{InstanceStatus, Metadata, ServiceInstance};
+use crate::instance::{InstanceStatus, Metadata, ServiceInstance, SharedStr};
 
 /// The fixed seed of the default runs (any value; changing it explores other cases).
 const SEED: u64 = 0x5052_4953_4d5f_4d45; // "PRISM_ME"
@@ -92,7 +92,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn metadata() -> impl Strategy<Value = Metadata> {
-    prop::collection::btree_map("\\PC{0,16}", json_value(), 0..6)
+    prop::collection::btree_map("\\PC{0,16}", json_value(), 0..6).prop_map(Metadata::from)
 }
 
 fn status() -> impl Strategy<Value = InstanceStatus> {
@@ -116,8 +116,18 @@ prop_compose! {
         updated_at in timestamp(),
     ) -> ServiceInstance {
         ServiceInstance {
-            service, id, host, port, scheme, metadata, tags, status, weight, zone,
-            registered_at, updated_at,
+            service: service.into(),
+            id,
+            host: host.into(),
+            port,
+            scheme: scheme.into(),
+            metadata,
+            tags: tags.into_iter().map(SharedStr::from).collect(),
+            status,
+            weight,
+            zone: zone.map(SharedStr::from),
+            registered_at: registered_at.into(),
+            updated_at: updated_at.into(),
         }
     }
 }
@@ -417,15 +427,19 @@ proptest! {
         let mut record = record;
         let i = std::sync::Arc::make_mut(&mut record.instance);
         match which {
-            0 => i.service = format!("{}.x", i.service),
-            1 => i.host = "h".repeat(crate::instance::MAX_HOST_LEN + extra),
-            2 => i.host.clear(),
-            3 => i.tags = vec!["t".to_string(); crate::instance::MAX_TAGS + extra],
-            4 => i.tags.push("x".repeat(crate::instance::MAX_TAG_LEN + extra)),
-            5 => i.zone = Some(String::new()),
+            0 => i.service = format!("{}.x", i.service).into(),
+            1 => i.host = "h".repeat(crate::instance::MAX_HOST_LEN + extra).into(),
+            2 => i.host = SharedStr::default(),
+            3 => i.tags = vec![SharedStr::from("t"); crate::instance::MAX_TAGS + extra].into(),
+            4 => {
+                let mut tags = i.tags.to_vec();
+                tags.push("x".repeat(crate::instance::MAX_TAG_LEN + extra).into());
+                i.tags = tags.into();
+            }
+            5 => i.zone = Some(SharedStr::default()),
             _ => {
                 i.metadata.insert(
-                    "blob".to_string(),
+                    "blob",
                     Value::from("x".repeat(crate::instance::MAX_METADATA_BYTES + extra)),
                 );
             }
@@ -450,7 +464,7 @@ fn nested(depth: usize, map: bool, position: u8, record: &InstanceRecord) -> Vec
         1 => {
             std::sync::Arc::make_mut(&mut record.instance)
                 .metadata
-                .insert("deep".into(), Value::Null);
+                .insert("deep", Value::Null);
         }
         _ => record.reason = Some("DEEP".into()),
     }

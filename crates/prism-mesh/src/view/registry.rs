@@ -8,6 +8,8 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
+use super::index::Entries;
+
 use crate::instance::{InstanceStatus, ServiceInstance};
 
 /// The instances of one service at one moment, ordered by instance id.
@@ -94,32 +96,29 @@ impl ServiceSlot {
 #[derive(Debug, Default)]
 pub(crate) struct RegistryView {
     slots: ArcSwap<FastMap<String, Arc<ServiceSlot>>>,
-    /// When each instance's key was last written (registration, heartbeat, change), as
-    /// the backend stored it. Written by the view task only; read by tools, not by picks.
-    last_writes: std::sync::Mutex<FastMap<uuid::Uuid, std::time::SystemTime>>,
+    /// The entries of each view task writing here (one per shard), for the last write of
+    /// an instance: tools read it, picks do not.
+    entries: std::sync::Mutex<Vec<Arc<Entries>>>,
 }
 
 impl RegistryView {
-    pub(crate) fn record_write(&self, id: uuid::Uuid, at: std::time::SystemTime) {
-        self.lock_writes().insert(id, at);
+    /// A new entry map for a view task writing into this registry.
+    pub(super) fn attach_entries(&self) -> Arc<Entries> {
+        let entries = Arc::new(Entries::default());
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entries.clone());
+        entries
     }
 
-    pub(crate) fn record_writes(&self, writes: &[(uuid::Uuid, std::time::SystemTime)]) {
-        let mut last = self.lock_writes();
-        last.reserve(writes.len());
-        last.extend(writes.iter().copied());
-    }
-
-    pub(crate) fn forget_write(&self, id: uuid::Uuid) {
-        self.lock_writes().remove(&id);
-    }
-
+    /// When instance `id`'s key was last written, as the backend stored it.
     pub(crate) fn last_write(&self, id: uuid::Uuid) -> Option<std::time::SystemTime> {
-        self.lock_writes().get(&id).copied()
-    }
-
-    fn lock_writes(&self) -> std::sync::MutexGuard<'_, FastMap<uuid::Uuid, std::time::SystemTime>> {
-        self.last_writes.lock().unwrap_or_else(|p| p.into_inner())
+        let views = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        views.iter().find_map(|entries| {
+            let entries = entries.lock().unwrap_or_else(|p| p.into_inner());
+            entries.get(&id).map(|entry| entry.written_at.to_system_time())
+        })
     }
 
     pub(crate) fn slot(&self, service: &str) -> Option<Arc<ServiceSlot>> {

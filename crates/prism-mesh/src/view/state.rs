@@ -6,14 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use foldhash::{HashMap as FastMap, HashSet as FastSet};
+use foldhash::HashSet as FastSet;
 use tracing::warn;
 
 use super::index::{keep_held, Index};
 use super::preservation::{ExpiryFacts, Preservation, SelfPreservation, Verdict};
 use super::registry::RegistryView;
 use super::MeshEvent;
-use crate::instance::ServiceInstance;
+use crate::instance::{Interner, ServiceInstance};
 use crate::metrics::MeshStats;
 use crate::protocol::EventName;
 use crate::store::{KvChange, RemovalCause, WatchItem};
@@ -83,6 +83,8 @@ pub(super) struct ViewState {
     /// by its digest without decoding it. Seeded per view, so no writer can aim a
     /// collision at it.
     digests: foldhash::fast::RandomState,
+    /// One copy of each service name, scheme, zone, tag and metadata key held.
+    strings: Interner,
 }
 
 impl ViewState {
@@ -93,12 +95,7 @@ impl ViewState {
         alerts: Arc<KeyAlerts>,
     ) -> ViewState {
         ViewState {
-            index: Index {
-                entries: FastMap::default(),
-                by_service: FastMap::default(),
-                dirty: FastSet::default(),
-                snapshot: 0,
-            },
+            index: Index::new(&registry),
             preservation: Preservation::new(rule),
             resync: None,
             synced: false,
@@ -112,6 +109,7 @@ impl ViewState {
             loading: None,
             loaded: 0,
             digests: foldhash::fast::RandomState::default(),
+            strings: Interner::default(),
         }
     }
 
@@ -262,11 +260,10 @@ impl ViewState {
     /// Applies an expiry that waited, unless the key was written again since.
     fn expire_now(&mut self, key: String, revision: u64) {
         // Written again since (its revision moved past the expiry's): it lives.
-        if self.index.get(&key).is_some_and(|e| e.revision > revision) {
+        if self.index.revision(&key).is_some_and(|held| held > revision) {
             return;
         }
         if let Some(entry) = self.index.remove(&key) {
-            self.registry.forget_write(entry.instance.id);
             let event = self.removal_event(entry.instance, RemovalCause::Expired, revision);
             self.events.push(event);
         }
@@ -282,15 +279,13 @@ impl ViewState {
                 written_at,
             } => {
                 let digest = self.digest(&value);
-                if let Some(entry) = self.index.heartbeat(&key, digest, revision, written_at) {
+                if self.index.heartbeat(&key, digest, revision, written_at) {
                     // Written again unchanged: an expiry waiting on it is void.
                     self.preservation.forget(&key);
-                    self.registry.record_write(entry, written_at);
                     MeshStats::incr(&self.stats.heartbeats_seen);
                     return;
                 }
                 if let Some((instance, reason, ttl)) = self.decode(&key, &value, revision) {
-                    let id = instance.id;
                     let applied = self.index.upsert(
                         instance,
                         revision,
@@ -301,7 +296,6 @@ impl ViewState {
                     if applied {
                         // Written again: an expiry waiting on it is void.
                         self.preservation.forget(&key);
-                        self.registry.record_write(id, written_at);
                     } else {
                         self.refuse(&key, revision, ID_ELSEWHERE);
                     }
@@ -336,8 +330,6 @@ impl ViewState {
     /// its last message decides.
     fn apply_snapshot_part(&mut self, resync: &mut Resync, changes: Vec<KvChange>) {
         let removals = &mut resync.removals;
-        // One lock for the whole part: a cold start applies 100k of these.
-        let mut writes = Vec::with_capacity(changes.len());
         for change in changes {
             MeshStats::incr(&self.stats.changes_applied);
             self.alerts.changed(change.key(), change.revision());
@@ -349,7 +341,6 @@ impl ViewState {
                     written_at,
                 } => match self.decode(&key, &value, revision) {
                     Some((instance, reason, ttl)) => {
-                        let id = instance.id;
                         let digest = self.digest(&value);
                         let applied = self.index.upsert(
                             instance,
@@ -359,7 +350,6 @@ impl ViewState {
                             &mut self.events,
                         );
                         if applied {
-                            writes.push((id, written_at));
                             // Written again: an earlier removal and a waiting expiry are void.
                             removals.remove(&key);
                             self.preservation.forget(&key);
@@ -385,7 +375,6 @@ impl ViewState {
                 }
             }
         }
-        self.registry.record_writes(&writes);
     }
 
     /// Counts and logs a write the view will not trust; what it held stays.
@@ -406,19 +395,13 @@ impl ViewState {
     /// looking. The view now equals the snapshot; the difference went out as events.
     fn finish_snapshot(&mut self, resync: Resync) {
         let Resync { mut removals } = resync;
-        let gone: Vec<String> = self
-            .index
-            .entries
-            .iter()
-            .filter(|(_, entry)| entry.seen_in != self.index.snapshot)
-            .map(|(_, entry)| entry.instance.key())
-            .collect();
+        let gone = self.index.unseen();
         for key in gone {
             // Absent without a trace: its marker expired too while we were away, and the
             // entry's own revision names the expiry. A marker names it by its revision,
             // as live, so every peer records one `expired` event.
             let (cause, revision) = removals.remove(&key).unwrap_or_else(|| {
-                let revision = self.index.get(&key).map_or(0, |e| e.revision);
+                let revision = self.index.revision(&key).unwrap_or(0);
                 (RemovalCause::Expired, revision)
             });
             // Expiries that happened while we were away belong in the audit trail too.
@@ -441,13 +424,13 @@ impl ViewState {
             at,
         } = removal;
         if cause == RemovalCause::Expired && self.preservation.enabled() {
-            if let Some(entry) = self.index.get(&key) {
+            if let Some((written_at, ttl)) = self.index.written(&key) {
                 let facts = ExpiryFacts {
-                    written_at: entry.written_at,
-                    ttl: entry.ttl,
+                    written_at,
+                    ttl,
                     marker_at: at,
                 };
-                let view_size = self.index.entries.len();
+                let view_size = self.index.len();
                 let index = &self.index;
                 let verdict = self.preservation.expire(
                     key.clone(),
@@ -480,7 +463,6 @@ impl ViewState {
         }
         self.preservation.forget(&key);
         if let Some(entry) = self.index.remove(&key) {
-            self.registry.forget_write(entry.instance.id);
             let event = self.removal_event(entry.instance, cause, revision);
             self.events.push(event);
         }
@@ -528,13 +510,19 @@ impl ViewState {
 
     /// Decodes a record and checks it belongs to its key; `None` (counted) when not.
     fn decode(
-        &self,
+        &mut self,
         key: &str,
         value: &[u8],
         revision: u64,
     ) -> Option<(Arc<ServiceInstance>, Option<String>, Duration)> {
         match crate::protocol::decode_put(key, value) {
-            Ok(put) => Some((put.instance, put.reason, put.ttl)),
+            Ok(mut put) => {
+                // Freshly decoded, so not shared yet: its strings join the view's copies.
+                if let Some(instance) = Arc::get_mut(&mut put.instance) {
+                    instance.intern(&mut self.strings);
+                }
+                Some((put.instance, put.reason, put.ttl))
+            }
             Err(why) => {
                 MeshStats::incr(&self.stats.malformed_dropped);
                 warn!(key, revision, "ignoring malformed instance record: {why}");

@@ -217,7 +217,7 @@ impl ViewTask {
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::PermissionDenied => {
                     info!(
-                        service,
+                        %service,
                         event = record.event.as_str(),
                         "this user may not record these events of {service}; leaving them to a peer that may"
                     );

@@ -177,6 +177,34 @@ async fn an_unchanged_rewrite_is_a_heartbeat_and_a_changed_one_is_applied() {
 }
 
 #[tokio::test]
+async fn instances_decoded_from_separate_records_share_their_repeated_strings() {
+    let run = Run::start(SelfPreservation::disabled(), false);
+    let with_extras = |n| {
+        let mut i = instance(n);
+        i.zone = Some("eu-west-1a".into());
+        i.tags = vec!["v2".into()].into();
+        i.metadata.insert("region", "eu-west-1");
+        i
+    };
+    let (a, b) = (with_extras(1), with_extras(2));
+    run.snapshot(vec![put_at(&a, 1, TTL), put_at(&b, 2, TTL)]);
+    run.until("both held", |v| v.len() == 2).await;
+    let held = run.held();
+    let (a, b) = (&held[0], &held[1]);
+    let same = |x: &crate::instance::SharedStr, y: &crate::instance::SharedStr| {
+        std::ptr::eq(x.as_str().as_ptr(), y.as_str().as_ptr())
+    };
+    assert!(same(&a.service, &b.service), "service names are one copy");
+    assert!(same(a.zone.as_ref().unwrap(), b.zone.as_ref().unwrap()), "zones are one copy");
+    assert!(same(&a.tags[0], &b.tags[0]), "tags are one copy");
+    assert!(same(&a.scheme, &b.scheme), "schemes are one copy");
+    let key = |i: &ServiceInstance| i.metadata.keys().next().unwrap().as_ptr();
+    assert_eq!(key(a), key(b), "metadata keys are one copy");
+    // Hosts are the instance's own: a mesh's hosts are mostly distinct.
+    assert!(!same(&a.host, &b.host));
+}
+
+#[tokio::test]
 async fn a_held_instance_id_written_under_another_service_is_refused() {
     let run = Run::start(SelfPreservation::disabled(), false);
     let a = instance(1);

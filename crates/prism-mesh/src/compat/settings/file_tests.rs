@@ -596,7 +596,7 @@ service_discovery:
         ("market-data", "10.0.0.5", 8080)
     );
     let instance = service.instance().unwrap();
-    assert_eq!(instance.tags, ["v2", "primary"]);
+    assert_eq!(&*instance.tags, ["v2", "primary"]);
     assert_eq!(instance.zone.as_deref(), Some("eu-west-1a"));
     assert_eq!(instance.weight, 50, "metadata weight, as the seed reads it");
     assert_eq!(instance.metadata["version"], "2.1");

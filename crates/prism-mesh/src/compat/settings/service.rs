@@ -1,7 +1,6 @@
 //! The `service:` section: the instance a service registers as itself when the client
 //! starts (`auto_register`), so a deployment can describe it beside the connection.
 
-use std::collections::BTreeMap;
 
 use super::bare;
 use super::env::{non_empty, Loader};
@@ -104,7 +103,7 @@ impl Loader<'_> {
             .unwrap_or_default()
             .into_iter()
             .map(|(key, value)| (key, json(value)))
-            .collect::<BTreeMap<_, _>>();
+            .collect::<Metadata>();
         let service = ServiceSettings {
             name,
             host,
