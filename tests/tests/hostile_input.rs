@@ -269,7 +269,9 @@ async fn a_flood_of_hostile_messages_is_counted_and_never_harms_real_instances_o
                 // Valid MessagePack in every field but a 1 MB-ish host: decodes, fails §3.3.
                 let mut big = ServiceInstance::clone(&real_instance);
                 big.id = Uuid::new_v4();
-                big.host = "h".repeat(if i < 100 { max_payload - 4096 } else { 300 }).into();
+                big.host = "h"
+                    .repeat(if i < 100 { max_payload - 4096 } else { 300 })
+                    .into();
                 let key = format!("{kv}.orders.{}", big.id);
                 Hostile::put(key, record(&big))
             }

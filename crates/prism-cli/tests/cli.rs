@@ -226,8 +226,7 @@ async fn watch_shows_the_current_state_then_live_events_with_their_own_times() {
     let server = NatsServer::start();
     let url = server.url();
     let (mesh, registrations) = owner_with(&server, "watched", &[8201]).await;
-    let registered_at =
-        mesh.discover("watched")[0].registered_at.to_string();
+    let registered_at = mesh.discover("watched")[0].registered_at.to_string();
     assert_eq!(mesh.discover("watched")[0].id, registrations[0].id());
     let mut watch = PeerProcess::spawn(PRISM, &["watch", "watched", "--url", &url, "--json"]);
     // The instance live before the watch is the current state, stamped with its

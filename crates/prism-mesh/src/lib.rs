@@ -61,9 +61,9 @@ pub use history::{
     RegistryDiff, StoredEvent,
 };
 pub use instance::{
-    count_by_status, validate_service_name, InstanceStatus, Metadata, ServiceInstance, SharedStr, Timestamp,
-    ServiceInstanceBuilder, ThinVec, DEFAULT_WEIGHT, MAX_HOST_LEN, MAX_METADATA_BYTES, MAX_METADATA_DEPTH,
-    MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
+    count_by_status, validate_service_name, InstanceStatus, Metadata, ServiceInstance,
+    ServiceInstanceBuilder, SharedStr, ThinVec, Timestamp, DEFAULT_WEIGHT, MAX_HOST_LEN,
+    MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_SERVICE_NAME_LEN, MAX_TAGS, MAX_TAG_LEN,
 };
 pub use mesh::{BackendConfig, Mesh, MeshBuilder};
 pub use metrics::{MetricsEndpoint, StatsSnapshot};

@@ -94,7 +94,9 @@ impl Metadata {
 
     /// A copy as a tree map.
     pub fn to_map(&self) -> BTreeMap<String, Value> {
-        self.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     /// Shares the keys with every other instance of the view that uses them.
@@ -218,15 +220,19 @@ mod tests {
 
     #[test]
     fn travels_as_the_map_it_reads_as() {
-        let m: Metadata = [("version", Value::from("2.1")), ("canary", Value::from(false))]
-            .into_iter()
-            .collect();
+        let m: Metadata = [
+            ("version", Value::from("2.1")),
+            ("canary", Value::from(false)),
+        ]
+        .into_iter()
+        .collect();
         let map = m.to_map();
         assert_eq!(
             rmp_serde::to_vec_named(&m).unwrap(),
             rmp_serde::to_vec_named(&map).unwrap()
         );
-        let back: Metadata = rmp_serde::from_slice(&rmp_serde::to_vec_named(&map).unwrap()).unwrap();
+        let back: Metadata =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&map).unwrap()).unwrap();
         assert_eq!(back, m);
         assert_eq!(
             serde_json::to_string(&m).unwrap(),

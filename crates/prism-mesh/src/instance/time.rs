@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 /// let back: SystemTime = at.into();
 /// assert_eq!(Timestamp::from(back), at);
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(u64);
 
@@ -71,6 +73,10 @@ impl From<Timestamp> for SystemTime {
 impl fmt::Display for Timestamp {
     /// RFC 3339, in UTC, to the millisecond.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_millis(self.to_system_time()))
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(self.to_system_time())
+        )
     }
 }

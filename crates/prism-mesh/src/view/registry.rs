@@ -117,7 +117,9 @@ impl RegistryView {
         let views = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         views.iter().find_map(|entries| {
             let entries = entries.lock().unwrap_or_else(|p| p.into_inner());
-            entries.get(&id).map(|entry| entry.written_at.to_system_time())
+            entries
+                .get(&id)
+                .map(|entry| entry.written_at.to_system_time())
         })
     }
 

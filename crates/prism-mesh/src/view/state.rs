@@ -260,7 +260,11 @@ impl ViewState {
     /// Applies an expiry that waited, unless the key was written again since.
     fn expire_now(&mut self, key: String, revision: u64) {
         // Written again since (its revision moved past the expiry's): it lives.
-        if self.index.revision(&key).is_some_and(|held| held > revision) {
+        if self
+            .index
+            .revision(&key)
+            .is_some_and(|held| held > revision)
+        {
             return;
         }
         if let Some(entry) = self.index.remove(&key) {

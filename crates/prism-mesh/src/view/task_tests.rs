@@ -195,7 +195,10 @@ async fn instances_decoded_from_separate_records_share_their_repeated_strings() 
         std::ptr::eq(x.as_str().as_ptr(), y.as_str().as_ptr())
     };
     assert!(same(&a.service, &b.service), "service names are one copy");
-    assert!(same(a.zone.as_ref().unwrap(), b.zone.as_ref().unwrap()), "zones are one copy");
+    assert!(
+        same(a.zone.as_ref().unwrap(), b.zone.as_ref().unwrap()),
+        "zones are one copy"
+    );
     assert!(same(&a.tags[0], &b.tags[0]), "tags are one copy");
     assert!(same(&a.scheme, &b.scheme), "schemes are one copy");
     let key = |i: &ServiceInstance| i.metadata.keys().next().unwrap().as_ptr();

@@ -1,7 +1,6 @@
 //! The `service:` section: the instance a service registers as itself when the client
 //! starts (`auto_register`), so a deployment can describe it beside the connection.
 
-
 use super::bare;
 use super::env::{non_empty, Loader};
 use super::raw::{RawService, Scalar};
