@@ -116,6 +116,20 @@ impl Registration {
         .await
     }
 
+    /// Stops refreshing the instance's key without deregistering it: the key expires on
+    /// the server at its TTL and every peer sees `Expired`, as when an owner dies. For a
+    /// process holding registrations on another's behalf (a gateway whose client stopped
+    /// passing its TTL check); a process leaving on purpose calls
+    /// [`deregister`](Registration::deregister).
+    pub async fn abandon(&self) {
+        // Under the key's lock: a write under way finishes first and none follows it.
+        let writer = self.owned.writer().await;
+        self.owned.live.store(false, Ordering::Release);
+        drop(writer);
+        self.owned.owners.alerts.release(&self.owned.key);
+        leave(&self.owned_by, self.owned.id);
+    }
+
     /// Removes the instance; peers get `Deregistered` with `reason`.
     pub async fn deregister(&self, reason: Option<&str>) -> Result<()> {
         let owned = self.owned.clone();
