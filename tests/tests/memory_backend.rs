@@ -104,6 +104,26 @@ async fn an_owner_that_stops_heartbeating_expires_at_its_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_registration_expires_at_its_peers_while_its_owner_lives_on() {
+    let store = MemoryStore::new();
+    let watcher = peer(&store).await;
+    let mut expired = watcher.subscribe_filtered(EventKind::Expired.into());
+    let owner = peer(&store).await;
+    let kept = owner.register(instance("kept")).await.unwrap();
+    let dropped = owner.register(instance("dropped")).await.unwrap();
+    dropped.abandon().await;
+    assert!(!dropped.is_live());
+    assert_eq!(owner.registrations().len(), 1, "an abandoned one is no longer listed");
+    let event = next_event(&mut expired, WAIT, "expired").await;
+    assert_eq!(event.service(), "dropped");
+    assert!(watcher.discover("dropped").is_empty());
+    // The owner's other registration is still heartbeated, past several TTLs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(watcher.discover("kept").len(), 1);
+    assert!(kept.is_live());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_keep_an_instance_alive_beyond_its_ttl_without_events() {
     let store = MemoryStore::new();
     let owner = peer(&store).await;
