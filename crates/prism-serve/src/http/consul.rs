@@ -1,0 +1,230 @@
+//! The Consul-compatible subset: catalog and health reads (with blocking queries) and the
+//! agent's registration calls. `docs/serve.md` lists what is supported and how mesh
+//! instances map onto Consul's shapes.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use prism_mesh::InstanceStatus;
+use serde_json::{json, Map, Value};
+
+use super::native::{param, params, Params};
+use super::{blocking_wait, ApiError, AppState};
+use crate::agent::Verdict;
+use crate::consul::{catalog_entry, has_tags, health_entry};
+
+/// Waits as a blocking query asks (`?index=N&wait=D`), for `service` or for anything,
+/// and returns the index to report.
+async fn block(
+    state: &AppState,
+    service: Option<&str>,
+    query: &[(String, String)],
+) -> Result<u64, ApiError> {
+    let current = match service {
+        Some(service) => state.changes.service_index(service),
+        None => state.changes.index(),
+    };
+    let Some(index) = param(query, "index") else {
+        return Ok(current);
+    };
+    let after: u64 = index
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("index {index:?} is not a number")))?;
+    let wait = blocking_wait(param(query, "wait"))?;
+    Ok(state.changes.wait(service, after, wait).await)
+}
+
+/// A JSON answer with Consul's index headers.
+fn indexed(body: Value, index: u64) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-consul-index", HeaderValue::from(index));
+    headers.insert("x-consul-knownleader", HeaderValue::from_static("true"));
+    headers.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
+    (headers, Json(body)).into_response()
+}
+
+fn checked(service: &str) -> Result<(), ApiError> {
+    prism_mesh::validate_service_name(service).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// `GET /v1/catalog/services`: every service name with the union of its tags.
+pub(crate) async fn catalog_services(
+    State(state): State<AppState>,
+    Query(query): Params,
+) -> Result<Response, ApiError> {
+    let index = block(&state, None, &query).await?;
+    let mut services = Map::new();
+    for name in state.mesh.services() {
+        let mut tags: Vec<String> = state
+            .mesh
+            .discover(&name)
+            .iter()
+            .flat_map(|i| i.tags.iter().map(|t| t.to_string()))
+            .collect();
+        tags.sort();
+        tags.dedup();
+        services.insert(name, json!(tags));
+    }
+    Ok(indexed(Value::Object(services), index))
+}
+
+/// `GET /v1/catalog/service/{service}?tag=`: every instance, whatever its status.
+pub(crate) async fn catalog_service(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    Query(query): Params,
+) -> Result<Response, ApiError> {
+    checked(&service)?;
+    let index = block(&state, Some(&service), &query).await?;
+    let tags = params(&query, "tag");
+    let dc = &state.options.datacenter;
+    let entries: Vec<Value> = state
+        .mesh
+        .discover(&service)
+        .iter()
+        .filter(|i| has_tags(i, &tags))
+        .map(|i| catalog_entry(i, dc, index))
+        .collect();
+    Ok(indexed(json!(entries), index))
+}
+
+/// `GET /v1/health/service/{service}?passing&tag=`: instances with their checks;
+/// `passing` keeps the healthy ones.
+pub(crate) async fn health_service(
+    State(state): State<AppState>,
+    Path(service): Path<String>,
+    Query(query): Params,
+) -> Result<Response, ApiError> {
+    checked(&service)?;
+    let index = block(&state, Some(&service), &query).await?;
+    let tags = params(&query, "tag");
+    let passing = match param(&query, "passing") {
+        None | Some("false") | Some("0") => false,
+        Some("" | "true" | "1") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "passing={other:?}: give passing, passing=true or passing=false"
+            )))
+        }
+    };
+    let dc = &state.options.datacenter;
+    let entries: Vec<Value> = state
+        .mesh
+        .discover(&service)
+        .iter()
+        .filter(|i| !passing || i.status == InstanceStatus::Healthy)
+        .filter(|i| has_tags(i, &tags))
+        .map(|i| health_entry(i, dc, index))
+        .collect();
+    Ok(indexed(json!(entries), index))
+}
+
+/// `GET /v1/agent/self`: what clients read to learn the datacenter.
+pub(crate) async fn agent_self(State(state): State<AppState>) -> Json<Value> {
+    let options = &state.options;
+    Json(json!({
+        "Config": {
+            "Datacenter": options.datacenter,
+            "NodeName": options.node_name,
+            "Server": false,
+            "Version": concat!("prism-serve ", env!("CARGO_PKG_VERSION")),
+        },
+        "Member": { "Name": options.node_name, "Addr": "127.0.0.1", "Status": 1 },
+        "Meta": { "prism_peer": state.mesh.peer_id() },
+    }))
+}
+
+/// `GET /v1/status/leader`: a mesh has no leader of its own; any gateway answers.
+pub(crate) async fn status_leader(State(state): State<AppState>) -> Json<Value> {
+    Json(json!(state
+        .options
+        .http
+        .map(|a| a.to_string())
+        .unwrap_or_default()))
+}
+
+/// `GET /v1/agent/services`: the registrations made through this gateway.
+pub(crate) async fn agent_services(State(state): State<AppState>) -> Json<Value> {
+    Json(state.agent.services(&state.options.datacenter).await)
+}
+
+/// `GET /v1/agent/checks`: the TTL checks of those registrations.
+pub(crate) async fn agent_checks(State(state): State<AppState>) -> Json<Value> {
+    Json(state.agent.checks().await)
+}
+
+fn writes_allowed(state: &AppState) -> Result<(), ApiError> {
+    if state.options.allow_register {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "registration through this gateway is off (start it with --allow-register)",
+        ))
+    }
+}
+
+/// `PUT /v1/agent/service/register`.
+pub(crate) async fn register(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    body: String,
+) -> Result<Response, ApiError> {
+    writes_allowed(&state)?;
+    let body: Value = serde_json::from_str(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    state.agent.register(&body, client.ip()).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/service/deregister/{id}`.
+pub(crate) async fn deregister(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    writes_allowed(&state)?;
+    state.agent.deregister(&id).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/check/{pass|warn|fail}/{check}?note=`.
+pub(crate) async fn check(
+    State(state): State<AppState>,
+    Path((verdict, check)): Path<(String, String)>,
+    Query(query): Params,
+) -> Result<Response, ApiError> {
+    writes_allowed(&state)?;
+    let verdict = match verdict.as_str() {
+        "pass" | "warn" | "fail" => Verdict::parse(&verdict),
+        _ => None,
+    }
+    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no check verdict {verdict:?}: pass, warn or fail")))?;
+    let note = param(&query, "note").map(str::to_string);
+    state.agent.update_check(&check, verdict, note).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/service/maintenance/{id}?enable=true|false&reason=`.
+pub(crate) async fn maintenance(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Params,
+) -> Result<Response, ApiError> {
+    writes_allowed(&state)?;
+    let enable = match param(&query, "enable") {
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "enable={other:?}: give true or false"
+            )))
+        }
+        None => return Err(ApiError::bad_request("enable is required (true or false)")),
+    };
+    let reason = param(&query, "reason").map(str::to_string);
+    state.agent.maintenance(&id, enable, reason).await?;
+    Ok(StatusCode::OK.into_response())
+}
