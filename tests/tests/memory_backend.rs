@@ -113,7 +113,11 @@ async fn an_abandoned_registration_expires_at_its_peers_while_its_owner_lives_on
     let dropped = owner.register(instance("dropped")).await.unwrap();
     dropped.abandon().await;
     assert!(!dropped.is_live());
-    assert_eq!(owner.registrations().len(), 1, "an abandoned one is no longer listed");
+    assert_eq!(
+        owner.registrations().len(),
+        1,
+        "an abandoned one is no longer listed"
+    );
     let event = next_event(&mut expired, WAIT, "expired").await;
     assert_eq!(event.service(), "dropped");
     assert!(watcher.discover("dropped").is_empty());

@@ -149,6 +149,9 @@ enum Command {
     /// Record every expiry this user may record (run it as the `witness` user of
     /// nats/auth.conf), printing each, until SIGTERM or Ctrl-C.
     Witness(ConnectArgs),
+    /// Serve the mesh to everything that is not a Rust process: a JSON API with live
+    /// events and time travel, a Consul-compatible HTTP API and DNS, and a web page.
+    Serve(commands::serve::ServeArgs),
 }
 
 /// The log filter: `PRISM_LOG` if set, else one from `-v`s (none: nothing). async-nats is
@@ -208,6 +211,7 @@ async fn main() -> ExitCode {
             connect,
         } => commands::health::run(&service, instance.as_deref(), timeout, &connect).await,
         Command::Witness(connect) => commands::witness::run(&connect).await,
+        Command::Serve(args) => commands::serve::run(args).await,
         Command::Deregister {
             service,
             instance,

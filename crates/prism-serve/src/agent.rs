@@ -163,9 +163,11 @@ fn parse_checks(body: &Map<String, Value>, service_id: &str) -> Result<Vec<TtlCh
             .as_array()
             .ok_or_else(|| AgentError::Invalid("Checks must be a list".into()))?;
         for check in list {
-            specs.push(check.as_object().ok_or_else(|| {
-                AgentError::Invalid("each of Checks must be an object".into())
-            })?);
+            specs.push(
+                check.as_object().ok_or_else(|| {
+                    AgentError::Invalid("each of Checks must be an object".into())
+                })?,
+            );
         }
     }
     let count = specs.len();
@@ -321,6 +323,15 @@ impl Agent {
             if let Some(gone) = held.services.remove(&id) {
                 held.checks.retain(|_, service| *service != id);
                 info!(service_id = %id, "a TTL check lapsed: the instance is left to expire");
+                // Critical at once, as in Consul; gone from every view when its key
+                // expires, one instance TTL later.
+                if let Err(e) = gone
+                    .registration
+                    .set_status(InstanceStatus::Unhealthy, Some("TTL check lapsed"))
+                    .await
+                {
+                    warn!(service_id = %id, error = %e, "could not mark a lapsed instance unhealthy");
+                }
                 gone.registration.abandon().await;
             }
         }
@@ -421,13 +432,11 @@ impl Agent {
         note: Option<String>,
     ) -> Result<(), AgentError> {
         let mut held = self.held.lock().await;
-        let service = held
-            .checks
-            .get(check_id)
-            .cloned()
-            .ok_or_else(|| {
-                AgentError::NotFound(format!("Unknown check ID {check_id:?}: no TTL check here has it"))
-            })?;
+        let service = held.checks.get(check_id).cloned().ok_or_else(|| {
+            AgentError::NotFound(format!(
+                "Unknown check ID {check_id:?}: no TTL check here has it"
+            ))
+        })?;
         let entry = held
             .services
             .get_mut(&service)
@@ -440,7 +449,8 @@ impl Agent {
         }
         let after = entry.status();
         if after != before {
-            let reason = note.unwrap_or_else(|| format!("TTL check {check_id} {}", verdict.as_str()));
+            let reason =
+                note.unwrap_or_else(|| format!("TTL check {check_id} {}", verdict.as_str()));
             entry.registration.set_status(after, Some(&reason)).await?;
         }
         Ok(())
@@ -464,7 +474,12 @@ impl Agent {
         entry.maintenance = enable;
         let status = entry.status();
         let reason = reason.unwrap_or_else(|| {
-            if enable { "maintenance on" } else { "maintenance off" }.to_string()
+            if enable {
+                "maintenance on"
+            } else {
+                "maintenance off"
+            }
+            .to_string()
         });
         entry.registration.set_status(status, Some(&reason)).await?;
         Ok(())

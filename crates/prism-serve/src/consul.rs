@@ -164,7 +164,10 @@ mod tests {
             .unwrap();
         let entry = catalog_entry(&instance, "dc1", 7);
         assert_eq!(entry["ServiceID"], "web-1");
-        assert_eq!(entry["ServiceMeta"], json!({"canary": "true", "version": "2"}));
+        assert_eq!(
+            entry["ServiceMeta"],
+            json!({"canary": "true", "version": "2"})
+        );
         assert_eq!(entry["ServiceTags"], json!(["v2"]));
         assert_eq!(entry["ServicePort"], 80);
         assert_eq!(entry["ModifyIndex"], 7);
@@ -172,7 +175,9 @@ mod tests {
 
     #[test]
     fn maintenance_is_a_critical_maintenance_check_beside_the_service_check() {
-        let mut instance = ServiceInstance::builder("web", "10.0.0.5", 80).build().unwrap();
+        let mut instance = ServiceInstance::builder("web", "10.0.0.5", 80)
+            .build()
+            .unwrap();
         instance.status = InstanceStatus::Maintenance;
         let entry = health_entry(&instance, "dc1", 1);
         let checks = entry["Checks"].as_array().unwrap();

@@ -146,7 +146,8 @@ impl DnsHandler {
                 None => nxdomain,
             },
             [service, "service"] => self.service_answer(name, service, None, qtype),
-            [first, second, "service"] => match (first.strip_prefix('_'), second.strip_prefix('_')) {
+            [first, second, "service"] => match (first.strip_prefix('_'), second.strip_prefix('_'))
+            {
                 // RFC 2782: _<service>._<tag, or tcp for any>.service.<domain>
                 (Some(service), Some(tag)) => {
                     let tag = (tag != "tcp").then_some(tag);
@@ -210,7 +211,8 @@ impl DnsHandler {
 fn wants(qtype: RecordType, ip: IpAddr) -> bool {
     matches!(
         (qtype, ip),
-        (RecordType::A | RecordType::ANY, IpAddr::V4(_)) | (RecordType::AAAA | RecordType::ANY, IpAddr::V6(_))
+        (RecordType::A | RecordType::ANY, IpAddr::V4(_))
+            | (RecordType::AAAA | RecordType::ANY, IpAddr::V6(_))
     )
 }
 

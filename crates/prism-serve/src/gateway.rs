@@ -70,14 +70,23 @@ impl Gateway {
             let ttl = u32::try_from(options.dns_ttl.as_secs()).unwrap_or(u32::MAX);
             let handler = DnsHandler::new(mesh.clone(), changes.clone(), &options.domain, ttl)
                 .ok_or_else(|| {
-                    ServeError::InvalidOption(format!("domain {:?} is not a DNS name", options.domain))
+                    ServeError::InvalidOption(format!(
+                        "domain {:?} is not a DNS name",
+                        options.domain
+                    ))
                 })?;
             let udp = UdpSocket::bind(addr)
                 .await
-                .map_err(|source| ServeError::Bind { what: "DNS over UDP", addr, source })?;
-            let bound = udp
-                .local_addr()
-                .map_err(|source| ServeError::Bind { what: "DNS over UDP", addr, source })?;
+                .map_err(|source| ServeError::Bind {
+                    what: "DNS over UDP",
+                    addr,
+                    source,
+                })?;
+            let bound = udp.local_addr().map_err(|source| ServeError::Bind {
+                what: "DNS over UDP",
+                addr,
+                source,
+            })?;
             // TCP on the same port as UDP, so port 0 still gives one address.
             let tcp = bind_tcp(bound, "DNS over TCP").await?;
             let mut server = ServerFuture::new(handler);
@@ -89,9 +98,11 @@ impl Gateway {
         }
         if let Some(addr) = options.http {
             let listener = bind_tcp(addr, "HTTP").await?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| ServeError::Bind { what: "HTTP", addr, source })?;
+            let bound = listener.local_addr().map_err(|source| ServeError::Bind {
+                what: "HTTP",
+                addr,
+                source,
+            })?;
             let mut options = options.clone();
             options.http = Some(bound);
             let shared = Arc::new(Shared {
@@ -106,7 +117,10 @@ impl Gateway {
                 let stop = async move {
                     let _ = closing.wait_for(|closed| *closed).await;
                 };
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
                     warn!(error = %e, "the HTTP server stopped");
                 }
             }));
@@ -137,7 +151,10 @@ impl Gateway {
         }
         if let Some(http) = self.http.take() {
             // Event streams hold connections open; they are cut after a moment.
-            if tokio::time::timeout(Duration::from_secs(2), http).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), http)
+                .await
+                .is_err()
+            {
                 warn!("HTTP connections still open at shutdown were cut");
             }
         }

@@ -5,5 +5,6 @@ pub mod audit;
 pub mod demo;
 pub mod health;
 pub mod inspect;
+pub mod serve;
 pub mod sidecar;
 pub mod witness;

@@ -201,7 +201,12 @@ pub(crate) async fn check(
         "pass" | "warn" | "fail" => Verdict::parse(&verdict),
         _ => None,
     }
-    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no check verdict {verdict:?}: pass, warn or fail")))?;
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no check verdict {verdict:?}: pass, warn or fail"),
+        )
+    })?;
     let note = param(&query, "note").map(str::to_string);
     state.agent.update_check(&check, verdict, note).await?;
     Ok(StatusCode::OK.into_response())

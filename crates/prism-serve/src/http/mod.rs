@@ -96,7 +96,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/diff", get(native::diff))
         .route("/metrics", get(native::metrics))
         .route("/v1/catalog/services", get(consul::catalog_services))
-        .route("/v1/catalog/service/{service}", get(consul::catalog_service))
+        .route(
+            "/v1/catalog/service/{service}",
+            get(consul::catalog_service),
+        )
         .route("/v1/health/service/{service}", get(consul::health_service))
         .route("/v1/agent/self", get(consul::agent_self))
         .route("/v1/status/leader", get(consul::status_leader))
@@ -105,7 +108,10 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/agent/service/register", put(consul::register))
         .route("/v1/agent/service/deregister/{id}", put(consul::deregister))
         .route("/v1/agent/check/{verdict}/{check}", put(consul::check))
-        .route("/v1/agent/service/maintenance/{id}", put(consul::maintenance))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(consul::maintenance),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(api)
@@ -157,7 +163,8 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
         match decoded {
             Some(given) if same_secret(given.as_bytes(), expected.as_bytes()) => {}
             Some(_) => {
-                return ApiError::new(StatusCode::FORBIDDEN, "the token is not valid").into_response()
+                return ApiError::new(StatusCode::FORBIDDEN, "the token is not valid")
+                    .into_response()
             }
             None => {
                 return ApiError::new(

@@ -7,7 +7,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use prism_mesh::{count_by_status, validate_service_name, InstanceStatus, ServiceInstance, Strategy};
+use prism_mesh::{
+    count_by_status, validate_service_name, InstanceStatus, ServiceInstance, Strategy,
+};
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState};
@@ -38,7 +40,10 @@ fn millis(time: SystemTime) -> u64 {
 
 /// An instance as the native API shows it: its fields, its URL, and when its key was last
 /// written (milliseconds since the epoch, like its other times).
-pub(crate) fn instance_json(instance: &ServiceInstance, last_heartbeat: Option<SystemTime>) -> Value {
+pub(crate) fn instance_json(
+    instance: &ServiceInstance,
+    last_heartbeat: Option<SystemTime>,
+) -> Value {
     let mut value = serde_json::to_value(instance).unwrap_or(Value::Null);
     value["url"] = json!(instance.base_url());
     value["last_heartbeat"] = json!(last_heartbeat.map(millis));
@@ -116,7 +121,10 @@ pub(crate) async fn pick(
         }
         (None, None) => balancer.pick()?,
     };
-    Ok(Json(instance_json(&picked, state.mesh.last_heartbeat(picked.id))))
+    Ok(Json(instance_json(
+        &picked,
+        state.mesh.last_heartbeat(picked.id),
+    )))
 }
 
 /// A moment: RFC 3339 (`2026-01-02T03:04:05Z`), or milliseconds since the epoch.

@@ -18,7 +18,11 @@ pub(crate) async fn page() -> Response {
 /// `GET /ui/{file}`: the page's script and style.
 pub(crate) async fn asset(Path(file): Path<String>) -> Response {
     match file.as_str() {
-        "app.js" => ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response(),
+        "app.js" => (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            SCRIPT,
+        )
+            .into_response(),
         "style.css" => ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response(),
         "index.html" => page().await,
         _ => (StatusCode::NOT_FOUND, "not found").into_response(),
