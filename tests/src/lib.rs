@@ -4,9 +4,11 @@
 //!
 //! A missing or too old `nats-server` is a loud failure that says how to install one.
 
+mod chromium;
 mod http;
 mod serve;
 mod tools;
+pub use chromium::Browser;
 pub use http::{http_get, http_request, HttpMode, TestHttpServer};
 pub use serve::{gateway, gateway_with};
 pub use tools::{curl, curl_async, dig_short, dig_status, require_tool, Curled};

@@ -95,6 +95,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/v1/at", get(native::at))
         .route("/v1/diff", get(native::diff))
         .route("/metrics", get(native::metrics))
+        .route("/v1/prometheus/targets", get(native::prometheus_targets))
         .route("/v1/catalog/services", get(consul::catalog_services))
         .route(
             "/v1/catalog/service/{service}",

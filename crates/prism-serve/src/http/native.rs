@@ -221,3 +221,58 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> impl IntoResponse 
     });
     (StatusCode::OK, Json(body))
 }
+
+/// A Prometheus label name from a metadata key: letters, digits and `_` only.
+fn label_name(key: &str) -> String {
+    key.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// `GET /v1/prometheus/targets?service=&passing`: every instance as a target group of
+/// Prometheus' HTTP service discovery (`http_sd_configs`), labelled `__meta_prism_*`.
+pub(crate) async fn prometheus_targets(
+    State(state): State<AppState>,
+    Query(query): Params,
+) -> Result<Json<Value>, ApiError> {
+    let only = param(&query, "service");
+    if let Some(service) = only {
+        checked_service(service)?;
+    }
+    let passing = param(&query, "passing").is_some();
+    let services = match only {
+        Some(service) => vec![service.to_string()],
+        None => state.mesh.services(),
+    };
+    let mut groups = Vec::new();
+    for service in services {
+        for instance in state.mesh.discover(&service) {
+            if passing && instance.status != InstanceStatus::Healthy {
+                continue;
+            }
+            let host = if instance.host.contains(':') {
+                format!("[{}]", instance.host)
+            } else {
+                instance.host.to_string()
+            };
+            let mut labels = serde_json::Map::new();
+            labels.insert("__meta_prism_service".into(), json!(instance.service.as_str()));
+            labels.insert("__meta_prism_instance_id".into(), json!(instance.id.to_string()));
+            labels.insert("__meta_prism_status".into(), json!(instance.status.as_str()));
+            labels.insert("__meta_prism_scheme".into(), json!(instance.scheme.as_str()));
+            labels.insert("__meta_prism_zone".into(), json!(instance.zone.as_deref().unwrap_or("")));
+            let tags: Vec<&str> = instance.tags.iter().map(|t| t.as_str()).collect();
+            // Like Consul SD's: separators around, so `,tag,` matches in relabelling.
+            labels.insert("__meta_prism_tags".into(), json!(format!(",{},", tags.join(","))));
+            for (key, value) in instance.metadata.iter() {
+                let text = value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
+                labels.insert(format!("__meta_prism_metadata_{}", label_name(key)), json!(text));
+            }
+            groups.push(json!({
+                "targets": [format!("{host}:{}", instance.port)],
+                "labels": labels,
+            }));
+        }
+    }
+    Ok(Json(Value::Array(groups)))
+}
