@@ -268,6 +268,8 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(browser.eval(&shows(&leaving)).await, true);
+    // A moment with both instances, for the time slider below.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     owner.signal("TERM");
     let signalled = Instant::now();
@@ -280,6 +282,23 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
     }
     let removed_after = signalled.elapsed();
     assert_eq!(browser.eval(&rows).await, 1);
+
+    // The time slider shows the registry of a past moment: both instances, a second
+    // before the SIGTERM.
+    let back = signalled.elapsed().as_secs() + 1;
+    browser
+        .eval(&format!("const s = document.querySelector('#slider'); s.value = -{back}; s.dispatchEvent(new Event('change')); true"))
+        .await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let shown = browser.eval("document.querySelector('#travel-result').innerText").await;
+        let text = shown.as_str().unwrap_or_default().to_string();
+        if text.contains("2 instances then") && text.contains("1 removed") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the time slider never showed the past: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prism-serve-ui.png");
     browser.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
