@@ -19,6 +19,33 @@ if [ ! -x /usr/bin/time ]; then
   }
 fi
 
+# `prism serve` is tested through programs no one here wrote: curl, dig, Prometheus,
+# headless Chromium, and Python's py-consul in a virtual environment.
+missing=()
+command -v curl >/dev/null || missing+=(curl)
+command -v dig >/dev/null || missing+=(dnsutils)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium)
+python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]} for the prism serve tests" >&2
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || {
+    echo "could not install ${missing[*]}: apt-get install ${missing[*]}" >&2
+    exit 1
+  }
+fi
+PY_VENV="${CARGO_TARGET_DIR:-target}/py-consul"
+if [ ! -x "$PY_VENV/bin/python" ] || ! "$PY_VENV/bin/python" -c "import consul" 2>/dev/null; then
+  echo "installing py-consul into $PY_VENV for the prism serve tests" >&2
+  python3 -m venv "$PY_VENV" && "$PY_VENV/bin/pip" install -q "py-consul>=1.5" || {
+    echo "could not install py-consul: python3 -m venv $PY_VENV && $PY_VENV/bin/pip install py-consul" >&2
+    exit 1
+  }
+fi
+PRISM_PYTHON="$(cd "$PY_VENV" && pwd)/bin/python"
+export PRISM_PYTHON
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo build --workspace --all-targets --all-features
@@ -41,6 +68,8 @@ PRISM_SCALE_SERVICES=10 PRISM_SCALE_PER_SERVICE=20 PRISM_SCALE_RATE=200 PRISM_SC
   cargo bench --profile dev -p prism-benches --bench scale
 PRISM_SHARDS_STEPS=100 PRISM_SHARDS_HOLD_SECS=1 cargo bench --profile dev -p prism-benches --bench shards
 PRISM_VIEW_SERVICES=5 PRISM_VIEW_PER_SERVICE=20 cargo bench --profile dev -p prism-benches --bench view_memory
+PRISM_SERVE_INSTANCES=200 PRISM_SERVE_REQUESTS=200 PRISM_SERVE_EVENTS=20 \
+  cargo bench --profile dev -p prism-benches --bench serve
 PRISM_BENCH_EVENTS=3000 PRISM_BENCH_LIVE=200 PRISM_BIN="${CARGO_TARGET_DIR:-target}/debug/prism" \
   cargo bench --profile dev -p prism-benches --bench audit
 if [ -n "${PRISM_FUZZ_SECONDS:-}" ]; then

@@ -23,7 +23,11 @@ pub struct Browser {
 impl Browser {
     /// Starts Chromium on `url` and attaches to the page.
     pub async fn open(url: &str) -> Browser {
-        let chromium = require_tool("chromium", Some("PRISM_CHROMIUM"), "apt-get install chromium");
+        let chromium = require_tool(
+            "chromium",
+            Some("PRISM_CHROMIUM"),
+            "apt-get install chromium",
+        );
         let profile = tempfile::tempdir().expect("a profile directory");
         let mut child = Command::new(chromium)
             .args([
@@ -57,8 +61,11 @@ impl Browser {
         .await
         .expect("stderr reader")
         .expect("chromium printed its DevTools address");
-        let (_, _, list) =
-            crate::http_get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/json/list").await;
+        let (_, _, list) = crate::http_get(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            "/json/list",
+        )
+        .await;
         let targets: Value = serde_json::from_str(&list).expect("target list is JSON");
         let address = targets
             .as_array()
@@ -83,14 +90,19 @@ impl Browser {
         self.next_id += 1;
         let id = self.next_id;
         let request = json!({ "id": id, "method": method, "params": params }).to_string();
-        self.page.send(Message::text(request)).await.expect("send to DevTools");
+        self.page
+            .send(Message::text(request))
+            .await
+            .expect("send to DevTools");
         loop {
             let message = tokio::time::timeout(Duration::from_secs(30), self.page.next())
                 .await
                 .expect("DevTools answered in time")
                 .expect("DevTools connection open")
                 .expect("DevTools message");
-            let Some(text) = message.as_text() else { continue };
+            let Some(text) = message.as_text() else {
+                continue;
+            };
             let reply: Value = serde_json::from_str(text).expect("DevTools sends JSON");
             if reply["id"] == id {
                 if let Some(error) = reply.get("error") {
@@ -115,7 +127,9 @@ impl Browser {
     /// Saves a PNG of the page as it looks now.
     pub async fn screenshot(&mut self, path: &Path) {
         use base64::Engine;
-        let shot = self.call("Page.captureScreenshot", json!({ "format": "png" })).await;
+        let shot = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(shot["data"].as_str().expect("screenshot data"))
             .expect("base64 PNG");

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use prism_mesh::{EventKind, InstanceStatus, ServiceInstance};
 use prism_tests::{
-    dig_short, dig_status, fast_mesh, free_port, gateway, http_get, require_tool,
-    wait_event, wait_view, Browser, NatsServer, PeerProcess,
+    dig_short, dig_status, fast_mesh, free_port, gateway, http_get, require_tool, wait_event,
+    wait_view, Browser, NatsServer, PeerProcess,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -29,18 +29,33 @@ fn instance(service: &str, host: &str, port: u16, tag: &str, weight: u32) -> Ser
 async fn dig_gets_srv_and_address_answers_of_healthy_instances_only() {
     let server = NatsServer::start();
     let owner = fast_mesh(&server.url()).connect().await.unwrap();
-    owner.register(instance("orders", "10.0.0.1", 8081, "blue", 30)).await.unwrap();
-    owner.register(instance("orders", "10.0.0.2", 8082, "green", 70)).await.unwrap();
-    owner.register(instance("orders", "fd00::3", 8083, "blue", 10)).await.unwrap();
-    let sick = owner.register(instance("orders", "10.0.0.4", 8084, "blue", 10)).await.unwrap();
-    sick.set_status(InstanceStatus::Unhealthy, None).await.unwrap();
+    owner
+        .register(instance("orders", "10.0.0.1", 8081, "blue", 30))
+        .await
+        .unwrap();
+    owner
+        .register(instance("orders", "10.0.0.2", 8082, "green", 70))
+        .await
+        .unwrap();
+    owner
+        .register(instance("orders", "fd00::3", 8083, "blue", 10))
+        .await
+        .unwrap();
+    let sick = owner
+        .register(instance("orders", "10.0.0.4", 8084, "blue", 10))
+        .await
+        .unwrap();
+    sick.set_status(InstanceStatus::Unhealthy, None)
+        .await
+        .unwrap();
     let (mesh, gw) = gateway(&server.url()).await;
     wait_view(&mesh, "orders", WAIT, "four, one sick", |v| {
         v.len() == 4 && v.iter().any(|i| i.status == InstanceStatus::Unhealthy)
     })
     .await;
     let dns = gw.dns_addr().unwrap();
-    let run = move |args: Vec<&'static str>| tokio::task::spawn_blocking(move || dig_short(dns, &args));
+    let run =
+        move |args: Vec<&'static str>| tokio::task::spawn_blocking(move || dig_short(dns, &args));
 
     let mut srv = run(vec!["orders.service.prism", "SRV"]).await.unwrap();
     srv.sort();
@@ -55,19 +70,36 @@ async fn dig_gets_srv_and_address_answers_of_healthy_instances_only() {
     let mut a = run(vec!["orders.service.prism", "A"]).await.unwrap();
     a.sort();
     assert_eq!(a, ["10.0.0.1", "10.0.0.2"]);
-    assert_eq!(run(vec!["orders.service.prism", "AAAA"]).await.unwrap(), ["fd00::3"]);
+    assert_eq!(
+        run(vec!["orders.service.prism", "AAAA"]).await.unwrap(),
+        ["fd00::3"]
+    );
     let mut blue = run(vec!["blue.orders.service.prism", "A"]).await.unwrap();
     blue.sort();
     assert_eq!(blue, ["10.0.0.1"]);
-    let rfc2782 = run(vec!["_orders._green.service.prism", "SRV"]).await.unwrap();
+    let rfc2782 = run(vec!["_orders._green.service.prism", "SRV"])
+        .await
+        .unwrap();
     assert_eq!(rfc2782, ["1 70 8082 0a000002.addr.prism."]);
-    assert_eq!(run(vec!["0a000002.addr.prism", "A"]).await.unwrap(), ["10.0.0.2"]);
-    let status = move |args: Vec<&'static str>| tokio::task::spawn_blocking(move || dig_status(dns, &args));
-    assert_eq!(status(vec!["nobody.service.prism", "A"]).await.unwrap(), "NXDOMAIN");
-    assert_eq!(status(vec!["what.is.this.prism", "A"]).await.unwrap(), "NXDOMAIN");
+    assert_eq!(
+        run(vec!["0a000002.addr.prism", "A"]).await.unwrap(),
+        ["10.0.0.2"]
+    );
+    let status =
+        move |args: Vec<&'static str>| tokio::task::spawn_blocking(move || dig_status(dns, &args));
+    assert_eq!(
+        status(vec!["nobody.service.prism", "A"]).await.unwrap(),
+        "NXDOMAIN"
+    );
+    assert_eq!(
+        status(vec!["what.is.this.prism", "A"]).await.unwrap(),
+        "NXDOMAIN"
+    );
     assert_eq!(status(vec!["example.com", "A"]).await.unwrap(), "REFUSED");
     // TCP answers too (`dig +tcp`).
-    let tcp = run(vec!["+tcp", "orders.service.prism", "A"]).await.unwrap();
+    let tcp = run(vec!["+tcp", "orders.service.prism", "A"])
+        .await
+        .unwrap();
     assert_eq!(tcp.len(), 2);
     gw.shutdown().await;
     mesh.shutdown().await;
@@ -80,11 +112,21 @@ async fn dig_gets_srv_and_address_answers_of_healthy_instances_only() {
 // service discovery here. Consul clients are exercised by py-consul below.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_discovers_mesh_instances_and_drops_a_deregistered_one() {
-    let prometheus = require_tool("prometheus", Some("PRISM_PROMETHEUS"), "apt-get install prometheus");
+    let prometheus = require_tool(
+        "prometheus",
+        Some("PRISM_PROMETHEUS"),
+        "apt-get install prometheus",
+    );
     let server = NatsServer::start();
     let owner = fast_mesh(&server.url()).connect().await.unwrap();
-    let kept = owner.register(instance("api", "127.0.0.1", 9101, "v1", 100)).await.unwrap();
-    let leaving = owner.register(instance("api", "127.0.0.1", 9102, "v1", 100)).await.unwrap();
+    let kept = owner
+        .register(instance("api", "127.0.0.1", 9101, "v1", 100))
+        .await
+        .unwrap();
+    let leaving = owner
+        .register(instance("api", "127.0.0.1", 9102, "v1", 100))
+        .await
+        .unwrap();
     let (mesh, gw) = gateway(&server.url()).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
@@ -99,7 +141,10 @@ async fn prometheus_discovers_mesh_instances_and_drops_a_deregistered_one() {
     let port = free_port();
     let mut child = Command::new(prometheus)
         .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
@@ -119,7 +164,12 @@ async fn prometheus_discovers_mesh_instances_and_drops_a_deregistered_one() {
                 targets
                     .iter()
                     .filter(|t| t["discoveredLabels"]["__meta_prism_service"] == "api")
-                    .map(|t| t["discoveredLabels"]["__address__"].as_str().unwrap_or("").to_string())
+                    .map(|t| {
+                        t["discoveredLabels"]["__address__"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string()
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -158,7 +208,10 @@ async fn prometheus_discovers_mesh_instances_and_drops_a_deregistered_one() {
 /// A Python with the `consul` module: `$PRISM_PYTHON`, else `python3`.
 fn python_with_consul() -> PathBuf {
     let python = require_tool("python3", Some("PRISM_PYTHON"), "install Python 3");
-    let check = Command::new(&python).args(["-c", "import consul"]).output().expect("python runs");
+    let check = Command::new(&python)
+        .args(["-c", "import consul"])
+        .output()
+        .expect("python runs");
     assert!(
         check.status.success(),
         "{} has no `consul` module: python3 -m venv target/py-consul && target/py-consul/bin/pip install py-consul, then PRISM_PYTHON=target/py-consul/bin/python (tests/run.sh does this)",
@@ -203,7 +256,11 @@ async fn a_python_consul_client_registers_another_discovers_and_a_rust_peer_sees
     assert_eq!(catalog["nodes"][0]["tags"], serde_json::json!(["py"]));
     assert_eq!(catalog["nodes"][0]["meta"]["lang"], "python");
     let health = next("health");
-    assert_eq!(health["passing"], serde_json::json!(["pyweb-1"]), "{health}");
+    assert_eq!(
+        health["passing"],
+        serde_json::json!(["pyweb-1"]),
+        "{health}"
+    );
 
     // The Rust peer sees the same instance, healthy once the first pass arrived.
     wait_view(&rust_peer, "pyweb", WAIT, "healthy", |v| {
@@ -224,10 +281,17 @@ async fn a_python_consul_client_registers_another_discovers_and_a_rust_peer_sees
         e.kind() == EventKind::StatusChanged && e.instance().status == InstanceStatus::Unhealthy
     })
     .await;
-    let expired = wait_event(&mut events, WAIT, "expired", |e| e.kind() == EventKind::Expired).await;
+    let expired = wait_event(&mut events, WAIT, "expired", |e| {
+        e.kind() == EventKind::Expired
+    })
+    .await;
     assert_eq!(expired.instance().id, seen.id);
     // The check's 3 s TTL, then the mesh instance's TTL (2 s here), then some slack.
-    assert!(stopped.elapsed() < Duration::from_secs(9), "expired after {:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(9),
+        "expired after {:?}",
+        stopped.elapsed()
+    );
     let _ = client.wait();
     gw.shutdown().await;
     mesh.shutdown().await;
@@ -240,10 +304,22 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
     let (mesh, gw) = gateway(&server.url()).await;
     let owner = PeerProcess::spawn(
         PEER,
-        &["--url", &server.url(), "--service", "checkout", "--port", "7001", "--graceful-drain", "0s"],
+        &[
+            "--url",
+            &server.url(),
+            "--service",
+            "checkout",
+            "--port",
+            "7001",
+            "--graceful-drain",
+            "0s",
+        ],
     );
     let stays = fast_mesh(&server.url()).connect().await.unwrap();
-    stays.register(instance("checkout", "127.0.0.2", 7002, "v1", 100)).await.unwrap();
+    stays
+        .register(instance("checkout", "127.0.0.2", 7002, "v1", 100))
+        .await
+        .unwrap();
     wait_view(&mesh, "checkout", WAIT, "both", |v| v.len() == 2).await;
     let leaving = mesh
         .discover("checkout")
@@ -253,18 +329,25 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
         .unwrap();
 
     let mut browser = Browser::open(&format!("http://{}/ui/", gw.http_addr().unwrap())).await;
-    let rows = format!(
-        "document.querySelectorAll('#instances tbody tr[data-instance-id]').length"
-    );
-    let shows = |id: &str| format!("!!document.querySelector('#instances tr[data-instance-id=\"{id}\"]')");
+    let rows = format!("document.querySelectorAll('#instances tbody tr[data-instance-id]').length");
+    let shows =
+        |id: &str| format!("!!document.querySelector('#instances tr[data-instance-id=\"{id}\"]')");
     let deadline = Instant::now() + WAIT;
     loop {
         let service = browser.eval("document.querySelector('#services tr[data-service=\"checkout\"]')?.innerText ?? ''").await;
-        let live = browser.eval("document.querySelector('#connection').textContent").await;
-        if service.as_str().is_some_and(|s| s.contains('2')) && browser.eval(&rows).await == 2 && live == "live" {
+        let live = browser
+            .eval("document.querySelector('#connection').textContent")
+            .await;
+        if service.as_str().is_some_and(|s| s.contains('2'))
+            && browser.eval(&rows).await == 2
+            && live == "live"
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "the page never showed checkout's two instances: {service}, {live}");
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed checkout's two instances: {service}, {live}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(browser.eval(&shows(&leaving)).await, true);
@@ -291,18 +374,26 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
         .await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let shown = browser.eval("document.querySelector('#travel-result').innerText").await;
+        let shown = browser
+            .eval("document.querySelector('#travel-result').innerText")
+            .await;
         let text = shown.as_str().unwrap_or_default().to_string();
         if text.contains("2 instances then") && text.contains("1 removed") {
             break;
         }
-        assert!(Instant::now() < deadline, "the time slider never showed the past: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "the time slider never showed the past: {text}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prism-serve-ui.png");
     browser.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 1000);
-    eprintln!("removed from the page {removed_after:?} after SIGTERM; screenshot at {}", shot.display());
+    eprintln!(
+        "removed from the page {removed_after:?} after SIGTERM; screenshot at {}",
+        shot.display()
+    );
     drop(browser);
     gw.shutdown().await;
     mesh.shutdown().await;

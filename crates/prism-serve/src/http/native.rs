@@ -256,17 +256,41 @@ pub(crate) async fn prometheus_targets(
                 instance.host.to_string()
             };
             let mut labels = serde_json::Map::new();
-            labels.insert("__meta_prism_service".into(), json!(instance.service.as_str()));
-            labels.insert("__meta_prism_instance_id".into(), json!(instance.id.to_string()));
-            labels.insert("__meta_prism_status".into(), json!(instance.status.as_str()));
-            labels.insert("__meta_prism_scheme".into(), json!(instance.scheme.as_str()));
-            labels.insert("__meta_prism_zone".into(), json!(instance.zone.as_deref().unwrap_or("")));
+            labels.insert(
+                "__meta_prism_service".into(),
+                json!(instance.service.as_str()),
+            );
+            labels.insert(
+                "__meta_prism_instance_id".into(),
+                json!(instance.id.to_string()),
+            );
+            labels.insert(
+                "__meta_prism_status".into(),
+                json!(instance.status.as_str()),
+            );
+            labels.insert(
+                "__meta_prism_scheme".into(),
+                json!(instance.scheme.as_str()),
+            );
+            labels.insert(
+                "__meta_prism_zone".into(),
+                json!(instance.zone.as_deref().unwrap_or("")),
+            );
             let tags: Vec<&str> = instance.tags.iter().map(|t| t.as_str()).collect();
             // Like Consul SD's: separators around, so `,tag,` matches in relabelling.
-            labels.insert("__meta_prism_tags".into(), json!(format!(",{},", tags.join(","))));
+            labels.insert(
+                "__meta_prism_tags".into(),
+                json!(format!(",{},", tags.join(","))),
+            );
             for (key, value) in instance.metadata.iter() {
-                let text = value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
-                labels.insert(format!("__meta_prism_metadata_{}", label_name(key)), json!(text));
+                let text = value
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| value.to_string());
+                labels.insert(
+                    format!("__meta_prism_metadata_{}", label_name(key)),
+                    json!(text),
+                );
             }
             groups.push(json!({
                 "targets": [format!("{host}:{}", instance.port)],
