@@ -110,6 +110,7 @@ impl Gateway {
                 mesh: mesh.clone(),
                 options,
                 changes: changes.clone(),
+                rendered: Default::default(),
             });
             let app = router(shared).into_make_service_with_connect_info::<SocketAddr>();
             let mut closing = gateway.closing.subscribe();

@@ -2,10 +2,14 @@
 //! agent's registration calls. `docs/serve.md` lists what is supported and how mesh
 //! instances map onto Consul's shapes.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use axum::body::Bytes;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use prism_mesh::InstanceStatus;
@@ -39,11 +43,46 @@ async fn block(
 
 /// A JSON answer with Consul's index headers.
 fn indexed(body: Value, index: u64) -> Response {
+    indexed_bytes(Bytes::from(body.to_string()), index)
+}
+
+fn indexed_bytes(body: Bytes, index: u64) -> Response {
     let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert("x-consul-index", HeaderValue::from(index));
     headers.insert("x-consul-knownleader", HeaderValue::from_static("true"));
     headers.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
-    (headers, Json(body)).into_response()
+    (headers, body).into_response()
+}
+
+/// Rendered answers of the per-service reads, by request, with the service's index when
+/// they were rendered: until the service changes, the same question gets the same bytes
+/// (heartbeats change nothing here). Cleared when it grows past a bound.
+#[derive(Default)]
+pub(crate) struct Rendered {
+    answers: Mutex<HashMap<String, (u64, Bytes)>>,
+}
+
+const RENDERED_MOST: usize = 4096;
+
+impl Rendered {
+    /// The answer to `key` at `index`, rendered now unless it was at that index. The
+    /// index must be read before the view, so an answer is never older than its index.
+    fn get_or_render(&self, key: String, index: u64, render: impl FnOnce() -> Value) -> Bytes {
+        let lock = || self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, body)) = lock().get(&key) {
+            if *at == index {
+                return body.clone();
+            }
+        }
+        let body = Bytes::from(render().to_string());
+        let mut answers = lock();
+        if answers.len() >= RENDERED_MOST {
+            answers.clear();
+        }
+        answers.insert(key, (index, body.clone()));
+        body
+    }
 }
 
 fn checked(service: &str) -> Result<(), ApiError> {
@@ -79,16 +118,21 @@ pub(crate) async fn catalog_service(
 ) -> Result<Response, ApiError> {
     checked(&service)?;
     let index = block(&state, Some(&service), &query).await?;
-    let tags = params(&query, "tag");
-    let dc = &state.options.datacenter;
-    let entries: Vec<Value> = state
-        .mesh
-        .discover(&service)
-        .iter()
-        .filter(|i| has_tags(i, &tags))
-        .map(|i| catalog_entry(i, dc, index))
-        .collect();
-    Ok(indexed(json!(entries), index))
+    let mut tags = params(&query, "tag");
+    tags.sort();
+    let key = format!("catalog {service} {tags:?}");
+    let body = state.rendered.get_or_render(key, index, || {
+        let dc = &state.options.datacenter;
+        let entries: Vec<Value> = state
+            .mesh
+            .discover(&service)
+            .iter()
+            .filter(|i| has_tags(i, &tags))
+            .map(|i| catalog_entry(i, dc, index))
+            .collect();
+        Value::Array(entries)
+    });
+    Ok(indexed_bytes(body, index))
 }
 
 /// `GET /v1/health/service/{service}?passing&tag=`: instances with their checks;
@@ -100,7 +144,8 @@ pub(crate) async fn health_service(
 ) -> Result<Response, ApiError> {
     checked(&service)?;
     let index = block(&state, Some(&service), &query).await?;
-    let tags = params(&query, "tag");
+    let mut tags = params(&query, "tag");
+    tags.sort();
     let passing = match param(&query, "passing") {
         None | Some("false") | Some("0") => false,
         Some("" | "true" | "1") => true,
@@ -110,16 +155,20 @@ pub(crate) async fn health_service(
             )))
         }
     };
-    let dc = &state.options.datacenter;
-    let entries: Vec<Value> = state
-        .mesh
-        .discover(&service)
-        .iter()
-        .filter(|i| !passing || i.status == InstanceStatus::Healthy)
-        .filter(|i| has_tags(i, &tags))
-        .map(|i| health_entry(i, dc, index))
-        .collect();
-    Ok(indexed(json!(entries), index))
+    let key = format!("health {service} {passing} {tags:?}");
+    let body = state.rendered.get_or_render(key, index, || {
+        let dc = &state.options.datacenter;
+        let entries: Vec<Value> = state
+            .mesh
+            .discover(&service)
+            .iter()
+            .filter(|i| !passing || i.status == InstanceStatus::Healthy)
+            .filter(|i| has_tags(i, &tags))
+            .map(|i| health_entry(i, dc, index))
+            .collect();
+        Value::Array(entries)
+    });
+    Ok(indexed_bytes(body, index))
 }
 
 /// `GET /v1/agent/self`: what clients read to learn the datacenter.

@@ -30,6 +30,7 @@ pub(crate) struct Shared {
     pub(crate) options: ServeOptions,
     pub(crate) changes: Arc<Changes>,
     pub(crate) agent: Arc<Agent>,
+    pub(crate) rendered: consul::Rendered,
 }
 
 pub(crate) type AppState = Arc<Shared>;
