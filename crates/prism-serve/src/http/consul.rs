@@ -48,7 +48,10 @@ fn indexed(body: Value, index: u64) -> Response {
 
 fn indexed_bytes(body: Bytes, index: u64) -> Response {
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert("x-consul-index", HeaderValue::from(index));
     headers.insert("x-consul-knownleader", HeaderValue::from_static("true"));
     headers.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
