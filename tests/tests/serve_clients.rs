@@ -175,7 +175,6 @@ async fn prometheus_discovers_mesh_instances_and_drops_a_deregistered_one() {
             .unwrap_or_default()
     };
     let until = |want: Vec<&'static str>, what: &'static str| {
-        let targets = targets.clone();
         let log = dir.path().join("prometheus.log");
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -329,7 +328,7 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
         .unwrap();
 
     let mut browser = Browser::open(&format!("http://{}/ui/", gw.http_addr().unwrap())).await;
-    let rows = format!("document.querySelectorAll('#instances tbody tr[data-instance-id]').length");
+    let rows = "document.querySelectorAll('#instances tbody tr[data-instance-id]').length";
     let shows =
         |id: &str| format!("!!document.querySelector('#instances tr[data-instance-id=\"{id}\"]')");
     let deadline = Instant::now() + WAIT;
@@ -339,7 +338,7 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
             .eval("document.querySelector('#connection').textContent")
             .await;
         if service.as_str().is_some_and(|s| s.contains('2'))
-            && browser.eval(&rows).await == 2
+            && browser.eval(rows).await == 2
             && live == "live"
         {
             break;
@@ -364,7 +363,7 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let removed_after = signalled.elapsed();
-    assert_eq!(browser.eval(&rows).await, 1);
+    assert_eq!(browser.eval(rows).await, 1);
 
     // The time slider shows the registry of a past moment: both instances, a second
     // before the SIGTERM.

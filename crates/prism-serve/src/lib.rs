@@ -29,6 +29,8 @@
 //! instances to Consul's shapes; `http` the routes; `dns` the DNS server; `gateway` starts
 //! and stops them.
 
+#![warn(missing_docs)]
+
 mod agent;
 mod changes;
 mod consul;
