@@ -10,7 +10,7 @@ mod serve;
 mod tools;
 pub use chromium::Browser;
 pub use http::{http_get, http_request, HttpMode, TestHttpServer};
-pub use serve::{gateway, gateway_with};
+pub use serve::{gateway, gateway_with, healthy, Served};
 pub use tools::{curl, curl_async, dig_short, dig_status, require_tool, Curled};
 
 use std::io::{BufRead, BufReader, Write};

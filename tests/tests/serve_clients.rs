@@ -9,26 +9,23 @@ use std::time::{Duration, Instant};
 
 use prism_mesh::{EventKind, InstanceStatus, ServiceInstance};
 use prism_tests::{
-    dig_short, dig_status, fast_mesh, free_port, gateway, http_get, require_tool, wait_event,
-    wait_view, Browser, NatsServer, PeerProcess,
+    dig_short, dig_status, free_port, healthy, http_get, require_tool, wait_event, wait_view,
+    Browser, PeerProcess, Served,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
 const PEER: &str = env!("CARGO_BIN_EXE_mesh-peer");
 
 fn instance(service: &str, host: &str, port: u16, tag: &str, weight: u32) -> ServiceInstance {
-    ServiceInstance::builder(service, host, port)
-        .tag(tag)
-        .weight(weight)
-        .status(InstanceStatus::Healthy)
-        .build()
-        .unwrap()
+    let mut instance = healthy(service, host, port, tag);
+    instance.weight = weight;
+    instance
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dig_gets_srv_and_address_answers_of_healthy_instances_only() {
-    let server = NatsServer::start();
-    let owner = fast_mesh(&server.url()).connect().await.unwrap();
+    let stage = Served::start().await;
+    let (owner, mesh, gw) = (&stage.owner, &stage.mesh, &stage.gateway);
     owner
         .register(instance("orders", "10.0.0.1", 8081, "blue", 30))
         .await
@@ -48,8 +45,7 @@ async fn dig_gets_srv_and_address_answers_of_healthy_instances_only() {
     sick.set_status(InstanceStatus::Unhealthy, None)
         .await
         .unwrap();
-    let (mesh, gw) = gateway(&server.url()).await;
-    wait_view(&mesh, "orders", WAIT, "four, one sick", |v| {
+    wait_view(mesh, "orders", WAIT, "four, one sick", |v| {
         v.len() == 4 && v.iter().any(|i| i.status == InstanceStatus::Unhealthy)
     })
     .await;
@@ -101,9 +97,7 @@ async fn dig_gets_srv_and_address_answers_of_healthy_instances_only() {
         .await
         .unwrap();
     assert_eq!(tcp.len(), 2);
-    gw.shutdown().await;
-    mesh.shutdown().await;
-    owner.shutdown().await;
+    stage.stop().await;
 }
 
 // Debian's `prometheus` package is built without Consul service discovery (its changelog:
@@ -117,8 +111,8 @@ async fn prometheus_discovers_mesh_instances_and_drops_a_deregistered_one() {
         Some("PRISM_PROMETHEUS"),
         "apt-get install prometheus",
     );
-    let server = NatsServer::start();
-    let owner = fast_mesh(&server.url()).connect().await.unwrap();
+    let stage = Served::start().await;
+    let (owner, gw) = (&stage.owner, &stage.gateway);
     let kept = owner
         .register(instance("api", "127.0.0.1", 9101, "v1", 100))
         .await
@@ -127,7 +121,6 @@ async fn prometheus_discovers_mesh_instances_and_drops_a_deregistered_one() {
         .register(instance("api", "127.0.0.1", 9102, "v1", 100))
         .await
         .unwrap();
-    let (mesh, gw) = gateway(&server.url()).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("prometheus.yml");
     std::fs::write(
@@ -199,9 +192,7 @@ async fn prometheus_discovers_mesh_instances_and_drops_a_deregistered_one() {
     let _ = child.kill();
     let _ = child.wait();
     drop(kept);
-    gw.shutdown().await;
-    mesh.shutdown().await;
-    owner.shutdown().await;
+    stage.stop().await;
 }
 
 /// A Python with the `consul` module: `$PRISM_PYTHON`, else `python3`.
@@ -222,11 +213,10 @@ fn python_with_consul() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_consul_client_registers_another_discovers_and_a_rust_peer_sees_it_expire() {
     let python = python_with_consul();
-    let server = NatsServer::start();
-    let rust_peer = fast_mesh(&server.url()).connect().await.unwrap();
+    let stage = Served::start().await;
+    let rust_peer = &stage.owner;
     let mut events = rust_peer.subscribe_filtered(prism_mesh::EventFilter::service("pyweb"));
-    let (mesh, gw) = gateway(&server.url()).await;
-    let addr = gw.http_addr().unwrap();
+    let addr = stage.gateway.http_addr().unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/consul/ttl_client.py");
     let mut client = Command::new(python)
         .args([script, &addr.ip().to_string(), &addr.port().to_string()])
@@ -262,7 +252,7 @@ async fn a_python_consul_client_registers_another_discovers_and_a_rust_peer_sees
     );
 
     // The Rust peer sees the same instance, healthy once the first pass arrived.
-    wait_view(&rust_peer, "pyweb", WAIT, "healthy", |v| {
+    wait_view(rust_peer, "pyweb", WAIT, "healthy", |v| {
         v.len() == 1 && v[0].status == InstanceStatus::Healthy
     })
     .await;
@@ -292,20 +282,18 @@ async fn a_python_consul_client_registers_another_discovers_and_a_rust_peer_sees
         stopped.elapsed()
     );
     let _ = client.wait();
-    gw.shutdown().await;
-    mesh.shutdown().await;
-    rust_peer.shutdown().await;
+    stage.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_of_sigterm() {
-    let server = NatsServer::start();
-    let (mesh, gw) = gateway(&server.url()).await;
+    let stage = Served::start().await;
+    let (mesh, gw) = (&stage.mesh, &stage.gateway);
     let owner = PeerProcess::spawn(
         PEER,
         &[
             "--url",
-            &server.url(),
+            &stage.server.url(),
             "--service",
             "checkout",
             "--port",
@@ -314,12 +302,12 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
             "0s",
         ],
     );
-    let stays = fast_mesh(&server.url()).connect().await.unwrap();
+    let stays = &stage.owner;
     stays
         .register(instance("checkout", "127.0.0.2", 7002, "v1", 100))
         .await
         .unwrap();
-    wait_view(&mesh, "checkout", WAIT, "both", |v| v.len() == 2).await;
+    wait_view(mesh, "checkout", WAIT, "both", |v| v.len() == 2).await;
     let leaving = mesh
         .discover("checkout")
         .iter()
@@ -394,7 +382,5 @@ async fn the_web_page_shows_services_and_an_instance_leaving_within_two_seconds_
         shot.display()
     );
     drop(browser);
-    gw.shutdown().await;
-    mesh.shutdown().await;
-    stays.shutdown().await;
+    stage.stop().await;
 }
