@@ -57,6 +57,20 @@ else
 fi
 cargo test --workspace --all-features --doc
 tests/run-examples.sh
+# The Python package: built with maturin into a virtual environment (the dev build, sharing
+# this target directory), then its pytest suite against real nats-servers and the CLI.
+TARGET_ABS="$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+PY_PKG_VENV="$TARGET_ABS/py-prism"
+if [ ! -x "$PY_PKG_VENV/bin/python" ]; then
+  python3 -m venv "$PY_PKG_VENV"
+fi
+"$PY_PKG_VENV/bin/pip" install -q "maturin>=1.5,<2" "pytest>=7" "pytest-asyncio>=0.23" "pyyaml>=6" || {
+  echo "could not install maturin and pytest into $PY_PKG_VENV: pip install maturin pytest pytest-asyncio pyyaml" >&2
+  exit 1
+}
+(cd python && VIRTUAL_ENV="$PY_PKG_VENV" "$PY_PKG_VENV/bin/maturin" develop --quiet)
+PRISM_BIN="$TARGET_ABS/debug/prism" "$PY_PKG_VENV/bin/python" -m pytest -q python/tests
+"$PY_PKG_VENV/bin/python" python/bench/bench.py --quick
 # Every benchmark once with tiny counts, in the dev build made above: a bench that panics
 # fails the build. Figures come from `cargo bench` (docs/benchmarks.md), not from this.
 PRISM_BENCH_SAMPLES=20 PRISM_BENCH_REGISTRATIONS=300 PRISM_BENCH_COLD=300 \
