@@ -30,9 +30,10 @@ async def until(predicate, what, timeout=15.0):
 
 
 async def test_a_python_client_and_a_rust_peer_see_each_other(nats_url, spawn):
-    watch = spawn([prism_bin(), "watch", "--json", "--url", nats_url])
     client = ServiceDiscoveryClient(config(nats_url))
-    await client.initialize()
+    await client.initialize()  # (the first peer makes the mesh's bucket and stream)
+    watch = spawn([prism_bin(), "watch", "--json", "--url", nats_url])
+    await asyncio.sleep(1)  # the watch has loaded its (empty) view
     gone = []
     client.add_event_handler("service_deregistered", lambda instance: gone.append(instance))
 
@@ -79,10 +80,10 @@ asyncio.run(main())
 
 
 async def test_kill_9_of_a_python_process_expires_its_instance_at_the_rust_peer(nats_url, spawn):
-    watch = spawn([prism_bin(), "watch", "doomed", "--json", "--url", nats_url])
     child = spawn([sys.executable, "-c", CHILD, nats_url])
     instance_id = await asyncio.to_thread(child.expect, lambda l: isinstance(l, str) and len(l) == 36,
                                           "the child's instance id")
+    watch = spawn([prism_bin(), "watch", "doomed", "--json", "--url", nats_url])
     await asyncio.to_thread(watch.expect, lambda l: isinstance(l, dict) and l.get("id") == instance_id,
                             "the child's instance at the Rust peer")
     # Heartbeats keep it well past its TTL while the process lives.

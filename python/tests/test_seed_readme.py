@@ -85,7 +85,10 @@ async def test_backend_configurations(nats_url):  # 后端配置
     await nats.initialize()
     await nats.shutdown()
 
-    # The backends prism-mesh does not offer are refused, naming the key and the value.
+    # The backends prism-mesh does not offer are refused with the key at fault named.
+    with pytest.raises(PrismError) as refused:
+        await ServiceDiscoveryClient({'backend': 'consul'}).initialize()
+    assert "consul" in str(refused.value) and "service_discovery.backend" in str(refused.value)
     for config in [
         {'backend': 'consul', 'backend_config': {'url': 'http://localhost:8500', 'datacenter': 'dc1', 'token': 'your-token'}},
         {'backend': 'etcd', 'backend_config': {'url': 'http://localhost:2379', 'username': 'user', 'password': 'pass'}},
@@ -93,7 +96,7 @@ async def test_backend_configurations(nats_url):  # 后端配置
     ]:
         with pytest.raises(PrismError) as refused:
             await ServiceDiscoveryClient(config).initialize()
-        assert config['backend'] in str(refused.value)
+        assert "service_discovery.backend" in str(refused.value), str(refused.value)
         assert refused.value.kind == "invalid configuration"
 
 
