@@ -83,6 +83,19 @@ async def main():
             rust_times += await owner._require()._bench_rust_registrations(per_round)
         py_p50, rust_p50 = statistics.median(python_times), statistics.median(rust_times)
 
+        # What any call from asyncio into a threaded runtime costs here: a native async call
+        # that does nothing, beside Python's own thread-pool round trip.
+        loop = asyncio.get_running_loop()
+        bridge, executor = [], []
+        for _ in range(2000):
+            began = time.perf_counter()
+            await owner._require()._bench_noop()
+            bridge.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            await loop.run_in_executor(None, lambda: None)
+            executor.append(time.perf_counter() - began)
+        bridge_p50, executor_p50 = statistics.median(bridge), statistics.median(executor)
+
         # Handlers at 10,000 events/s.
         churn_owner = ServiceDiscoveryClient(config)
         await churn_owner.initialize()
@@ -133,6 +146,8 @@ async def main():
         print(f"| discover() of 3 instances, per call (no await / awaited) | {per_call:.2f} µs / {per_await:.2f} µs | - | - |")
         print(f"| register round trip, p50 of {len(python_times)} (rounds alternating) | "
               f"{py_p50 * 1e3:.3f} ms | {rust_p50 * 1e3:.3f} ms | {py_p50 / rust_p50:.2f}x |")
+        print(f"| an async call doing nothing, p50 (Python: loop.run_in_executor) | "
+              f"{executor_p50 * 1e6:.0f} µs | {bridge_p50 * 1e6:.0f} µs (native no-op) | - |")
         print(f"| handlers at 10,000 events/s: {count} status changes sent in {elapsed:.2f} s | "
               f"{handled} handled, {dropped} dropped, RSS {rss_before:.0f} -> {rss_after:.0f} MiB | - | kept up: {kept_up} |")
         print(f"| a handler taking 1 ms, {slow_count} changes at the same rate | {slow_seen} handled, {slow.events_dropped} dropped "
