@@ -68,6 +68,19 @@ class ServiceStatus(Enum):
 _native._set_status_enum(ServiceStatus)
 
 
+def _resolve(future: "asyncio.Future", ok: bool, value: Any) -> None:
+    """Settles a native call's future on its loop, unless its awaiter gave up."""
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+_native._set_resolver(_resolve)
+
+
 class _ServiceMap(dict):
     """``list_all_services()``'s dict, which may also be awaited (the seed's was async)."""
 

@@ -18,6 +18,7 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
 use pyo3::types::{PyDict, PyList};
+use pyo3::BoundObject;
 use tokio::sync::mpsc;
 use tracing::warn;
 
@@ -54,6 +55,55 @@ static STATUS_ENUM: GILOnceCell<Py<PyAny>> = GILOnceCell::new();
 #[pyfunction]
 fn _set_status_enum(py: Python<'_>, status: Py<PyAny>) {
     let _ = STATUS_ENUM.set(py, status);
+}
+
+/// The package's `_resolve(future, ok, value)`, which settles an asyncio future unless it
+/// was cancelled; handed over when the package loads.
+static RESOLVE: GILOnceCell<Py<PyAny>> = GILOnceCell::new();
+
+#[pyfunction]
+fn _set_resolver(py: Python<'_>, resolve: Py<PyAny>) {
+    let _ = RESOLVE.set(py, resolve);
+}
+
+/// Runs `fut` on the Rust runtime and returns an asyncio future of its result.
+///
+/// One spawn, and the GIL taken once, at the end, to hand the result to the event loop
+/// (`call_soon_threadsafe`): a generic bridge spawns twice and takes the GIL three times
+/// per call, and each of those waits for the event loop's thread to let go of it.
+fn bridge<F, T>(py: Python<'_>, fut: F) -> PyResult<Bound<'_, PyAny>>
+where
+    F: std::future::Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    let Some(resolve) = RESOLVE.get(py) else {
+        return pyo3_async_runtimes::tokio::future_into_py(py, fut);
+    };
+    let resolve = resolve.clone_ref(py);
+    let event_loop = pyo3_async_runtimes::get_running_loop(py)?;
+    let future = event_loop.call_method0("create_future")?;
+    let (loop_ref, future_ref) = (event_loop.unbind(), future.clone().unbind());
+    pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+        let result = fut.await;
+        Python::with_gil(move |py| {
+            let (ok, value) = match result.and_then(|v| {
+                v.into_pyobject(py)
+                    .map(|o| o.into_bound().into_any().unbind())
+                    .map_err(Into::into)
+            }) {
+                Ok(value) => (true, value),
+                Err(e) => (false, e.into_value(py).into_any()),
+            };
+            let call = loop_ref
+                .bind(py)
+                .call_method1("call_soon_threadsafe", (resolve, future_ref, ok, value));
+            if let Err(e) = call {
+                // The loop is closed: nobody is waiting any more.
+                tracing::debug!(error = %e, "a result arrived after its event loop closed");
+            }
+        });
+    });
+    Ok(future)
 }
 
 fn status_object(py: Python<'_>, status: InstanceStatus) -> PyResult<PyObject> {
@@ -228,7 +278,7 @@ fn parse_status(status: &str) -> PyResult<InstanceStatus> {
 /// Connects as a `service_discovery` configuration says (the seed's dict, as JSON).
 #[pyfunction]
 fn connect(py: Python<'_>, config_json: String) -> PyResult<Bound<'_, PyAny>> {
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+    bridge(py, async move {
         let text = format!("{{\"service_discovery\": {config_json}}}");
         let env = |name: &str| std::env::var(name).ok();
         let settings =
@@ -257,7 +307,7 @@ impl Client {
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
         let metadata = parse_metadata(&metadata_json)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             let instance = client
                 .register_myself(&service_name, &host, port, metadata, tags)
                 .await
@@ -290,7 +340,7 @@ impl Client {
                 ))
             })?),
         };
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             let mut builder =
                 ServiceInstance::builder(service_name, host, port).metadata_map(metadata);
             for tag in tags {
@@ -342,7 +392,7 @@ impl Client {
     fn update_my_status<'py>(&self, py: Python<'py>, status: &str) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
         let status = parse_status(status)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             let instance = client.update_my_status(status).await.map_err(py_error)?;
             Python::with_gil(|py| instance_object(py, instance))
         })
@@ -350,7 +400,7 @@ impl Client {
 
     fn deregister_myself<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             client.deregister_myself().await.map_err(py_error)
         })
     }
@@ -365,7 +415,7 @@ impl Client {
         let client = self.inner.clone();
         let id = uuid::Uuid::try_parse(&instance_id)
             .map_err(|_| invalid_input(format!("instance_id {instance_id:?} is not a UUID")))?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             let result = client
                 .mesh()
                 .health_check_service(&service_name, id, Duration::from_secs(10))
@@ -378,7 +428,7 @@ impl Client {
     /// Maintenance, drain, deregistration (when `auto_deregister`), and the end.
     fn shutdown<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             client.shutdown().await;
             Ok(())
         })
@@ -388,7 +438,7 @@ impl Client {
     /// it had died (for tests and for handing instances over).
     fn shutdown_without_deregistering<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             client.mesh().close_without_deregistering().await;
             Ok(())
         })
@@ -430,7 +480,7 @@ impl Client {
         count: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             let mut times = Vec::with_capacity(count);
             for n in 0..count {
                 let port = u16::try_from(n % 60000).unwrap_or(0);
@@ -454,7 +504,7 @@ impl Client {
         rate: f64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let client = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             let owned = client.mesh().registrations();
             if owned.is_empty() {
                 return Err(invalid_input("register instances first"));
@@ -497,7 +547,7 @@ impl Client {
     /// For the benchmark: an async call that does nothing, to measure the bridge between
     /// asyncio and the Rust runtime.
     fn _bench_noop<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(()) })
+        bridge(py, async move { Ok(()) })
     }
 
     /// The mesh's metrics in Prometheus' text format.
@@ -578,7 +628,7 @@ impl EventPump {
     /// Waits for at least one event and returns up to `most` (empty at the end).
     fn next_batch<'py>(&self, py: Python<'py>, most: usize) -> PyResult<Bound<'py, PyAny>> {
         let rx = self.rx.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge(py, async move {
             let mut rx = rx.lock().await;
             let mut events = Vec::new();
             if rx.recv_many(&mut events, most.max(1)).await == 0 {
@@ -615,5 +665,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EventPump>()?;
     m.add_function(wrap_pyfunction!(connect, m)?)?;
     m.add_function(wrap_pyfunction!(_set_status_enum, m)?)?;
+    m.add_function(wrap_pyfunction!(_set_resolver, m)?)?;
     Ok(())
 }

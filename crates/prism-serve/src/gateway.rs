@@ -150,12 +150,13 @@ impl Gateway {
                 warn!(error = %e, "the DNS server did not stop cleanly");
             }
         }
-        if let Some(http) = self.http.take() {
+        if let Some(mut http) = self.http.take() {
             // Event streams hold connections open; they are cut after a moment.
-            if tokio::time::timeout(Duration::from_secs(2), http)
+            if tokio::time::timeout(Duration::from_secs(2), &mut http)
                 .await
                 .is_err()
             {
+                http.abort();
                 warn!("HTTP connections still open at shutdown were cut");
             }
         }
