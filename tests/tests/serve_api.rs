@@ -107,6 +107,38 @@ async fn native_api_lists_services_filters_instances_and_picks() {
     assert_eq!(unknown.status, 404);
     assert_eq!(unknown.json()["error"], "no such endpoint");
 
+    // Prometheus' HTTP service discovery: one target group per instance.
+    let targets = curl_async(&[&stage.url("/v1/prometheus/targets?service=orders")]).await;
+    assert_eq!(targets.status, 200);
+    let mut groups: Vec<(String, String)> = targets
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["targets"][0].as_str().unwrap().to_string(),
+                g["labels"]["__meta_prism_status"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        [
+            ("10.0.0.1:8080".to_string(), "healthy".to_string()),
+            ("10.0.0.2:8080".to_string(), "unhealthy".to_string())
+        ]
+    );
+    let passing = curl_async(&[&stage.url("/v1/prometheus/targets?passing")])
+        .await
+        .json();
+    assert_eq!(passing.as_array().unwrap().len(), 1);
+    assert_eq!(passing[0]["labels"]["__meta_prism_tags"], ",v1,");
+
     let health = curl_async(&[&stage.url("/healthz")]).await;
     assert_eq!(health.status, 200);
     assert_eq!(health.json()["status"], "ok");
@@ -336,6 +368,12 @@ async fn consul_catalog_and_health_answer_with_an_index_and_blocking_queries_wai
             > index
     );
     assert_eq!(woken.json().as_array().unwrap().len(), 2);
+
+    // What Consul clients ask before anything else.
+    let agent = curl_async(&[&stage.url("/v1/agent/self")]).await.json();
+    assert_eq!(agent["Config"]["Datacenter"], "dc1");
+    let leader = curl_async(&[&stage.url("/v1/status/leader")]).await.json();
+    assert_eq!(leader, stage.gateway.http_addr().unwrap().to_string());
 
     let bad_wait = curl_async(&[&stage.url("/v1/catalog/services?index=1&wait=soon")]).await;
     assert_eq!(bad_wait.status, 400);
