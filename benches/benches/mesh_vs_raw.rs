@@ -9,7 +9,7 @@
 //! PRISM_BENCH_FAILOVER_TAIL_SECS=17). Prints a table of figures and ratios (mesh / raw);
 //! `docs/benchmarks.md` records results and how to read them.
 
-use prism_benches::{allocations, env_usize, percentile, CountingAllocator};
+use prism_benches::{allocations, env_usize, owner_record, percentile, CountingAllocator};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, kv};
@@ -551,16 +551,7 @@ async fn cold_start(url: &str, js: &jetstream::Context, count: usize, rows: &mut
             ServiceInstance::builder(format!("svc-{}", n % 1000), "10.1.0.1", (n % 60000) as u16)
                 .build()
                 .expect("instance");
-        let record = InstanceRecord {
-            v: PROTOCOL_VERSION,
-            ttl_ms: 600_000,
-            reason: None,
-            instance: instance.into(),
-        };
-        (
-            format!("$KV.{COLD_BUCKET}.{}", record.instance.key()),
-            Bytes::from(record.encode().expect("encode")),
-        )
+        owner_record(COLD_BUCKET, instance, Duration::from_secs(600))
     });
     publish_windowed(js, "600s", records).await;
 

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
-use prism_benches::{env_usize, process_cpu, put_records, server_with_mesh_layout, thread_cpu};
-use prism_mesh::protocol::{InstanceRecord, PROTOCOL_VERSION};
+use prism_benches::{
+    env_usize, owner_record, process_cpu, put_records, server_with_mesh_layout, thread_cpu,
+};
 use prism_mesh::{Mesh, ServiceInstance};
 use prism_tests::test_options;
 
@@ -133,16 +133,7 @@ async fn main() {
                 .metadata("version", "2.1.0")
                 .build()
                 .unwrap();
-            let record = InstanceRecord {
-                v: PROTOCOL_VERSION,
-                ttl_ms: TTL.as_millis() as u64,
-                reason: None,
-                instance: Arc::new(instance.clone()),
-            };
-            keys.push((
-                format!("$KV.{BUCKET}.{}", instance.key()),
-                Bytes::from(record.encode().unwrap()),
-            ));
+            keys.push(owner_record(BUCKET, instance, TTL));
         }
     }
     put_records(&js, keys.clone(), TTL, 256).await;

@@ -16,8 +16,7 @@ use futures::StreamExt;
 use hickory_server::proto::op::{Message, Query};
 use hickory_server::proto::rr::{Name, RecordType};
 use http_body_util::BodyExt;
-use prism_benches::{env_usize, percentile, put_records, server_with_mesh_layout};
-use prism_mesh::protocol::{InstanceRecord, PROTOCOL_VERSION};
+use prism_benches::{env_usize, owner_record, percentile, put_records, server_with_mesh_layout};
 use prism_mesh::{EventKind, InstanceStatus, Mesh, ServiceInstance};
 use prism_serve::{Gateway, ServeOptions};
 use prism_tests::test_options;
@@ -153,15 +152,10 @@ async fn main() {
         .status(InstanceStatus::Healthy)
         .build()
         .expect("instance");
-        let record = InstanceRecord {
-            v: PROTOCOL_VERSION,
-            ttl_ms: 600_000,
-            reason: None,
-            instance: Arc::new(instance.clone()),
-        };
-        writes.push((
-            format!("$KV.prism-instances.{}", instance.key()),
-            record.encode().expect("record").into(),
+        writes.push(owner_record(
+            "prism-instances",
+            instance,
+            Duration::from_secs(600),
         ));
     }
     put_records(&js, writes, Duration::from_secs(600), 256).await;

@@ -9,12 +9,11 @@
 //! holds nothing of them but the view; the figure is the growth of live bytes (sizes asked
 //! of the allocator) from before the peer connects to after, with the peer held.
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use prism_benches::{
-    env_usize, live_bytes, put_records, server_with_mesh_layout, CountingAllocator,
+    env_usize, live_bytes, owner_record, put_records, server_with_mesh_layout, CountingAllocator,
 };
-use prism_mesh::protocol::{InstanceRecord, PROTOCOL_VERSION};
 use prism_mesh::{Mesh, ServiceInstance};
 use prism_tests::test_options;
 
@@ -58,18 +57,9 @@ async fn main() {
                 .iter()
                 .map(|(k, v)| k.len() + v.to_string().len())
                 .sum::<usize>();
-            let record = InstanceRecord {
-                v: PROTOCOL_VERSION,
-                ttl_ms: 600_000,
-                reason: None,
-                instance: Arc::new(instance.clone()),
-            };
-            let payload = record.encode().unwrap();
-            record_bytes += payload.len();
-            writes.push((
-                format!("$KV.prism-instances.{}", instance.key()),
-                payload.into(),
-            ));
+            let write = owner_record("prism-instances", instance, Duration::from_secs(600));
+            record_bytes += write.1.len();
+            writes.push(write);
         }
     }
     let count = writes.len();

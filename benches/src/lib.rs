@@ -104,6 +104,23 @@ pub async fn server_with_mesh_layout() -> (prism_tests::NatsServer, async_nats::
     (server, async_nats::jetstream::new(client))
 }
 
+/// What an owner writes for `instance` into `bucket` with `ttl`: the subject of its key
+/// and its encoded record (for [`put_records`]).
+pub fn owner_record(
+    bucket: &str,
+    instance: prism_mesh::ServiceInstance,
+    ttl: Duration,
+) -> (String, bytes::Bytes) {
+    let subject = format!("$KV.{bucket}.{}", instance.key());
+    let record = prism_mesh::protocol::InstanceRecord {
+        v: prism_mesh::protocol::PROTOCOL_VERSION,
+        ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        reason: None,
+        instance: std::sync::Arc::new(instance),
+    };
+    (subject, record.encode().expect("a valid record").into())
+}
+
 /// Writes each `(subject, record)` as an owner writes its key (with `Nats-TTL: ttl`,
 /// acknowledged), `in_flight` at a time.
 pub async fn put_records(

@@ -29,24 +29,23 @@ create_exception!(
     "An error of the mesh: `kind` names what went wrong (`invalid input`, `connection failed`, ...)."
 );
 
-/// A Python `PrismError` from a mesh error: the message, and its kind as `.kind`.
-fn py_error(e: Error) -> PyErr {
+/// A Python `PrismError` with `message` and `.kind`.
+fn prism_error(message: String, kind: prism_mesh::ErrorKind) -> PyErr {
     Python::with_gil(|py| {
-        let err = PrismError::new_err(e.to_string());
-        let _ = err.value(py).setattr("kind", e.kind().to_string());
+        let err = PrismError::new_err(message);
+        let _ = err.value(py).setattr("kind", kind.to_string());
         err
     })
 }
 
+/// A Python `PrismError` from a mesh error: the message, and its kind as `.kind`.
+fn py_error(e: Error) -> PyErr {
+    prism_error(e.to_string(), e.kind())
+}
+
 /// A `PrismError` of kind `invalid input`, for what Python passed in.
 fn invalid_input(message: impl Into<String>) -> PyErr {
-    Python::with_gil(|py| {
-        let err = PrismError::new_err(message.into());
-        let _ = err
-            .value(py)
-            .setattr("kind", prism_mesh::ErrorKind::InvalidInput.to_string());
-        err
-    })
+    prism_error(message.into(), prism_mesh::ErrorKind::InvalidInput)
 }
 
 /// The Python `ServiceStatus` enum, handed over by the package when it loads.

@@ -2,6 +2,7 @@
 store (``NATS_SERVER_BIN`` or ``nats-server`` on PATH), and the ``prism`` CLI
 (``PRISM_BIN``) as the Rust peer."""
 
+import asyncio
 import json
 import logging
 import os
@@ -56,6 +57,20 @@ def nats_url():
     process.kill()
     process.wait()
     shutil.rmtree(store, ignore_errors=True)
+
+
+def fast_config(url: str) -> dict:
+    """A NATS client whose instances expire 2 s after their owner stops heartbeating."""
+    return {"backend": "nats", "backend_config": {"url": url},
+            "instance_ttl": 2, "heartbeat_interval": 0.5}
+
+
+async def until(predicate, what, timeout=15.0):
+    """Waits until ``predicate()`` holds, or fails naming ``what``."""
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"never {what}"
+        await asyncio.sleep(0.02)
 
 
 def prism_bin() -> str:

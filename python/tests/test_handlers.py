@@ -3,29 +3,17 @@ raises is logged and the others still run."""
 
 import asyncio
 import logging
-import time
 
 import pytest
 
+from conftest import fast_config, until
 from prism_mesh import PrismError, ServiceDiscoveryClient, ServiceInstance, ServiceStatus
 
 pytestmark = pytest.mark.asyncio
 
 
-def config(url):
-    return {"backend": "nats", "backend_config": {"url": url},
-            "instance_ttl": 2, "heartbeat_interval": 0.5}
-
-
-async def until(predicate, what, timeout=15.0):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"never {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_handlers_fire_once_per_change_with_the_seeds_shapes(nats_url, caplog):
-    watcher = ServiceDiscoveryClient(config(nats_url))
+    watcher = ServiceDiscoveryClient(fast_config(nats_url))
     await watcher.initialize()
     calls = {kind: [] for kind in ("registered", "status", "deregistered", "expired")}
 
@@ -46,7 +34,7 @@ async def test_handlers_fire_once_per_change_with_the_seeds_shapes(nats_url, cap
     with pytest.raises(PrismError):
         watcher.add_event_handler("service_exploded", on_status)
 
-    owner = ServiceDiscoveryClient(config(nats_url))
+    owner = ServiceDiscoveryClient(fast_config(nats_url))
     await owner.initialize()
     me = await owner.register_myself("orders", "127.0.0.1", 8080, metadata={"weight": 5})
     await owner.update_my_status(ServiceStatus.HEALTHY)
@@ -81,7 +69,7 @@ async def test_handlers_fire_once_per_change_with_the_seeds_shapes(nats_url, cap
 
 async def test_python_logging_receives_the_librarys_log_lines(nats_url, caplog):
     caplog.set_level(logging.INFO)
-    client = ServiceDiscoveryClient(config(nats_url))
+    client = ServiceDiscoveryClient(fast_config(nats_url))
     await client.initialize()
     await client.shutdown()
     assert any(r.name.startswith("prism_mesh") for r in caplog.records), [r.name for r in caplog.records]

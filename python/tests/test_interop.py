@@ -11,26 +11,14 @@ import time
 
 import pytest
 
-from conftest import prism_bin
+from conftest import fast_config, prism_bin, until
 from prism_mesh import ServiceDiscoveryClient, ServiceStatus
 
 pytestmark = pytest.mark.asyncio
 
 
-def config(url):
-    return {"backend": "nats", "backend_config": {"url": url},
-            "instance_ttl": 2, "heartbeat_interval": 0.5}
-
-
-async def until(predicate, what, timeout=15.0):
-    deadline = time.time() + timeout
-    while not predicate():
-        assert time.time() < deadline, f"never {what}"
-        await asyncio.sleep(0.02)
-
-
 async def test_a_python_client_and_a_rust_peer_see_each_other(nats_url, spawn):
-    client = ServiceDiscoveryClient(config(nats_url))
+    client = ServiceDiscoveryClient(fast_config(nats_url))
     await client.initialize()  # (the first peer makes the mesh's bucket and stream)
     watch = spawn([prism_bin(), "watch", "--json", "--url", nats_url])
     await asyncio.sleep(1)  # the watch has loaded its (empty) view

@@ -87,29 +87,8 @@ pub async fn curl_async(args: &[&str]) -> Curled {
     .expect("curl thread")
 }
 
-/// Runs `dig @<server> -p <port> <args> +short` and returns its lines.
-pub fn dig_short(server: std::net::SocketAddr, args: &[&str]) -> Vec<String> {
-    let dig = require_tool("dig", None, "apt-get install dnsutils");
-    let output = Command::new(dig)
-        .arg(format!("@{}", server.ip()))
-        .args([
-            "-p",
-            &server.port().to_string(),
-            "+short",
-            "+tries=1",
-            "+time=3",
-        ])
-        .args(args)
-        .output()
-        .expect("dig runs");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// The `status:` dig reports for a query (`NOERROR`, `NXDOMAIN`...).
-pub fn dig_status(server: std::net::SocketAddr, args: &[&str]) -> String {
+/// What `dig @<server> -p <port> +tries=1 +time=3 <args>` printed.
+fn dig(server: std::net::SocketAddr, args: &[&str]) -> String {
     let dig = require_tool("dig", None, "apt-get install dnsutils");
     let output = Command::new(dig)
         .arg(format!("@{}", server.ip()))
@@ -117,7 +96,20 @@ pub fn dig_status(server: std::net::SocketAddr, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("dig runs");
-    let text = String::from_utf8_lossy(&output.stdout);
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `dig ... +short <args>` and returns its lines.
+pub fn dig_short(server: std::net::SocketAddr, args: &[&str]) -> Vec<String> {
+    let args: Vec<&str> = std::iter::once("+short")
+        .chain(args.iter().copied())
+        .collect();
+    dig(server, &args).lines().map(str::to_string).collect()
+}
+
+/// The `status:` dig reports for a query (`NOERROR`, `NXDOMAIN`...).
+pub fn dig_status(server: std::net::SocketAddr, args: &[&str]) -> String {
+    let text = dig(server, args);
     text.split("status: ")
         .nth(1)
         .and_then(|rest| rest.split(',').next())

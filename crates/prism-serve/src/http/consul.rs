@@ -12,7 +12,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use prism_mesh::InstanceStatus;
+use prism_mesh::{InstanceStatus, ServiceInstance};
 use serde_json::{json, Map, Value};
 
 use super::native::{param, params, Params};
@@ -113,29 +113,61 @@ pub(crate) async fn catalog_services(
     Ok(indexed(Value::Object(services), index))
 }
 
+/// What the two per-service reads share: the name checked, the blocking query waited
+/// out, and the `tag` filters in a stable order (they are part of the cache key).
+async fn service_read(
+    state: &AppState,
+    service: &str,
+    query: &[(String, String)],
+) -> Result<(u64, Vec<String>), ApiError> {
+    checked(service)?;
+    let index = block(state, Some(service), query).await?;
+    let mut tags = params(query, "tag");
+    tags.sort();
+    Ok((index, tags))
+}
+
+/// The answer `key` for `service` at `index`: its instances that `keep` takes, each in
+/// the shape `entry` gives, rendered once per change of the service.
+fn service_answer(
+    state: &AppState,
+    service: &str,
+    index: u64,
+    key: String,
+    keep: impl Fn(&ServiceInstance) -> bool,
+    entry: fn(&ServiceInstance, &str, u64) -> Value,
+) -> Response {
+    let body = state.rendered.get_or_render(key, index, || {
+        let dc = &state.options.datacenter;
+        let entries: Vec<Value> = state
+            .mesh
+            .discover(service)
+            .iter()
+            .filter(|i| keep(i))
+            .map(|i| entry(i, dc, index))
+            .collect();
+        Value::Array(entries)
+    });
+    indexed_bytes(body, index)
+}
+
 /// `GET /v1/catalog/service/{service}?tag=`: every instance, whatever its status.
 pub(crate) async fn catalog_service(
     State(state): State<AppState>,
     Path(service): Path<String>,
     Query(query): Params,
 ) -> Result<Response, ApiError> {
-    checked(&service)?;
-    let index = block(&state, Some(&service), &query).await?;
-    let mut tags = params(&query, "tag");
-    tags.sort();
+    let (index, tags) = service_read(&state, &service, &query).await?;
     let key = format!("catalog {service} {tags:?}");
-    let body = state.rendered.get_or_render(key, index, || {
-        let dc = &state.options.datacenter;
-        let entries: Vec<Value> = state
-            .mesh
-            .discover(&service)
-            .iter()
-            .filter(|i| has_tags(i, &tags))
-            .map(|i| catalog_entry(i, dc, index))
-            .collect();
-        Value::Array(entries)
-    });
-    Ok(indexed_bytes(body, index))
+    let keep = |i: &ServiceInstance| has_tags(i, &tags);
+    Ok(service_answer(
+        &state,
+        &service,
+        index,
+        key,
+        keep,
+        catalog_entry,
+    ))
 }
 
 /// `GET /v1/health/service/{service}?passing&tag=`: instances with their checks;
@@ -145,10 +177,7 @@ pub(crate) async fn health_service(
     Path(service): Path<String>,
     Query(query): Params,
 ) -> Result<Response, ApiError> {
-    checked(&service)?;
-    let index = block(&state, Some(&service), &query).await?;
-    let mut tags = params(&query, "tag");
-    tags.sort();
+    let (index, tags) = service_read(&state, &service, &query).await?;
     let passing = match param(&query, "passing") {
         None | Some("false") | Some("0") => false,
         Some("" | "true" | "1") => true,
@@ -159,19 +188,17 @@ pub(crate) async fn health_service(
         }
     };
     let key = format!("health {service} {passing} {tags:?}");
-    let body = state.rendered.get_or_render(key, index, || {
-        let dc = &state.options.datacenter;
-        let entries: Vec<Value> = state
-            .mesh
-            .discover(&service)
-            .iter()
-            .filter(|i| !passing || i.status == InstanceStatus::Healthy)
-            .filter(|i| has_tags(i, &tags))
-            .map(|i| health_entry(i, dc, index))
-            .collect();
-        Value::Array(entries)
-    });
-    Ok(indexed_bytes(body, index))
+    let keep = |i: &ServiceInstance| {
+        (!passing || i.status == InstanceStatus::Healthy) && has_tags(i, &tags)
+    };
+    Ok(service_answer(
+        &state,
+        &service,
+        index,
+        key,
+        keep,
+        health_entry,
+    ))
 }
 
 /// `GET /v1/agent/self`: what clients read to learn the datacenter.
